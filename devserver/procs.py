@@ -1,0 +1,132 @@
+"""Process, pid-file and port checks shared by both dev servers.
+
+Zombies count as dead everywhere here: a SIGKILLed server stays a zombie until its
+parent (or an init that reaps lazily) collects it, yet it serves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import time
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+# sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` is a running (not zombie) process."""
+    _reap_if_child(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    return not _is_zombie(pid)
+
+
+def _reap_if_child(pid: int) -> None:
+    # A server we spawned ourselves (mariadbd) is our child: collect it so it
+    # does not linger as a zombie after it exits.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state letter follows the parenthesised command name, which may contain spaces.
+    return stat[stat.rfind(")") + 2 :].startswith(("Z", "X"))
+
+
+def process_cwd(pid: int) -> Path | None:
+    """The working directory of ``pid``, or None if it cannot be read."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def read_pidfile(pidfile: Path) -> int | None:
+    """The pid on the first line of ``pidfile``, or None if absent or unreadable."""
+    try:
+        first = pidfile.read_text().split("\n", 1)[0].strip()
+    except OSError:
+        return None
+    return int(first) if first.isdigit() else None
+
+
+def server_pid(pidfile: Path, datadir: Path) -> int | None:
+    """The live server pid from ``pidfile`` if that process really serves ``datadir``.
+
+    Both postgres and mariadbd chdir into their data directory, so checking the
+    working directory rules out a pid reused by an unrelated process after a reboot.
+    """
+    pid = read_pidfile(pidfile)
+    if pid is None or not pid_alive(pid):
+        return None
+    return pid if process_cwd(pid) == datadir.resolve() else None
+
+
+def pids_in_dir(directory: Path) -> list[int]:
+    """Live processes whose working directory is ``directory`` (servers and their children)."""
+    target = directory.resolve()
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [pid for pid in pids if process_cwd(pid) == target and pid_alive(pid)]
+
+
+def wait_until_gone(pids: list[int], timeout: float) -> bool:
+    """Wait until none of ``pids`` is alive; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def free_port() -> int:
+    """A loopback TCP port that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_in_use(port: int) -> bool:
+    """True if something else holds ``port`` on the loopback address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Servers set SO_REUSEADDR too, so TIME_WAIT leftovers do not count as taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def port_accepting(port: int) -> bool:
+    """True if a TCP connection to the loopback ``port`` succeeds."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def log_tail(logfile: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of ``logfile`` (for error messages)."""
+    try:
+        text = logfile.read_text(errors="replace")
+    except OSError:
+        return f"(log {logfile} is not readable)"
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,135 @@
+"""DevServers: the throwaway PostgreSQL + MariaDB pair under one root directory."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from devserver.account import postgres_account, postgres_instance_dir
+from devserver.binaries import Binaries, find_binaries
+from devserver.errors import DevServerError
+from devserver.mariadb import MariaDBServer
+from devserver.postgres import PostgresServer
+from devserver.procs import free_port
+from devserver.state import (
+    DevState,
+    Placement,
+    ServerKind,
+    StoredState,
+    load_state,
+    save_state,
+)
+
+_KINDS: tuple[ServerKind, ...] = ("pg", "mysql")
+
+
+class DevServers:
+    """Development PostgreSQL and MariaDB instances living under ``root``.
+
+    ``root`` (e.g. ``./.twopc/dev``) holds ``pg/``, ``mariadb/`` and ``state.json``;
+    the ports chosen at the first :meth:`up` are remembered there. When we run as
+    root and the PostgreSQL user cannot reach ``root``, ``pg/`` lives in a private
+    directory under /tmp whose location state.json records.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state_file = root / "state.json"
+        self._binaries: Binaries | None = None
+
+    def up(self) -> DevState:
+        """Start both servers (setting them up the first time); harmless if already up."""
+        with self._locked():
+            stored = self._load_or_place()
+            for kind in _KINDS:
+                server = self._server(stored, kind)
+                server.ensure_initialized()
+                server.start()
+            return self._live_state(stored)
+
+    def down(self) -> None:
+        """Cleanly stop both servers and wait until they are gone; harmless if not running."""
+        with self._locked():
+            stored = load_state(self.state_file)
+            if stored is not None:
+                for kind in _KINDS:
+                    self._server(stored, kind).stop()
+
+    def status(self) -> DevState | None:
+        """The servers' live state, or None if :meth:`up` was never run here."""
+        stored = load_state(self.state_file)
+        return None if stored is None else self._live_state(stored)
+
+    def start(self, which: ServerKind) -> None:
+        """(Re)start one server on its remembered port and data dir, e.g. after :meth:`kill`."""
+        with self._locked():
+            self._server(self._require_state(), which).start()
+
+    def stop(self, which: ServerKind) -> None:
+        """Cleanly stop one server and wait until it is gone."""
+        with self._locked():
+            self._server(self._require_state(), which).stop()
+
+    def kill(self, which: ServerKind) -> None:
+        """SIGKILL one server's main process (a crash, for tests) and wait until it is gone."""
+        with self._locked():
+            self._server(self._require_state(), which).kill()
+
+    def destroy(self) -> None:
+        """Stop both servers and delete all their files, including a PostgreSQL dir under /tmp."""
+        self.down()
+        with self._locked():
+            stored = load_state(self.state_file)
+            if stored is not None:
+                for kind in _KINDS:
+                    shutil.rmtree(stored.placement(kind).instance_dir, ignore_errors=True)
+            self.state_file.unlink(missing_ok=True)
+        (self.root / ".lock").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Two `twopc dev up` at once must not both run initdb or pick ports.
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _require_state(self) -> StoredState:
+        stored = load_state(self.state_file)
+        if stored is None:
+            raise DevServerError(
+                f"no dev servers set up under {self.root}; run `twopc dev up` first"
+            )
+        return stored
+
+    def _load_or_place(self) -> StoredState:
+        stored = load_state(self.state_file)
+        if stored is None:
+            pg_dir = postgres_instance_dir(self.root, postgres_account())
+            pg_port = free_port()
+            mysql_port = free_port()
+            while mysql_port == pg_port:
+                mysql_port = free_port()
+            stored = StoredState(
+                Placement(pg_port, pg_dir), Placement(mysql_port, self.root / "mariadb")
+            )
+            # Saved before anything starts, so `down` finds whatever a failed `up` left.
+            save_state(self.state_file, stored)
+        return stored
+
+    def _server(self, stored: StoredState, kind: ServerKind) -> PostgresServer | MariaDBServer:
+        if self._binaries is None:
+            self._binaries = find_binaries()
+        binaries = self._binaries
+        if kind == "pg":
+            return PostgresServer(binaries, stored.pg, postgres_account())
+        return MariaDBServer(binaries, stored.mysql)
+
+    def _live_state(self, stored: StoredState) -> DevState:
+        pg = self._server(stored, "pg").info()
+        return DevState(pg=pg, mysql=self._server(stored, "mysql").info())
