@@ -15,9 +15,11 @@ from devserver.procs import (
     LOOPBACK,
     MAX_SOCKET_PATH,
     log_tail,
+    pid_alive,
     pids_in_dir,
     port_accepting,
     port_in_use,
+    read_pidfile,
     server_pid,
     wait_until_gone,
 )
@@ -159,6 +161,7 @@ class PostgresServer:
         pidfile = self.datadir / "postmaster.pid"
         if not pidfile.exists():
             return
+        self._clear_stale_socket_lock()
         leftovers = pids_in_dir(self.datadir)
         if leftovers and not wait_until_gone(leftovers, 10.0):
             raise DevServerError(
@@ -166,6 +169,14 @@ class PostgresServer:
                 f"{self.datadir}; stop them first (see {self.logfile})"
             )
         pidfile.unlink(missing_ok=True)
+
+    def _clear_stale_socket_lock(self) -> None:
+        # The socket's lock file names the old postmaster too, with the same zombie
+        # problem; the socket directory is private to this instance.
+        lock = self._place.instance_dir / "sock" / f".s.PGSQL.{self._place.port}.lock"
+        pid = read_pidfile(lock)
+        if pid is not None and not pid_alive(pid):
+            lock.unlink(missing_ok=True)
 
     def _ensure_database(self) -> None:
         import psycopg

@@ -38,12 +38,22 @@ def _reap_if_child(pid: int) -> None:
 
 
 def _is_zombie(pid: int) -> bool:
+    # A killed multi-threaded process shows its leader as a zombie while other
+    # threads are still exiting and holding its sockets: dead only when all are.
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        tasks = [entry.name for entry in Path(f"/proc/{pid}/task").iterdir()]
     except OSError:
         return False
+    return all(_task_state(pid, task) in ("Z", "X", "") for task in tasks)
+
+
+def _task_state(pid: int, task: str) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+    except OSError:
+        return ""  # exited meanwhile
     # The state letter follows the parenthesised command name, which may contain spaces.
-    return stat[stat.rfind(")") + 2 :].startswith(("Z", "X"))
+    return stat[stat.rfind(")") + 2 :][:1]
 
 
 def process_cwd(pid: int) -> Path | None:
