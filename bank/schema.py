@@ -1,0 +1,55 @@
+"""The demo schema on both servers, created idempotently with SQLAlchemy, and its seed data."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    create_engine,
+    insert,
+    select,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from participants import DatabaseURL, ParticipantError
+
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("balance", Numeric(20, 2), nullable=False),
+    CheckConstraint("balance >= 0", name="accounts_balance_not_negative"),
+    mysql_engine="InnoDB",
+)
+
+
+def init_schema(url: DatabaseURL, *, accounts_count: int, balance: Decimal, reset: bool) -> int:
+    """Create the tables if missing and seed ``a1``…``aN``; returns how many accounts were added.
+
+    Existing accounts keep their balances unless ``reset`` drops and recreates the tables.
+    """
+    engine = create_engine(url.sqlalchemy_url(), pool_pre_ping=False)
+    try:
+        with engine.begin() as conn:
+            if reset:
+                metadata.drop_all(conn)
+            metadata.create_all(conn)
+            existing = set(conn.scalars(select(accounts.c.id)))
+            wanted = [f"a{n}" for n in range(1, accounts_count + 1)]
+            rows = [{"id": i, "balance": balance} for i in wanted if i not in existing]
+            if rows:
+                conn.execute(insert(accounts), rows)
+            return len(rows)
+    except SQLAlchemyError as err:
+        reason = url.scrub(str(err.orig) if getattr(err, "orig", None) else str(err))
+        raise ParticipantError(f"{url.backend} {url.location()}: init failed: {reason}") from err
+    finally:
+        engine.dispose()

@@ -1,0 +1,110 @@
+"""The demo business operation: move an amount from one account to another, atomically.
+
+A cross-database transfer is one global transaction with a branch on each side, committed
+with two-phase commit; a same-database transfer has a single branch, which the coordinator
+commits in one phase. Statements run in a fixed order — PostgreSQL before MySQL, then by
+account id — so two opposite transfers never wait for each other's locks in a cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from bank.accounts import SIDES, AccountRef, natural_key
+from bank.errors import InvalidInput, TransferRejected
+from coordinator import Coordinator, GlobalTransaction, Outcome
+from participants import Branch, Participant
+
+_DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s AND balance >= %s"
+_CREDIT = "UPDATE accounts SET balance = balance + %s WHERE id = %s"
+_EXISTS = "SELECT balance FROM accounts WHERE id = %s"
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A validated transfer request."""
+
+    source: AccountRef
+    destination: AccountRef
+    amount: Decimal
+
+    def __post_init__(self) -> None:
+        if self.source == self.destination:
+            raise InvalidInput(f"source and destination are the same account ({self.source})")
+        if self.amount <= 0:
+            raise InvalidInput("amount must be greater than 0")
+
+
+def run_transfer(coordinator: Coordinator, transfer: Transfer) -> Outcome:
+    """Run ``transfer`` as one global transaction; raises TransferRejected on a business error."""
+    with coordinator.transaction() as tx:
+        _enlist(tx, transfer)
+        for step in _ordered_steps(transfer):
+            step(tx)
+    assert tx.outcome is not None  # set by a commit that returned
+    return tx.outcome
+
+
+def _enlist(tx: GlobalTransaction, transfer: Transfer) -> None:
+    """Start the source's branch first: it is the "first" branch of the protocol."""
+    tx.branch(transfer.source.side)
+    tx.branch(transfer.destination.side)
+
+
+def _ordered_steps(transfer: Transfer) -> list[_Step]:
+    steps = [_Step(transfer.source, -transfer.amount), _Step(transfer.destination, transfer.amount)]
+    return sorted(steps, key=lambda s: (SIDES.index(s.account.side), natural_key(s.account.id)))
+
+
+@dataclass(frozen=True)
+class _Step:
+    account: AccountRef
+    delta: Decimal
+
+    def __call__(self, tx: GlobalTransaction) -> None:
+        branch = tx.branch(self.account.side)
+        if self.delta < 0:
+            _debit(branch, self.account, -self.delta)
+        else:
+            _credit(branch, self.account, self.delta)
+
+
+def _debit(branch: Branch, account: AccountRef, amount: Decimal) -> None:
+    if branch.execute(_DEBIT, (amount, account.id, amount)).rowcount == 1:
+        return
+    row = branch.execute(_EXISTS, (account.id,)).fetchone()
+    if row is None:
+        raise TransferRejected(f"unknown account {account}")
+    raise TransferRejected(f"insufficient funds in {account}: balance {row[0]}, need {amount}")
+
+
+def _credit(branch: Branch, account: AccountRef, amount: Decimal) -> None:
+    if branch.execute(_CREDIT, (amount, account.id)).rowcount != 1:
+        raise TransferRejected(f"unknown account {account}")
+
+
+@dataclass(frozen=True)
+class Balances:
+    """Every account's balance per side, with totals."""
+
+    sides: dict[str, list[tuple[str, Decimal]]]
+
+    def total(self, side: str) -> Decimal:
+        return sum((balance for _, balance in self.sides[side]), Decimal("0.00"))
+
+    @property
+    def overall(self) -> Decimal:
+        return sum((self.total(side) for side in self.sides), Decimal("0.00"))
+
+
+def read_balances(participants: list[Participant]) -> Balances:
+    """Read every account on every participant, each side in one consistent snapshot."""
+    sides = {}
+    for participant in participants:
+        with participant.local_transaction() as local:
+            rows = local.execute("SELECT id, balance FROM accounts").fetchall()
+        sides[participant.name] = sorted(
+            ((str(i), Decimal(b)) for i, b in rows), key=lambda r: natural_key(r[0])
+        )
+    return Balances(sides)

@@ -1,0 +1,78 @@
+"""Named points in the protocol where a test or a demonstration can stop the coordinator.
+
+The coordinator calls :meth:`ProtocolHooks.reached` at each point. :class:`KillAt` sends the
+process SIGKILL there (no cleanup runs, exactly like ``kill -9``); :class:`PauseAt` prints the
+pid and gtrid and holds, so a user can kill it from another terminal.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import sys
+import time
+from typing import Protocol, TextIO
+
+
+class CrashPoint(enum.Enum):
+    AFTER_FIRST_PREPARE = "after-first-prepare"
+    AFTER_PREPARE = "after-prepare"
+    AFTER_DECISION = "after-decision"
+    AFTER_FIRST_COMMIT = "after-first-commit"
+    BEFORE_END = "before-end"
+
+
+CRASH_POINT_HELP = {
+    CrashPoint.AFTER_FIRST_PREPARE: "one branch prepared, the other not",
+    CrashPoint.AFTER_PREPARE: "all branches prepared, no decision logged",
+    CrashPoint.AFTER_DECISION: "COMMIT record durable, nothing committed",
+    CrashPoint.AFTER_FIRST_COMMIT: "one branch committed, the other still prepared",
+    CrashPoint.BEFORE_END: "all branches committed, no END record",
+}
+
+
+class ProtocolHooks(Protocol):
+    """Called by the coordinator when the protocol passes a :class:`CrashPoint`."""
+
+    def armed(self, point: CrashPoint) -> bool:
+        """True when :meth:`reached` does something at ``point``."""
+
+    def reached(self, point: CrashPoint, gtrid: str) -> None: ...
+
+
+class KillAt:
+    """SIGKILL this process when the protocol reaches ``point``."""
+
+    def __init__(self, point: CrashPoint) -> None:
+        self.point = point
+
+    def armed(self, point: CrashPoint) -> bool:
+        return point is self.point
+
+    def reached(self, point: CrashPoint, gtrid: str) -> None:
+        if point is self.point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PauseAt:
+    """Print pid and gtrid, then sleep, when the protocol reaches ``point``."""
+
+    def __init__(self, point: CrashPoint, seconds: float, out: TextIO = sys.stderr) -> None:
+        self.point = point
+        self.seconds = seconds
+        self.out = out
+
+    def armed(self, point: CrashPoint) -> bool:
+        return point is self.point
+
+    def reached(self, point: CrashPoint, gtrid: str) -> None:
+        if point is not self.point:
+            return
+        print(
+            f"paused at {point.value}: pid {os.getpid()} gtrid {gtrid} "
+            f"(holding {self.seconds:g}s; kill -9 {os.getpid()} to crash here)",
+            file=self.out,
+            flush=True,
+        )
+        time.sleep(self.seconds)

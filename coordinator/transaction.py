@@ -1,0 +1,302 @@
+"""One global transaction and the presumed-abort two-phase commit protocol that finishes it.
+
+State machine (one field, ``state``)::
+
+    ACTIVE ─commit()─▶ PREPARING ─all prepared, COMMIT forced─▶ COMMITTING ─all acked─▶ COMMITTED
+       │                   └─any NO vote / error / timeout─▶ ABORTED
+       └─rollback()─▶ ABORTED                     COMMITTING ─phase 2 deadline─▶ IN_DOUBT
+
+The COMMIT record's fsync is the commit point. Abort writes nothing (presumed abort): a
+prepared branch whose gtrid has no COMMIT record in its coordinator's log is rolled back by
+recovery once that coordinator is dead.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from coordinator.crashpoints import CrashPoint
+from coordinator.errors import (
+    InDoubt,
+    OutcomeUnknown,
+    TransactionAborted,
+    TransactionStateError,
+)
+from participants import (
+    Branch,
+    BranchBusy,
+    BranchState,
+    Participant,
+    ParticipantError,
+    ParticipantUnavailable,
+    UnknownXid,
+    Vote,
+    Xid,
+)
+from participants.xid import FORMAT_ID
+from txlog import LogError, Record
+
+if TYPE_CHECKING:
+    from coordinator.coordinator import Coordinator
+
+_T = TypeVar("_T")
+
+COMMIT = "COMMIT"
+END = "END"
+
+
+class TxState(enum.Enum):
+    ACTIVE = "active"
+    PREPARING = "preparing"
+    COMMITTING = "committing"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+    IN_DOUBT = "in doubt"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to a committed global transaction."""
+
+    gtrid: str
+    state: TxState
+    protocol: str  # "2pc", "one-phase" or "read-only"
+    branches: dict[str, str]  # participant name -> final branch state
+    elapsed: float
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+
+class GlobalTransaction:
+    """A global transaction: a branch per participant it touches, finished atomically."""
+
+    def __init__(self, coordinator: Coordinator, gtrid: str) -> None:
+        self.gtrid = gtrid
+        self.state = TxState.ACTIVE
+        self._coordinator = coordinator
+        self._branches: dict[str, tuple[Participant, Branch]] = {}
+        self.outcome: Outcome | None = None
+        self._started = time.monotonic()
+        self._phases: dict[str, float] = {}
+
+    def __getitem__(self, participant: str) -> Branch:
+        return self.branch(participant)
+
+    def branch(self, participant: str) -> Branch:
+        """This transaction's branch on ``participant``, started on first use (enlistment)."""
+        self._require("use a branch of", TxState.ACTIVE)
+        if participant not in self._branches:
+            rm = self._coordinator.participant(participant)
+            branch = rm.begin(Xid(FORMAT_ID, self.gtrid, rm.name))
+            self._branches[participant] = (rm, branch)
+        return self._branches[participant][1]
+
+    @property
+    def participants(self) -> list[str]:
+        """Names of the enlisted participants, in enlistment order."""
+        return list(self._branches)
+
+    def commit(self) -> Outcome:
+        """Commit every branch atomically; raises TransactionAborted, OutcomeUnknown or InDoubt."""
+        self._require("commit", TxState.ACTIVE)
+        branches = [branch for _, branch in self._branches.values()]
+        if len(branches) <= 1:
+            return self._commit_one_phase(branches)
+        self.state = TxState.PREPARING
+        prepared = self._timed("prepare", self._phase_one)
+        if not prepared:
+            return self._finished(TxState.COMMITTED, "read-only")
+        self._log_decision(prepared)
+        self.state = TxState.COMMITTING
+        self._timed("commit", lambda: self._phase_two(prepared))
+        self._hook(CrashPoint.BEFORE_END)
+        self._coordinator.log.append(Record(END, self.gtrid, final=True), force=False)
+        return self._finished(TxState.COMMITTED, "2pc")
+
+    def rollback(self) -> None:
+        """Roll back every branch of an active transaction."""
+        self._require("roll back", TxState.ACTIVE)
+        self._abort("rolled back by the application")
+
+    def close(self) -> None:
+        """Close every branch's connection (a still-active branch is rolled back by its server)."""
+        for _, branch in self._branches.values():
+            branch.close()
+
+    # -- one phase -----------------------------------------------------------------------
+
+    def _commit_one_phase(self, branches: Sequence[Branch]) -> Outcome:
+        """One branch needs no vote and no log record: its own commit is atomic."""
+        if branches:
+            try:
+                branches[0].commit_one_phase()
+            except ParticipantUnavailable as err:
+                self.state = TxState.IN_DOUBT
+                raise OutcomeUnknown(self.gtrid, str(err)) from err
+            except ParticipantError as err:
+                raise self._abort(str(err)) from err
+        return self._finished(TxState.COMMITTED, "one-phase" if branches else "read-only")
+
+    # -- phase 1 -------------------------------------------------------------------------
+
+    def _phase_one(self) -> list[Branch]:
+        branches = [branch for _, branch in self._branches.values()]
+        first, rest = self._split_for(CrashPoint.AFTER_FIRST_PREPARE, branches)
+        self._prepare_all(first)
+        self._hook(CrashPoint.AFTER_FIRST_PREPARE)
+        self._prepare_all(rest)
+        self._hook(CrashPoint.AFTER_PREPARE)
+        return [branch for branch in branches if branch.state is BranchState.PREPARED]
+
+    def _prepare_all(self, branches: Sequence[Branch]) -> None:
+        futures = [self._executor.submit(branch.prepare) for branch in branches]
+        done, late = wait(futures, timeout=self._coordinator.prepare_timeout)
+        failures = [str(f.exception()) for f in done if f.exception() is not None]
+        if late:
+            failures.append(f"prepare timed out after {self._coordinator.prepare_timeout:g}s")
+            self._interrupt(branches, futures)
+        if failures:
+            raise self._abort("; ".join(failures))
+
+    def _interrupt(self, branches: Sequence[Branch], futures: Sequence[Future[Vote]]) -> None:
+        """Break the connections of branches whose prepare hangs, then let the workers end."""
+        for branch, future in zip(branches, futures, strict=True):
+            if not future.done():
+                branch.interrupt()
+        wait(futures, timeout=10)
+
+    # -- decision and phase 2 ------------------------------------------------------------
+
+    def _log_decision(self, prepared: Sequence[Branch]) -> None:
+        body = {"branches": [self._branch_entry(branch) for branch in prepared]}
+        try:
+            self._coordinator.log.append(Record(COMMIT, self.gtrid, body), force=True)
+        except (LogError, OSError) as err:
+            raise self._abort(f"could not make the commit decision durable: {err}") from err
+        self._hook(CrashPoint.AFTER_DECISION)
+
+    def _branch_entry(self, branch: Branch) -> dict[str, str]:
+        participant = self._participant_of(branch)
+        return {"name": participant.name, "server": participant.server, "bqual": branch.xid.bqual}
+
+    def _phase_two(self, prepared: Sequence[Branch]) -> None:
+        first, rest = self._split_for(CrashPoint.AFTER_FIRST_COMMIT, list(prepared))
+        unfinished = self._finish_all(first, commit=True)
+        self._hook(CrashPoint.AFTER_FIRST_COMMIT)
+        unfinished += self._finish_all(rest, commit=True)
+        if unfinished:
+            self.state = TxState.IN_DOUBT
+            names = tuple(self._participant_of(b).name for b in unfinished)
+            raise InDoubt(self.gtrid, names, "phase 2 retry deadline passed")
+
+    def _finish_all(self, branches: Sequence[Branch], *, commit: bool) -> list[Branch]:
+        """Finish branches in parallel; returns those that could not be finished in time."""
+        futures = [
+            self._executor.submit(self._finish, branch, commit=commit) for branch in branches
+        ]
+        return [b for b, f in zip(branches, futures, strict=True) if not f.result()]
+
+    def _finish(self, branch: Branch, *, commit: bool) -> bool:
+        """Commit or roll back one prepared branch; False when the retry deadline passed."""
+        try:
+            branch.commit() if commit else branch.rollback()
+            return True
+        except UnknownXid:
+            branch.mark_finished(BranchState.COMMITTED if commit else BranchState.ROLLED_BACK)
+            return True
+        except ParticipantUnavailable:
+            return self._finish_elsewhere(branch, commit=commit)
+
+    def _finish_elsewhere(self, branch: Branch, *, commit: bool) -> bool:
+        """Retry from fresh connections with back-off until the server acknowledges."""
+        branch.close()
+        participant = self._participant_of(branch)
+        for _ in self._coordinator.retry.pauses():
+            try:
+                participant.finish_prepared(branch.xid, commit=commit)
+            except UnknownXid:
+                pass  # a retry after a lost acknowledgement: the branch is already finished
+            except (ParticipantUnavailable, BranchBusy):
+                continue
+            branch.mark_finished(BranchState.COMMITTED if commit else BranchState.ROLLED_BACK)
+            return True
+        return False
+
+    # -- abort ---------------------------------------------------------------------------
+
+    def _abort(self, reason: str) -> TransactionAborted:
+        """Roll back every branch (prepared or not); returns the error for the caller to raise."""
+        leftover = []
+        for participant, branch in self._branches.values():
+            if not self._roll_back(participant, branch):
+                leftover.append(participant.name)
+        self.state = TxState.ABORTED
+        return TransactionAborted(self.gtrid, reason, tuple(leftover))
+
+    def _roll_back(self, participant: Participant, branch: Branch) -> bool:
+        if branch.state is BranchState.PREPARED:
+            return self._finish(branch, commit=False)
+        if branch.state is not BranchState.ACTIVE:
+            return True
+        try:
+            branch.rollback()
+            return True
+        except ParticipantError:
+            # The link broke, maybe during a prepare that reached the server: an unprepared
+            # branch dies with its connection, a prepared one must be rolled back by xid.
+            branch.close()
+            if not self._maybe_prepared(participant, branch):
+                return True
+            return self._finish_elsewhere(branch, commit=False)
+
+    def _maybe_prepared(self, participant: Participant, branch: Branch) -> bool:
+        try:
+            return any(p.xid == branch.xid for p in participant.prepared_branches())
+        except ParticipantError:
+            return True
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @property
+    def _executor(self) -> Executor:
+        return self._coordinator.executor
+
+    def _participant_of(self, branch: Branch) -> Participant:
+        return next(p for p, b in self._branches.values() if b is branch)
+
+    def _split_for(
+        self, point: CrashPoint, branches: list[Branch]
+    ) -> tuple[list[Branch], list[Branch]]:
+        """Run the first branch alone when a hook waits between it and the others."""
+        hooks = self._coordinator.hooks
+        if hooks is not None and hooks.armed(point):
+            return branches[:1], branches[1:]
+        return branches, []
+
+    def _hook(self, point: CrashPoint) -> None:
+        if self._coordinator.hooks is not None:
+            self._coordinator.hooks.reached(point, self.gtrid)
+
+    def _timed(self, phase: str, run: Callable[[], _T]) -> _T:
+        started = time.monotonic()
+        try:
+            return run()
+        finally:
+            self._phases[phase] = time.monotonic() - started
+
+    def _finished(self, state: TxState, protocol: str) -> Outcome:
+        self.state = state
+        branches = {p.name: b.state.value for p, b in self._branches.values()}
+        elapsed = time.monotonic() - self._started
+        self.outcome = Outcome(self.gtrid, state, protocol, branches, elapsed, dict(self._phases))
+        return self.outcome
+
+    def _require(self, action: str, *allowed: TxState) -> None:
+        if self.state not in allowed:
+            raise TransactionStateError(
+                f"can't {action} transaction {self.gtrid}: it is {self.state.value}"
+            )

@@ -1,0 +1,232 @@
+"""The one small interface every resource manager adapter implements.
+
+Policy lives in the coordinator; a participant only speaks its server's SQL. The lifecycle
+of a branch is an explicit state machine held in one field, and every illegal call raises a
+:class:`BranchStateError` that names the current state.
+
+::
+
+    ACTIVE ──prepare()──▶ PREPARED ──commit()──▶ COMMITTED
+      │  ╲                    └──────rollback()──▶ ROLLED_BACK
+      │   ╲──prepare() with no writes──▶ READ_ONLY (finished, left out of phase 2)
+      ├──commit_one_phase()──▶ COMMITTED
+      └──rollback() / a refused prepare──▶ ROLLED_BACK
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from participants.errors import (
+    BranchStateError,
+    MisconfiguredServer,
+    ParticipantError,
+    PrepareRefused,
+)
+from participants.urls import DatabaseURL
+from participants.xid import Xid
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor that callers of :meth:`Branch.execute` may use."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Any: ...
+
+
+class BranchState(enum.Enum):
+    ACTIVE = "active"
+    PREPARED = "prepared"
+    READ_ONLY = "read-only"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled back"
+
+
+class Vote(enum.Enum):
+    """A branch's answer in phase 1 (a NO vote is the :class:`PrepareRefused` error)."""
+
+    PREPARED = "prepared"
+    READ_ONLY = "read-only"
+
+
+@dataclass(frozen=True)
+class PreparedBranch:
+    """One prepared branch a server reports. ``xid`` is None when the name is not xid-shaped."""
+
+    server: str
+    name: str
+    xid: Xid | None
+    prepared_at: float | None
+    database: str | None = None
+
+
+class Branch(ABC):
+    """One participant's branch of a global transaction, bound to one open connection.
+
+    Public methods check and advance the state; subclasses implement the ``_sql_*`` hooks in
+    their server's dialect.
+    """
+
+    def __init__(self, xid: Xid) -> None:
+        self.xid = xid
+        self.state = BranchState.ACTIVE
+
+    def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
+        """Run one statement inside the branch (``%s`` placeholders, values bound)."""
+        self._require("execute", BranchState.ACTIVE)
+        return self._sql_execute(query, params)
+
+    def prepare(self) -> Vote:
+        """Phase 1. Returns the vote; raises :class:`PrepareRefused` for a NO vote."""
+        self._require("prepare", BranchState.ACTIVE)
+        try:
+            vote = self._sql_prepare()
+        except (PrepareRefused, MisconfiguredServer):
+            self.state = BranchState.ROLLED_BACK  # a NO vote leaves nothing behind
+            raise
+        self.state = BranchState.PREPARED if vote is Vote.PREPARED else BranchState.READ_ONLY
+        return vote
+
+    def commit(self) -> None:
+        """Phase 2 commit on this branch's own connection."""
+        self._require("commit", BranchState.PREPARED)
+        self._sql_commit_prepared()
+        self.state = BranchState.COMMITTED
+
+    def commit_one_phase(self) -> None:
+        """Commit without phase 1: only for a transaction with this single branch."""
+        self._require("commit in one phase", BranchState.ACTIVE)
+        self._sql_commit_one_phase()
+        self.state = BranchState.COMMITTED
+
+    def rollback(self) -> None:
+        """Roll back an active or prepared branch; harmless when already finished."""
+        if self.state in (BranchState.ACTIVE, BranchState.PREPARED):
+            self._sql_rollback(prepared=self.state is BranchState.PREPARED)
+            self.state = BranchState.ROLLED_BACK
+
+    def mark_finished(self, state: BranchState) -> None:
+        """Record an outcome reached from another connection (recovery of this branch)."""
+        self.state = state
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection; an unprepared branch is rolled back by the server."""
+
+    @abstractmethod
+    def interrupt(self) -> None:
+        """Break the connection from another thread, so a statement hanging on it fails."""
+
+    def _require(self, action: str, *allowed: BranchState) -> None:
+        if self.state not in allowed:
+            raise BranchStateError(f"can't {action} branch {self.xid}: it is {self.state.value}")
+
+    @abstractmethod
+    def _sql_execute(self, query: str, params: Sequence[Any] | None) -> Cursor: ...
+
+    @abstractmethod
+    def _sql_prepare(self) -> Vote: ...
+
+    @abstractmethod
+    def _sql_commit_prepared(self) -> None: ...
+
+    @abstractmethod
+    def _sql_commit_one_phase(self) -> None: ...
+
+    @abstractmethod
+    def _sql_rollback(self, *, prepared: bool) -> None: ...
+
+
+class Participant(ABC):
+    """A resource manager (one database) that can hold branches of global transactions.
+
+    ``name`` is the branch qualifier (bqual) of every branch it holds.
+    """
+
+    def __init__(self, name: str, url: DatabaseURL, *, lock_wait: float = 30.0) -> None:
+        self.name = name
+        self.url = url
+        self.lock_wait = lock_wait
+
+    @property
+    def server(self) -> str:
+        """``<kind> host:port/db`` — identifies the server in messages; no credentials."""
+        return f"{self.url.backend} {self.url.location()}"
+
+    @abstractmethod
+    def begin(self, xid: Xid) -> Branch:
+        """Open a connection and start a branch of the global transaction ``xid``."""
+
+    @abstractmethod
+    def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
+        """Commit or roll back a prepared branch from a fresh connection.
+
+        Raises :class:`UnknownXid` when the server holds no such prepared branch, and
+        :class:`BranchBusy` when it holds it but cannot finish it yet.
+        """
+
+    @abstractmethod
+    def prepared_branches(self) -> list[PreparedBranch]:
+        """Every prepared branch on the server (ours and foreign) in this database."""
+
+    @abstractmethod
+    def check_ready(self) -> None:
+        """Raise :class:`MisconfiguredServer` when the server cannot run 2PC branches."""
+
+    @contextmanager
+    def local_transaction(self) -> Iterator[LocalTransaction]:
+        """One plain local transaction: committed on normal exit, rolled back on error."""
+        transaction = self._open_local()
+        try:
+            yield transaction
+            transaction.commit()
+        finally:
+            transaction.close()
+
+    @abstractmethod
+    def _open_local(self) -> LocalTransaction: ...
+
+
+class LocalTransaction(ABC):
+    """A plain (one-phase) transaction on one participant."""
+
+    @abstractmethod
+    def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close; an uncommitted transaction is rolled back."""
+
+
+@contextmanager
+def translated_errors(
+    driver_error: type[Exception], translate: Callable[[Exception], ParticipantError]
+) -> Iterator[None]:
+    """Re-raise a driver error as the participant error ``translate`` makes of it, chained."""
+    try:
+        yield
+    except driver_error as err:
+        raise translate(err) from err
+
+
+def shut_down_socket(fd: int) -> None:
+    """Shut a connected socket down in both directions: a thread blocked reading it wakes."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: nothing is blocked on it

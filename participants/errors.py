@@ -1,0 +1,51 @@
+"""The participant error hierarchy: driver errors are translated into these once, at the boundary.
+
+Every error keeps the driver's exception as ``__cause__`` (``raise … from err``) and carries a
+message that is safe to print: it never contains a password.
+"""
+
+from __future__ import annotations
+
+
+class ParticipantError(Exception):
+    """Base of every error a participant raises."""
+
+
+class ParticipantUnavailable(ParticipantError):
+    """The server could not be reached, or the connection was lost mid-conversation.
+
+    The branch's fate is unknown to the caller: it may or may not have reached the server.
+    """
+
+
+class MisconfiguredServer(ParticipantError):
+    """The server is reachable but cannot do two-phase commit as configured."""
+
+
+class StatementFailed(ParticipantError):
+    """A statement inside a branch failed; the branch can only be rolled back."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code  # PostgreSQL SQLSTATE or MySQL error number
+
+
+class LockWaitTimeout(StatementFailed):
+    """A statement waited longer than the lock-wait limit for a row lock."""
+
+
+class PrepareRefused(ParticipantError):
+    """The branch voted NO: phase 1 failed on it and nothing stays prepared."""
+
+
+class UnknownXid(ParticipantError):
+    """The server holds no prepared branch with this xid (already finished, or never prepared)."""
+
+
+class BranchStateError(ParticipantError):
+    """A branch method was called in a state that does not allow it."""
+
+
+class BranchBusy(ParticipantError):
+    """The server lists the prepared branch but will not finish it yet (MariaDB: its
+    preparing session is still connected). "Not yet", never "already done": retry later."""

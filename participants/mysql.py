@@ -1,0 +1,221 @@
+"""MySQL / MariaDB participant: raw ``XA`` statements over PyMySQL (which has no XA API).
+
+Every xid reaches SQL through :meth:`Xid.mysql_literal` (hex literals, valid on both servers).
+``XA RECOVER`` is read in its plain four-column form, which MySQL 8 and MariaDB share.
+
+MariaDB refuses ``XA COMMIT`` from another session (XAER_NOTA, 1397) while the session that
+prepared the branch is still connected. So "unknown xid" is only taken to mean "finished" when
+``XA RECOVER`` no longer lists the branch; otherwise it is :class:`BranchBusy` ("not yet").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from functools import partial
+from typing import Any
+
+import pymysql
+
+from participants.base import (
+    Branch,
+    Cursor,
+    LocalTransaction,
+    Participant,
+    PreparedBranch,
+    Vote,
+    shut_down_socket,
+    translated_errors,
+)
+from participants.errors import (
+    BranchBusy,
+    LockWaitTimeout,
+    ParticipantError,
+    ParticipantUnavailable,
+    PrepareRefused,
+    StatementFailed,
+    UnknownXid,
+)
+from participants.xid import Xid
+
+_XAER_NOTA = 1397
+_LOCK_WAIT_TIMEOUT = 1205
+# Client-side "can't connect", "server has gone away", "lost connection" and friends.
+_UNAVAILABLE_ERRNOS = {2002, 2003, 2006, 2013, 2014, 2026, 2055, 1053, 1927}
+
+
+class MySQLParticipant(Participant):
+    """A MySQL or MariaDB database as a 2PC resource manager."""
+
+    def connect(self) -> pymysql.connections.Connection[Any]:
+        """An autocommit connection with this participant's lock-wait limit."""
+        kwargs = self.url.pymysql_kwargs()
+        with _translated(self, "connect"):
+            conn = pymysql.connect(autocommit=True, connect_timeout=5, charset="utf8mb4", **kwargs)
+            seconds = max(1, math.ceil(self.lock_wait))
+            conn.cursor().execute("SET SESSION innodb_lock_wait_timeout = %s", (seconds,))
+        return conn
+
+    def begin(self, xid: Xid) -> MySQLBranch:
+        conn = self.connect()
+        with _translated(self, "xa start"):
+            conn.cursor().execute(f"XA START {xid.mysql_literal()}")
+        return MySQLBranch(self, conn, xid)
+
+    def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
+        conn = self.connect()
+        try:
+            self.finish_on(conn, xid, commit=commit)
+        finally:
+            conn.close()
+
+    def finish_on(
+        self, conn: pymysql.connections.Connection[Any], xid: Xid, *, commit: bool
+    ) -> None:
+        """``XA COMMIT`` / ``XA ROLLBACK`` of a prepared branch."""
+        verb = "XA COMMIT" if commit else "XA ROLLBACK"
+        try:
+            with _translated(self, verb.lower()):
+                conn.cursor().execute(f"{verb} {xid.mysql_literal()}")
+        except StatementFailed as err:
+            if err.code != str(_XAER_NOTA):
+                raise
+            if any(branch.xid == xid for branch in self.prepared_branches()):
+                raise BranchBusy(
+                    f"{self.server}: branch {xid} is prepared but held by a live session"
+                ) from err
+            raise UnknownXid(f"{self.server}: no prepared branch {xid}") from err
+
+    def prepared_branches(self) -> list[PreparedBranch]:
+        conn = self.connect()
+        try:
+            with _translated(self, "xa recover"):
+                cursor = conn.cursor()
+                cursor.execute("XA RECOVER")
+                rows = cursor.fetchall()
+        finally:
+            conn.close()
+        return [self._prepared_branch(*row) for row in rows]
+
+    def _prepared_branch(
+        self, format_id: int, gtrid_len: int, bqual_len: int, data: Any
+    ) -> PreparedBranch:
+        raw = data if isinstance(data, bytes) else str(data).encode()
+        xid = Xid.from_mysql_recover(int(format_id), int(gtrid_len), int(bqual_len), raw)
+        return PreparedBranch(self.server, f"{format_id}:{raw!r}", xid, None, None)
+
+    def check_ready(self) -> None:
+        """MySQL and MariaDB need no setting for XA; reachability is the only check."""
+        self.connect().close()
+
+    def _open_local(self) -> MySQLLocal:
+        conn = self.connect()
+        with _translated(self, "begin"):
+            conn.begin()
+        return MySQLLocal(self, conn)
+
+
+class MySQLBranch(Branch):
+    """A branch held open on one MySQL/MariaDB connection."""
+
+    def __init__(
+        self, participant: MySQLParticipant, conn: pymysql.connections.Connection[Any], xid: Xid
+    ) -> None:
+        super().__init__(xid)
+        self._participant = participant
+        self._conn = conn
+        self._ended = False  # XA END sent: the branch is IDLE on the server
+
+    def close(self) -> None:
+        if self._conn.open:
+            self._conn.close()
+
+    def interrupt(self) -> None:
+        sock = self._conn._sock  # PyMySQL exposes no other handle on its socket
+        if sock is not None:
+            shut_down_socket(sock.fileno())
+
+    def _sql_execute(self, query: str, params: Sequence[Any] | None) -> Cursor:
+        with _translated(self._participant, "execute"):
+            cursor = self._conn.cursor()
+            cursor.execute(query, params)
+            return cursor  # type: ignore[no-any-return]
+
+    def _sql_prepare(self) -> Vote:
+        try:
+            self._xa("end")
+            self._xa("prepare")
+        except StatementFailed as err:
+            self._abandon()
+            raise PrepareRefused(str(err)) from err
+        return Vote.PREPARED
+
+    def _sql_commit_prepared(self) -> None:
+        self._participant.finish_on(self._conn, self.xid, commit=True)
+
+    def _sql_commit_one_phase(self) -> None:
+        self._xa("end")
+        with _translated(self._participant, "xa commit one phase"):
+            self._conn.cursor().execute(f"XA COMMIT {self.xid.mysql_literal()} ONE PHASE")
+
+    def _sql_rollback(self, *, prepared: bool) -> None:
+        if prepared:
+            self._participant.finish_on(self._conn, self.xid, commit=False)
+            return
+        self._xa("end")
+        self._xa("rollback")
+
+    def _xa(self, verb: str) -> None:
+        if verb == "end" and self._ended:
+            return
+        with _translated(self._participant, f"xa {verb}"):
+            self._conn.cursor().execute(f"XA {verb.upper()} {self.xid.mysql_literal()}")
+        self._ended = self._ended or verb == "end"
+
+    def _abandon(self) -> None:
+        """After a failed XA END/PREPARE: roll back what the server holds, or drop the link."""
+        try:
+            self._xa("end")
+            self._xa("rollback")
+        except ParticipantError:
+            self._conn.close()  # an unprepared branch dies with its connection
+
+
+class MySQLLocal(LocalTransaction):
+    """A plain MySQL/MariaDB transaction on its own connection."""
+
+    def __init__(
+        self, participant: MySQLParticipant, conn: pymysql.connections.Connection[Any]
+    ) -> None:
+        self._participant = participant
+        self._conn = conn
+
+    def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
+        with _translated(self._participant, "execute"):
+            cursor = self._conn.cursor()
+            cursor.execute(query, params)
+            return cursor  # type: ignore[no-any-return]
+
+    def commit(self) -> None:
+        with _translated(self._participant, "commit"):
+            self._conn.commit()
+
+    def close(self) -> None:
+        if self._conn.open:
+            self._conn.close()
+
+
+def _translated(participant: Participant, action: str) -> AbstractContextManager[None]:
+    return translated_errors(pymysql.err.Error, partial(_translate, participant, action))
+
+
+def _translate(participant: Participant, action: str, err: Exception) -> ParticipantError:
+    errno = err.args[0] if err.args and isinstance(err.args[0], int) else None
+    text = str(err.args[1]) if len(err.args) > 1 else str(err)
+    message = participant.url.scrub(f"{participant.server}: {action} failed: ({errno}) {text}")
+    if errno is None or errno in _UNAVAILABLE_ERRNOS or isinstance(err, pymysql.err.InterfaceError):
+        return ParticipantUnavailable(message)
+    if errno == _LOCK_WAIT_TIMEOUT:
+        return LockWaitTimeout(message, code=str(errno))
+    return StatementFailed(message, code=str(errno))

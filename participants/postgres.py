@@ -1,0 +1,225 @@
+"""PostgreSQL participant: ``BEGIN`` … ``PREPARE TRANSACTION`` … ``COMMIT PREPARED`` (psycopg 3).
+
+Statements are sent explicitly on an autocommit connection rather than through psycopg's
+``tpc_*`` API, because ``tpc_prepare()`` on a transaction that already failed returns without
+error and prepares nothing. Here the transaction status is checked first, and the server's
+reply to ``PREPARE TRANSACTION`` is checked too: a ``ROLLBACK`` reply is a NO vote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from functools import partial
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from participants.base import (
+    Branch,
+    Cursor,
+    LocalTransaction,
+    Participant,
+    PreparedBranch,
+    Vote,
+    shut_down_socket,
+    translated_errors,
+)
+from participants.errors import (
+    LockWaitTimeout,
+    MisconfiguredServer,
+    ParticipantError,
+    ParticipantUnavailable,
+    PrepareRefused,
+    StatementFailed,
+    UnknownXid,
+)
+from participants.urls import DatabaseURL
+from participants.xid import Xid
+
+_UNDEFINED_OBJECT = "42704"
+_LOCK_NOT_AVAILABLE = "55P03"
+_PREPARED_DISABLED = "55000"
+# Connection exceptions (08), operator intervention / shutdown (57P0x): the link is gone.
+_UNAVAILABLE_PREFIXES = ("08", "57P")
+
+_PREPARED_SQL = """
+    SELECT gid, extract(epoch FROM prepared)::float8, database
+      FROM pg_prepared_xacts WHERE database = current_database()
+"""
+
+
+class PostgresParticipant(Participant):
+    """A PostgreSQL database as a 2PC resource manager."""
+
+    def __init__(self, name: str, url: DatabaseURL, *, lock_wait: float = 30.0) -> None:
+        super().__init__(name, url, lock_wait=lock_wait)
+        self._ready = False
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """An autocommit connection with this participant's lock-wait limit."""
+        kwargs = self.url.psycopg_kwargs()
+        kwargs.setdefault("connect_timeout", 5)
+        with self._translated("connect"):
+            conn = psycopg.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
+            lock_timeout = f"{int(self.lock_wait * 1000)}ms"
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (lock_timeout,))
+        return conn
+
+    def begin(self, xid: Xid) -> PostgresBranch:
+        conn = self.connect()
+        with self._translated("begin"):
+            conn.execute("BEGIN")
+        return PostgresBranch(self, conn, xid)
+
+    def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
+        with self.connect() as conn:
+            self.finish_on(conn, xid, commit=commit)
+
+    def finish_on(self, conn: psycopg.Connection[Any], xid: Xid, *, commit: bool) -> None:
+        """``COMMIT PREPARED`` / ``ROLLBACK PREPARED`` on an idle connection."""
+        verb = "COMMIT PREPARED" if commit else "ROLLBACK PREPARED"
+        try:
+            with self._translated(verb.lower()):
+                conn.execute(sql.SQL(verb + " {}").format(sql.Literal(xid.pg_gid())))
+        except StatementFailed as err:
+            if err.code == _UNDEFINED_OBJECT:
+                raise UnknownXid(f"{self.server}: no prepared branch {xid}") from err
+            raise
+
+    def prepared_branches(self) -> list[PreparedBranch]:
+        with self.connect() as conn, self._translated("list prepared transactions"):
+            rows = conn.execute(_PREPARED_SQL).fetchall()
+        return [
+            PreparedBranch(self.server, gid, Xid.from_pg_gid(gid), at, db) for gid, at, db in rows
+        ]
+
+    def check_ready(self) -> None:
+        if self._ready:
+            return
+        with self.connect() as conn, self._translated("check max_prepared_transactions"):
+            row = conn.execute("SHOW max_prepared_transactions").fetchone()
+        if row is None or int(row[0]) == 0:
+            raise MisconfiguredServer(_disabled_message(self.server))
+        self._ready = True
+
+    def _open_local(self) -> PostgresLocal:
+        conn = self.connect()
+        with self._translated("begin"):
+            conn.execute("BEGIN")
+        return PostgresLocal(self, conn)
+
+    def _translated(self, action: str) -> AbstractContextManager[None]:
+        return translated_errors(psycopg.Error, partial(_translate, self, action))
+
+
+class PostgresBranch(Branch):
+    """A branch held open on one PostgreSQL connection."""
+
+    def __init__(self, participant: PostgresParticipant, conn: psycopg.Connection[Any], xid: Xid):
+        super().__init__(xid)
+        self._participant = participant
+        self._conn = conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def interrupt(self) -> None:
+        if not self._conn.closed:
+            shut_down_socket(self._conn.pgconn.socket)
+
+    def _sql_execute(self, query: str, params: Sequence[Any] | None) -> Cursor:
+        with self._participant._translated("execute"):
+            return self._conn.execute(query, params)
+
+    def _sql_prepare(self) -> Vote:
+        status = self._conn.info.transaction_status
+        if status is not TransactionStatus.INTRANS:
+            self._abandon()
+            raise PrepareRefused(f"{self._participant.server}: transaction is {status.name}")
+        if self._wrote_nothing():
+            self._sql_commit_one_phase()
+            return Vote.READ_ONLY
+        return self._prepare_transaction()
+
+    def _prepare_transaction(self) -> Vote:
+        try:
+            with self._participant._translated("prepare"):
+                query = sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(self.xid.pg_gid()))
+                reply = self._conn.execute(query).statusmessage
+        except StatementFailed as err:
+            self._abandon()
+            if err.code == _PREPARED_DISABLED:
+                raise MisconfiguredServer(_disabled_message(self._participant.server)) from err
+            raise PrepareRefused(f"{self._participant.server}: {err}") from err
+        if reply != "PREPARE TRANSACTION":
+            # The server turned the PREPARE into a ROLLBACK: nothing is prepared.
+            raise PrepareRefused(f"{self._participant.server}: server replied {reply!r} to PREPARE")
+        return Vote.PREPARED
+
+    def _wrote_nothing(self) -> bool:
+        with self._participant._translated("check for writes"):
+            row = self._conn.execute("SELECT txid_current_if_assigned() IS NULL").fetchone()
+        return bool(row and row[0])
+
+    def _abandon(self) -> None:
+        """Roll back whatever is left of the local transaction, ignoring a dead link."""
+        try:
+            self._conn.execute("ROLLBACK")
+        except psycopg.Error:
+            self._conn.close()
+
+    def _sql_commit_prepared(self) -> None:
+        self._participant.finish_on(self._conn, self.xid, commit=True)
+
+    def _sql_commit_one_phase(self) -> None:
+        with self._participant._translated("commit"):
+            self._conn.execute("COMMIT")
+
+    def _sql_rollback(self, *, prepared: bool) -> None:
+        if prepared:
+            self._participant.finish_on(self._conn, self.xid, commit=False)
+            return
+        with self._participant._translated("rollback"):
+            self._conn.execute("ROLLBACK")
+
+
+class PostgresLocal(LocalTransaction):
+    """A plain PostgreSQL transaction on its own connection."""
+
+    def __init__(self, participant: PostgresParticipant, conn: psycopg.Connection[Any]) -> None:
+        self._participant = participant
+        self._conn = conn
+
+    def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
+        with self._participant._translated("execute"):
+            return self._conn.execute(query, params)
+
+    def commit(self) -> None:
+        with self._participant._translated("commit"):
+            reply = self._conn.execute("COMMIT").statusmessage
+        if reply != "COMMIT":
+            raise StatementFailed(f"{self._participant.server}: commit became {reply!r}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _translate(participant: Participant, action: str, err: Exception) -> ParticipantError:
+    sqlstate = err.sqlstate if isinstance(err, psycopg.Error) else None
+    first_line = participant.url.scrub(str(err).strip().splitlines()[0] if str(err) else repr(err))
+    message = f"{participant.server}: {action} failed: {first_line}"
+    if sqlstate is None or sqlstate.startswith(_UNAVAILABLE_PREFIXES):
+        return ParticipantUnavailable(message)
+    if sqlstate == _LOCK_NOT_AVAILABLE:
+        return LockWaitTimeout(message, code=sqlstate)
+    return StatementFailed(message, code=sqlstate)
+
+
+def _disabled_message(server: str) -> str:
+    return (
+        f"{server}: prepared transactions are disabled (max_prepared_transactions = 0); "
+        "set max_prepared_transactions to at least 100 in postgresql.conf and restart PostgreSQL"
+    )

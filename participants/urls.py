@@ -1,0 +1,89 @@
+"""Database URLs: parsing the SQLAlchemy form, connection arguments, and password-free rendering."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+Backend = Literal["pg", "mysql"]
+
+_BACKENDS: dict[str, Backend] = {
+    "postgresql": "pg",
+    "postgres": "pg",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+}
+_DRIVERS: dict[Backend, set[str]] = {"pg": {"", "psycopg"}, "mysql": {"", "pymysql"}}
+_SQLALCHEMY_DRIVER: dict[Backend, str] = {"pg": "postgresql+psycopg", "mysql": "mysql+pymysql"}
+
+
+class InvalidURL(ValueError):
+    """A database URL that cannot be used; the message never repeats the password."""
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    """A validated database URL. ``str()`` and ``repr()`` hide the password."""
+
+    backend: Backend
+    url: URL
+
+    @classmethod
+    def parse(cls, text: str, expect: Backend | None = None) -> DatabaseURL:
+        """Parse ``postgresql://…`` / ``mysql://…`` (``+psycopg`` / ``+pymysql`` accepted)."""
+        try:
+            url = make_url(text)
+        except ArgumentError:
+            # The text is not echoed: it may hold a password in a shape we cannot parse.
+            raise InvalidURL("not a database URL (expected postgresql://… or mysql://…)") from None
+        backend_name, _, driver = url.drivername.partition("+")
+        backend = _BACKENDS.get(backend_name)
+        if backend is None or driver not in _DRIVERS[backend]:
+            raise InvalidURL(f"unsupported database URL scheme {url.drivername!r}") from None
+        if expect is not None and backend != expect:
+            raise InvalidURL(f"expected a {expect} URL, got {url.drivername!r}")
+        if not url.database:
+            raise InvalidURL(f"URL {url.render_as_string(hide_password=True)} names no database")
+        return cls(backend, url)
+
+    @property
+    def password(self) -> str | None:
+        return None if self.url.password is None else str(self.url.password)
+
+    def sqlalchemy_url(self) -> URL:
+        """The URL with the driver SQLAlchemy should use for this backend."""
+        return self.url.set(drivername=_SQLALCHEMY_DRIVER[self.backend])
+
+    def psycopg_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for ``psycopg.connect``."""
+        kwargs: dict[str, object] = {"dbname": self.url.database, "user": self.url.username}
+        kwargs.update(host=self.url.host or "localhost", port=self.url.port or 5432)
+        if self.password is not None:
+            kwargs["password"] = self.password
+        kwargs.update(self.url.query)
+        return kwargs
+
+    def pymysql_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for ``pymysql.connect``."""
+        kwargs: dict[str, object] = {"database": self.url.database, "user": self.url.username}
+        kwargs.update(host=self.url.host or "localhost", port=self.url.port or 3306)
+        kwargs["password"] = self.password or ""
+        return kwargs
+
+    def location(self) -> str:
+        """``host:port/database`` — for messages and logs; carries no credentials."""
+        default_port = 5432 if self.backend == "pg" else 3306
+        return f"{self.url.host or 'localhost'}:{self.url.port or default_port}/{self.url.database}"
+
+    def scrub(self, message: str) -> str:
+        """Remove this URL's password from a message (a driver may echo connection strings)."""
+        return message.replace(self.password, "***") if self.password else message
+
+    def __str__(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"DatabaseURL({str(self)!r})"
