@@ -1,0 +1,161 @@
+"""The writer's handle on a log directory: :class:`TransactionLog`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+
+from txlog.errors import LogError, LogMissing
+from txlog.files import make_directories
+from txlog.framing import FILE_HEADER_SIZE, FRAME_OVERHEAD
+from txlog.group_commit import GroupCommit
+from txlog.locking import WriterLock
+from txlog.record import Record
+from txlog.replay import LogScan, scan_log
+from txlog.segments import encode_record
+from txlog.state import UnfinishedTracker
+from txlog.writer import PendingRecord, SegmentWriter
+
+DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
+MIN_SEGMENT_BYTES = FILE_HEADER_SIZE + FRAME_OVERHEAD
+# Unforced records are written (not synced) once this many bytes of them are buffered.
+UNFORCED_BUFFER_BYTES = 256 * 1024
+
+
+class TransactionLog:
+    """The single writer of a log directory (see :meth:`open`); thread-safe.
+
+    Holds the directory's exclusive lock from :meth:`open` to :meth:`close`.
+    """
+
+    def __init__(
+        self, directory: Path, lock: WriterLock, scan: LogScan | None, writer: SegmentWriter
+    ) -> None:
+        """Internal: use :meth:`open`."""
+        self._directory = directory
+        self._lock = lock
+        self._writer = writer
+        self._view = UnfinishedTracker(scan.records if scan else [])
+        self._view_lock = threading.Lock()
+        self._commit = GroupCommit[PendingRecord](
+            writer.write, self._enqueued, UNFORCED_BUFFER_BYTES
+        )
+        self._closed = False
+        self.torn_tail_cut = bool(scan and scan.torn_tail)
+
+    @classmethod
+    def open(
+        cls, path: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, create: bool = True
+    ) -> TransactionLog:
+        """Open the log at ``path`` for writing: create it if absent (unless ``create`` is
+        false: :class:`LogMissing`), take its lock (:class:`LogLocked` if a live writer
+        holds it), cut a torn tail, and replay what is unfinished.
+        """
+        directory = Path(path)
+        if segment_bytes < MIN_SEGMENT_BYTES:
+            raise ValueError(f"segment_bytes must be at least {MIN_SEGMENT_BYTES}")
+        if not directory.is_dir() and not create:
+            raise LogMissing(directory)
+        make_directories(directory)
+        lock = WriterLock(directory)
+        try:
+            scan = _scan_existing(directory, create=create)
+            return cls(directory, lock, scan, SegmentWriter(directory, scan, segment_bytes))
+        except BaseException:
+            lock.release()
+            raise
+
+    @property
+    def path(self) -> Path:
+        """The log directory."""
+        return self._directory
+
+    def append(self, record: Record, *, force: bool) -> Record:
+        """Stamp ``record`` with the current time and append it; thread-safe.
+
+        With ``force``, return only once the record is on stable storage (concurrent forced
+        appends share one fdatasync). Unforced records are buffered and become durable with
+        the next forced append, checkpoint or close. Returns the stamped record.
+        """
+        stamped = replace(record, time=time.time())
+        frame = encode_record(stamped)
+        try:
+            self._commit.append(PendingRecord(stamped, frame), len(frame), force=force)
+        except OSError as err:
+            raise LogError(f"appending to {self._directory} failed: {err}") from err
+        return stamped
+
+    def unfinished(self) -> dict[str, list[Record]]:
+        """txid -> its records, for every txid appended without a final record yet."""
+        with self._view_lock:
+            return self._view.unfinished()
+
+    def checkpoint(self) -> None:
+        """Sync, record what is unfinished, and delete the segments nothing needs any more.
+
+        Also happens automatically whenever the log rolls to a new segment.
+        """
+        self._sync_then(self._writer.checkpoint)
+
+    def close(self) -> None:
+        """Sync anything buffered and release the lock; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._sync_then(self._writer.close, close=True)
+        finally:
+            self._writer.close()  # no-op unless the sync failed before closing
+            self._lock.release()
+
+    def destroy(self) -> None:
+        """Close and delete the whole log directory; :class:`LogError` (and nothing
+        deleted) if any txid is unfinished."""
+        if self._closed:
+            raise LogError(f"log {self._directory} is closed")
+        remaining = self.unfinished()
+        if remaining:
+            raise LogError(
+                f"refusing to destroy {self._directory}: {len(remaining)} unfinished "
+                f"transaction(s), e.g. {next(iter(remaining))}"
+            )
+        self._closed = True
+        try:
+            self._sync_then(self._writer.remove_all, close=True)
+        finally:
+            self._writer.close()
+            self._lock.release()
+
+    def __enter__(self) -> TransactionLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _enqueued(self, pending: PendingRecord) -> None:
+        with self._view_lock:
+            self._view.apply(pending.record)
+
+    def _sync_then(self, action: Callable[[], None], *, close: bool = False) -> None:
+        try:
+            self._commit.barrier(action, close=close)
+        except OSError as err:
+            raise LogError(f"syncing {self._directory} failed: {err}") from err
+
+
+def _scan_existing(directory: Path, *, create: bool) -> LogScan | None:
+    try:
+        return scan_log(directory)
+    except LogMissing:
+        if create:
+            return None
+        raise

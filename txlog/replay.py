@@ -1,0 +1,105 @@
+"""Reading a whole log directory: checkpoint first, then every live segment in order."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from txlog.errors import LogCorrupt, LogMissing
+from txlog.files import CHECKPOINT_NAME, list_segments, segment_path
+from txlog.record import Record
+from txlog.segments import Checkpoint, SegmentScan, read_checkpoint, read_segment
+from txlog.state import UnfinishedTracker
+
+# A reader racing a live writer's checkpoint retries this often before giving up.
+_RACE_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class LogScan:
+    """Everything found in a log directory, as the writer needs it to resume."""
+
+    checkpoint: Checkpoint | None
+    segments: list[SegmentScan]
+    stale: list[int] = field(default_factory=list)  # segments a checkpoint already superseded
+
+    @property
+    def records(self) -> list[Record]:
+        """Checkpointed records, then every live segment's records, in append order."""
+        carried = self.checkpoint.records if self.checkpoint else []
+        return carried + [record for scan in self.segments for record in scan.records]
+
+    @property
+    def torn_tail(self) -> bool:
+        """Whether the last segment ends in a partial record (or partial header)."""
+        return bool(self.segments) and self.segments[-1].torn
+
+
+@dataclass(frozen=True)
+class LogContents:
+    """A read-only view of a log: every record still in it, in append order."""
+
+    records: list[Record]
+    torn_tail: bool
+
+    def unfinished(self) -> dict[str, list[Record]]:
+        """txid -> its records, for txids with no final record yet."""
+        return UnfinishedTracker(self.records).unfinished()
+
+
+def scan_log(directory: Path) -> LogScan:
+    """Decode the checkpoint and the live segments; :class:`LogCorrupt` on any damage other
+    than a torn tail of the last segment, :class:`LogMissing` if there is no log."""
+    if not directory.is_dir():
+        raise LogMissing(directory)
+    checkpoint = read_checkpoint(directory)
+    numbers = list_segments(directory)
+    if checkpoint is None and not numbers:
+        raise LogMissing(directory)
+    first = checkpoint.first_segment if checkpoint else 1
+    live = [n for n in numbers if n >= first]
+    _check_contiguous(directory, first, live)
+    scans = [read_segment(directory, n, tail=n == live[-1]) for n in live]
+    return LogScan(checkpoint, scans, [n for n in numbers if n < first])
+
+
+def _check_contiguous(directory: Path, first: int, live: list[int]) -> None:
+    expected = range(first, first + len(live))
+    for want, have in zip(expected, live, strict=True):
+        if want != have:
+            raise LogCorrupt(segment_path(directory, want), 0, "segment missing")
+    if not live:
+        raise LogCorrupt(segment_path(directory, first), 0, "segment missing")
+
+
+def read_log(path: Path) -> LogContents:
+    """Read a log without locking it; a live writer may be appending (its partial last
+    record is a torn tail and is ignored). Raises :class:`LogCorrupt` on damage and
+    :class:`LogMissing` (a ``FileNotFoundError``) if there is no log at ``path``."""
+    scan = _scan_consistently(Path(path))
+    return LogContents(scan.records, scan.torn_tail)
+
+
+def _scan_consistently(directory: Path) -> LogScan:
+    # A live writer's checkpoint deletes segments; a scan that saw the checkpoint change
+    # under it may have seen a missing segment that is not damage, so it is retried.
+    for _ in range(_RACE_RETRIES):
+        before = _checkpoint_identity(directory)
+        try:
+            scan = scan_log(directory)
+        except (FileNotFoundError, LogCorrupt):
+            if _checkpoint_identity(directory) == before:
+                raise
+            continue
+        if _checkpoint_identity(directory) == before:
+            return scan
+    return scan_log(directory)
+
+
+def _checkpoint_identity(directory: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(directory / CHECKPOINT_NAME)
+    except FileNotFoundError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
