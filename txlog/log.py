@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
@@ -81,7 +80,7 @@ class TransactionLog:
         appends share one fdatasync). Unforced records are buffered and become durable with
         the next forced append, checkpoint or close. Returns the stamped record.
         """
-        stamped = replace(record, time=time.time())
+        stamped = record.stamped(time.time())
         frame = encode_record(stamped)
         try:
             self._commit.append(PendingRecord(stamped, frame), len(frame), force=force)

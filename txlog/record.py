@@ -32,6 +32,10 @@ class Record:
         if not isinstance(self.txid, str) or not self.txid:
             raise ValueError(f"record txid must be a non-empty string, got {self.txid!r}")
 
+    def stamped(self, time: float) -> Record:
+        """A copy of this record with ``time`` set (cheaper than ``dataclasses.replace``)."""
+        return Record(self.kind, self.txid, self.body, self.final, time)
+
     def to_json(self) -> dict[str, Any]:
         """Return the record as a JSON-ready dict (for ``twopc log show --json``)."""
         return {
@@ -43,10 +47,14 @@ class Record:
         }
 
 
+# Built once: json.dumps with non-default options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
 def encode_json(value: Any) -> bytes:
     """Encode ``value`` as compact, key-sorted, strict JSON (no NaN)."""
     try:
-        text = json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError) as err:
         raise LogError(f"record is not JSON-serialisable: {err}") from err
     return text.encode("utf-8")

@@ -1,0 +1,215 @@
+"""Benchmark of ``txlog``: group commit against raw fdatasync, and bounded disk use.
+
+``python -m benchmarks.bench_log --appenders 1 8 64 --records 2000 [--json]`` runs, for each
+appender count, raw appends (a plain file, write + fdatasync per record, same record size,
+same number of threads) and then forced appends to a :class:`txlog.TransactionLog`, and
+prints records/s, p50/p99 latency and the log/raw throughput ratio.
+``--cycles K`` instead runs K begin(force)/commit(force)/end(final, unforced) cycles and
+reports the log's peak and final disk use. Directories are made under ``--dir`` (default:
+the system temp dir); it must be on a real disk (not tmpfs) for the figures to mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from txlog import DEFAULT_SEGMENT_BYTES, Record, TransactionLog
+from txlog.files import disk_usage
+from txlog.segments import encode_record
+
+DEFAULT_APPENDERS = (1, 8, 64)
+_BODY = {"branches": ["postgres", "mysql"], "decision": "commit"}
+# Disk use is sampled this often (seconds) during the cycle benchmark.
+_SAMPLE_INTERVAL = 0.05
+
+
+def sample_record(number: int) -> Record:
+    """The record both benchmarks write: a COMMIT decision naming two branches."""
+    return Record("commit", f"bench-coordinator-{number:012d}", _BODY)
+
+
+def run_log_benchmark(directory: Path, appenders: list[int], records: int) -> dict[str, Any]:
+    """Measure raw fdatasync appends and forced log appends for each appender count.
+
+    ``records`` is the total per measurement, split across the appenders. Returns a
+    JSON-ready dict: ``record_bytes`` and one entry per count under ``runs``.
+    """
+    record_bytes = len(encode_record(sample_record(0)))
+    runs = [_compare(Path(directory), count, records, record_bytes) for count in appenders]
+    return {"directory": str(directory), "record_bytes": record_bytes, "runs": runs}
+
+
+def _compare(directory: Path, appenders: int, records: int, record_bytes: int) -> dict[str, Any]:
+    per_thread = max(1, records // appenders)
+    raw = _measure_raw(directory / f"raw-{appenders}", appenders, per_thread, record_bytes)
+    log = _measure_log(directory / f"log-{appenders}", appenders, per_thread)
+    ratio = log["records_per_s"] / raw["records_per_s"]
+    return {"appenders": appenders, "raw": raw, "log": log, "ratio": round(ratio, 2)}
+
+
+def _measure_raw(path: Path, appenders: int, per_thread: int, record_bytes: int) -> dict[str, Any]:
+    payload = b"r" * record_bytes
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def append_one(_number: int) -> None:
+        os.write(fd, payload)
+        os.fdatasync(fd)
+
+    try:
+        return _run_threads(appenders, per_thread, append_one)
+    finally:
+        os.close(fd)
+
+
+def _measure_log(path: Path, appenders: int, per_thread: int) -> dict[str, Any]:
+    with TransactionLog.open(path) as log:
+        return _run_threads(
+            appenders, per_thread, lambda n: log.append(sample_record(n), force=True)
+        )
+
+
+def _run_threads(
+    appenders: int, per_thread: int, append: Callable[[int], object]
+) -> dict[str, Any]:
+    latencies: list[list[float]] = [[] for _ in range(appenders)]
+
+    def appender(index: int) -> None:
+        for step in range(per_thread):
+            started = time.perf_counter()
+            append(index * per_thread + step)
+            latencies[index].append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=appender, args=(i,)) for i in range(appenders)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return _summary([x for each in latencies for x in each], time.perf_counter() - started)
+
+
+def _summary(latencies: list[float], elapsed: float) -> dict[str, Any]:
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return {
+        "records": len(latencies),
+        "seconds": round(elapsed, 3),
+        "records_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(cuts[49] * 1000, 3),
+        "p99_ms": round(cuts[98] * 1000, 3),
+    }
+
+
+def run_cycle_benchmark(
+    directory: Path, cycles: int, workers: int = 16, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+) -> dict[str, Any]:
+    """Run ``cycles`` begin(force)/commit(force)/end(final, unforced) transactions from
+    ``workers`` threads and report throughput and the log's peak and final disk use."""
+    path = Path(directory) / "cycles"
+    peak = [0]
+    stop = threading.Event()
+    with TransactionLog.open(path, segment_bytes=segment_bytes) as log:
+        sampler = threading.Thread(target=_sample_disk, args=(path, peak, stop))
+        sampler.start()
+        started = time.perf_counter()
+        try:
+            _run_cycles(log, cycles, workers)
+        finally:
+            elapsed = time.perf_counter() - started
+            stop.set()
+            sampler.join()
+        unfinished = len(log.unfinished())
+    final = disk_usage(path)
+    return {
+        "cycles": cycles,
+        "workers": workers,
+        "seconds": round(elapsed, 1),
+        "cycles_per_s": round(cycles / elapsed, 1),
+        "peak_bytes": max(peak[0], final),
+        "final_bytes": final,
+        "unfinished": unfinished,
+    }
+
+
+def _run_cycles(log: TransactionLog, cycles: int, workers: int) -> None:
+    def worker(index: int) -> None:
+        for number in range(index, cycles, workers):
+            txid = f"bench-coordinator-{number:012d}"
+            log.append(Record("begin", txid, {"branches": _BODY["branches"]}), force=True)
+            log.append(Record("commit", txid, _BODY), force=True)
+            log.append(Record("end", txid, final=True), force=False)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _sample_disk(path: Path, peak: list[int], stop: threading.Event) -> None:
+    while not stop.wait(_SAMPLE_INTERVAL):
+        try:
+            peak[0] = max(peak[0], disk_usage(path))
+        except FileNotFoundError:  # a segment removed between listing and stat
+            continue
+
+
+def format_log_benchmark(result: dict[str, Any]) -> list[str]:
+    """Human-readable lines for :func:`run_log_benchmark`'s result."""
+    lines = [f"record size {result['record_bytes']} bytes, directory {result['directory']}"]
+    for run in result["runs"]:
+        for name in ("raw", "log"):
+            m = run[name]
+            lines.append(
+                f"{run['appenders']:>3} appenders {name}: {m['records_per_s']:>10.1f} rec/s  "
+                f"p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms"
+            )
+        lines.append(f"{run['appenders']:>3} appenders log/raw: {run['ratio']:.2f}x")
+    return lines
+
+
+def format_cycle_benchmark(result: dict[str, Any]) -> list[str]:
+    """Human-readable lines for :func:`run_cycle_benchmark`'s result."""
+    mib = 1024 * 1024
+    return [
+        f"{result['cycles']} cycles with {result['workers']} workers in {result['seconds']} s "
+        f"({result['cycles_per_s']} cycles/s)",
+        f"disk use: peak {result['peak_bytes'] / mib:.2f} MiB, "
+        f"final {result['final_bytes'] / mib:.2f} MiB, unfinished {result['unfinished']}",
+    ]
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_log", description=__doc__)
+    parser.add_argument("--appenders", type=int, nargs="+", default=list(DEFAULT_APPENDERS))
+    parser.add_argument("--records", type=int, default=2000, help="records per measurement")
+    parser.add_argument("--cycles", type=int, help="run the disk-use cycle benchmark instead")
+    parser.add_argument("--workers", type=int, default=16, help="threads for --cycles")
+    parser.add_argument("--dir", type=Path, help="parent of the benchmark's temp directory")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    args = _parse(argv)
+    with tempfile.TemporaryDirectory(prefix="twopc-bench-", dir=args.dir) as scratch:
+        if args.cycles is not None:
+            result = run_cycle_benchmark(Path(scratch), args.cycles, args.workers)
+            lines = format_cycle_benchmark(result)
+        else:
+            result = run_log_benchmark(Path(scratch), args.appenders, args.records)
+            lines = format_log_benchmark(result)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
