@@ -48,11 +48,21 @@ class TransactionLog:
 
     @classmethod
     def open(
-        cls, path: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, create: bool = True
+        cls,
+        path: Path,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        create: bool = True,
+        auto_checkpoint: bool = True,
     ) -> TransactionLog:
         """Open the log at ``path`` for writing: create it if absent (unless ``create`` is
         false: :class:`LogMissing`), take its lock (:class:`LogLocked` if a live writer
         holds it), cut a torn tail, and replay what is unfinished.
+
+        The log rolls to a new segment file past ``segment_bytes``; with ``auto_checkpoint``
+        (the default) every roll also checkpoints, so disk use stays near one segment plus
+        the unfinished transactions' records. Without it, segments pile up until
+        :meth:`checkpoint`.
         """
         directory = Path(path)
         if segment_bytes < MIN_SEGMENT_BYTES:
@@ -63,7 +73,8 @@ class TransactionLog:
         lock = WriterLock(directory)
         try:
             scan = _scan_existing(directory, create=create)
-            return cls(directory, lock, scan, SegmentWriter(directory, scan, segment_bytes))
+            writer = SegmentWriter(directory, scan, segment_bytes, auto_checkpoint=auto_checkpoint)
+            return cls(directory, lock, scan, writer)
         except BaseException:
             lock.release()
             raise

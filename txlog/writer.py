@@ -40,9 +40,12 @@ class SegmentWriter:
     the next is created), so only the last one can ever hold a torn tail.
     """
 
-    def __init__(self, directory: Path, scan: LogScan | None, segment_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, scan: LogScan | None, segment_bytes: int, *, auto_checkpoint: bool
+    ) -> None:
         self._directory = directory
         self._segment_bytes = segment_bytes
+        self._auto_checkpoint = auto_checkpoint
         self._tracker = UnfinishedTracker(scan.records if scan else [])
         remove_files(_leftovers(directory, scan))
         if scan is None:
@@ -59,7 +62,7 @@ class SegmentWriter:
             if self._must_roll(len(chunk), len(pending.frame)):
                 self._write(chunk)
                 chunk = bytearray()
-                self._roll()
+                self._roll(checkpoint=self._auto_checkpoint)
             chunk += pending.frame
             self._tracker.apply(pending.record)
         self._write(chunk)
@@ -70,7 +73,7 @@ class SegmentWriter:
         """Record what is unfinished and delete the segments that held it (all written
         records must be synced already)."""
         if self._size > FILE_HEADER_SIZE:
-            self._roll()
+            self._roll(checkpoint=True)
         else:
             self._checkpoint_at_current()
 
@@ -94,13 +97,14 @@ class SegmentWriter:
         write_all(self._fd, chunk)
         self._size += len(chunk)
 
-    def _roll(self) -> None:
+    def _roll(self, *, checkpoint: bool) -> None:
         # Sync before the next segment exists: a sealed segment is never torn.
         os.fdatasync(self._fd)
         self.close()
         self._number += 1
         self._fd = self._create_segment()
-        self._checkpoint_at_current()
+        if checkpoint:
+            self._checkpoint_at_current()
 
     def _create_segment(self) -> int:
         header = encode_file_header(SEGMENT_MAGIC, self._number)
