@@ -1,12 +1,12 @@
 """The demo bank: accounts on both servers, the transfer operation, balances and the schema.
 
 This is the business operation the coordinator makes atomic: debit one account, credit
-another, on the same server or across PostgreSQL and MySQL/MariaDB.
+another, on the same server or across PostgreSQL and MySQL/MariaDB. The schema lives in
+``bank.schema`` (imported on demand: it pulls in SQLAlchemy's DDL machinery).
 """
 
 from bank.accounts import SIDES, AccountRef, natural_key, parse_amount
 from bank.errors import InvalidInput, TransferRejected
-from bank.schema import init_schema
 from bank.transfer import Balances, Transfer, read_balances, run_transfer
 
 __all__ = [
@@ -16,7 +16,6 @@ __all__ = [
     "InvalidInput",
     "Transfer",
     "TransferRejected",
-    "init_schema",
     "natural_key",
     "parse_amount",
     "read_balances",

@@ -46,7 +46,7 @@ def parse_amount(text: str) -> Decimal:
         raise InvalidInput(f"amount {text!r} is not a number") from None
     if amount <= 0:
         raise InvalidInput(f"amount {text!r} must be greater than 0")
-    return amount
+    return amount.quantize(Decimal("0.01"))
 
 
 def natural_key(account_id: str) -> tuple[str, int, str]:

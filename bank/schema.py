@@ -49,7 +49,8 @@ def init_schema(url: DatabaseURL, *, accounts_count: int, balance: Decimal, rese
                 conn.execute(insert(accounts), rows)
             return len(rows)
     except SQLAlchemyError as err:
-        reason = url.scrub(str(err.orig) if getattr(err, "orig", None) else str(err))
+        orig = getattr(err, "orig", None)
+        reason = url.scrub(str(orig) if orig is not None else str(err))
         raise ParticipantError(f"{url.backend} {url.location()}: init failed: {reason}") from err
     finally:
         engine.dispose()

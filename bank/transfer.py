@@ -38,6 +38,9 @@ class Transfer:
 
 def run_transfer(coordinator: Coordinator, transfer: Transfer) -> Outcome:
     """Run ``transfer`` as one global transaction; raises TransferRejected on a business error."""
+    if transfer.source.side != transfer.destination.side:
+        for side in SIDES:
+            coordinator.participant(side).check_ready()
     with coordinator.transaction() as tx:
         _enlist(tx, transfer)
         for step in _ordered_steps(transfer):

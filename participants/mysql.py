@@ -132,7 +132,20 @@ class MySQLBranch(Branch):
             self._conn.close()
 
     def interrupt(self) -> None:
-        sock = self._conn._sock  # PyMySQL exposes no other handle on its socket
+        try:
+            killer = self._participant.connect()
+        except ParticipantError:
+            killer = None
+        if killer is not None:
+            try:
+                with _translated(self._participant, "kill query"):
+                    killer.cursor().execute("KILL QUERY %s", (self._conn.thread_id(),))
+                return  # the server aborts the statement: nothing prepared
+            except ParticipantError:
+                pass
+            finally:
+                killer.close()
+        sock = self._conn._sock  # server unresponsive: break the link (no public handle)
         if sock is not None:
             shut_down_socket(sock.fileno())
 

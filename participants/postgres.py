@@ -127,8 +127,12 @@ class PostgresBranch(Branch):
         self._conn.close()
 
     def interrupt(self) -> None:
-        if not self._conn.closed:
-            shut_down_socket(self._conn.pgconn.socket)
+        if self._conn.closed:
+            return
+        try:
+            self._conn.cancel_safe(timeout=2.0)  # the server aborts the statement: nothing prepared
+        except psycopg.Error:
+            shut_down_socket(self._conn.pgconn.socket)  # server unresponsive: break the link
 
     def _sql_execute(self, query: str, params: Sequence[Any] | None) -> Cursor:
         with self._participant._translated("execute"):

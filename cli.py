@@ -1,0 +1,397 @@
+"""The ``twopc`` command line: thin — it parses, calls the library, and prints.
+
+Exit codes: 0 success; 1 operational failure (refused transfer, unreachable server, …);
+2 misuse (bad arguments); 3 in-doubt transactions remain (run ``twopc recover``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bank import (
+    SIDES,
+    AccountRef,
+    Balances,
+    InvalidInput,
+    Transfer,
+    TransferRejected,
+    parse_amount,
+    read_balances,
+    run_transfer,
+)
+from coordinator import (
+    CRASH_POINT_HELP,
+    Coordinator,
+    CoordinatorConfig,
+    CoordinatorError,
+    CrashPoint,
+    InDoubt,
+    InvalidCoordinatorId,
+    KillAt,
+    Outcome,
+    PauseAt,
+    ProtocolHooks,
+    check_coordinator_id,
+)
+from devserver import DevServerError, DevServers, DevState
+from participants import (
+    DatabaseURL,
+    InvalidURL,
+    Participant,
+    ParticipantError,
+    participant_for,
+)
+
+EXIT_IN_DOUBT = 3
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@dataclass
+class Context:
+    """What every command gets: the home directory and the configured database URLs."""
+
+    home: Path
+    urls: dict[str, str | None]
+
+    @property
+    def dev(self) -> DevServers:
+        return DevServers(self.home / "dev")
+
+    def url(self, side: str) -> DatabaseURL:
+        """The URL for ``side`` from its option/env var, else the running dev servers."""
+        text = self.urls[side] or self._dev_url(side)
+        if text is None:
+            option = "--pg-url / TWOPC_PG_URL" if side == "pg" else "--mysql-url / TWOPC_MYSQL_URL"
+            raise click.UsageError(
+                f"no {side} database configured: set {option} or run `twopc dev up`"
+            )
+        try:
+            return DatabaseURL.parse(text, expect="pg" if side == "pg" else "mysql")
+        except InvalidURL as err:
+            raise click.UsageError(f"{side} URL: {err}") from None
+
+    def participants(
+        self, sides: Iterator[str] | tuple[str, ...], lock_wait: float = 30.0
+    ) -> list[Participant]:
+        return [participant_for(side, self.url(side), lock_wait=lock_wait) for side in sides]
+
+    def _dev_url(self, side: str) -> str | None:
+        try:
+            state = self.dev.status()
+        except DevServerError:
+            return None
+        if state is None:
+            return None
+        info = state.pg if side == "pg" else state.mysql
+        return info.url if info.running else None
+
+
+class BadInput(click.ClickException):
+    """Malformed input: one line on stderr, exit 2, nothing attempted."""
+
+    exit_code = 2
+
+
+def json_option(command: _F) -> _F:
+    """The shared ``--json`` flag: one JSON document on stdout instead of text for people."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(command)
+
+
+def operational_errors(command: _F) -> _F:
+    """Turn library errors into one-line messages and exit codes."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except InvalidInput as err:
+            raise BadInput(str(err)) from None
+        except TransferRejected as err:
+            raise click.ClickException(f"transfer refused: {err}; nothing was changed") from None
+        except InDoubt as err:
+            click.echo(f"Error: {err}", err=True)
+            sys.exit(EXIT_IN_DOUBT)
+        except (CoordinatorError, ParticipantError, DevServerError) as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(as_json: bool, document: object, text: str) -> None:
+    click.echo(json.dumps(document, indent=2, default=str) if as_json else text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    envvar="TWOPC_HOME",
+    default=".twopc",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Holds coordinator logs and dev servers. Env: TWOPC_HOME.",
+)
+@click.option(
+    "--pg-url", envvar="TWOPC_PG_URL", help="postgresql://user@host:port/db. Env: TWOPC_PG_URL."
+)
+@click.option(
+    "--mysql-url", envvar="TWOPC_MYSQL_URL", help="mysql://user@host:port/db. Env: TWOPC_MYSQL_URL."
+)
+@click.pass_context
+def main(ctx: click.Context, home: Path, pg_url: str | None, mysql_url: str | None) -> None:
+    """Atomic transfers across PostgreSQL and MySQL/MariaDB with two-phase commit.
+
+    With no URL configured, the servers started by `twopc dev up` are used.
+    Exit codes: 0 ok, 1 failure, 2 misuse, 3 in-doubt transactions remain.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    ctx.obj = Context(home, {"pg": pg_url, "mysql": mysql_url})
+
+
+# -- dev servers ------------------------------------------------------------------------------
+
+
+@main.group()
+def dev() -> None:
+    """Throwaway PostgreSQL and MariaDB servers under HOME/dev."""
+
+
+@dev.command("up")
+@click.pass_obj
+@operational_errors
+def dev_up(obj: Context) -> None:
+    """Start both servers (harmless when already running)."""
+    state = obj.dev.up()
+    click.echo(_dev_status_text(state))
+    click.echo('Use them from another shell with: eval "$(twopc dev env)"')
+
+
+@dev.command("down")
+@click.pass_obj
+@operational_errors
+def dev_down(obj: Context) -> None:
+    """Stop both servers cleanly (data is kept)."""
+    obj.dev.down()
+    click.echo("dev servers stopped")
+
+
+@dev.command("status")
+@json_option
+@click.pass_obj
+@operational_errors
+def dev_status(obj: Context, as_json: bool) -> None:
+    """Show where the servers are and whether they run."""
+    state = obj.dev.status()
+    if state is None:
+        raise click.ClickException(f"no dev servers under {obj.home / 'dev'}: run `twopc dev up`")
+    document = {kind: _server_document(state, kind) for kind in SIDES}
+    emit(as_json, document, _dev_status_text(state))
+
+
+@dev.command("env")
+@click.pass_obj
+@operational_errors
+def dev_env(obj: Context) -> None:
+    """Print export lines for the servers' URLs: eval "$(twopc dev env)"."""
+    state = obj.dev.status()
+    if state is None:
+        raise click.ClickException(f"no dev servers under {obj.home / 'dev'}: run `twopc dev up`")
+    click.echo("\n".join(state.env_lines()))
+
+
+def _server_document(state: DevState, kind: str) -> dict[str, object]:
+    info = state.pg if kind == "pg" else state.mysql
+    return {
+        "url": info.url,
+        "running": info.running,
+        "pid": info.pid,
+        "port": info.port,
+        "datadir": str(info.datadir),
+        "log": str(info.logfile),
+    }
+
+
+def _dev_status_text(state: DevState) -> str:
+    lines = []
+    for info in (state.pg, state.mysql):
+        running = f"running (pid {info.pid})" if info.running else "stopped"
+        lines.append(f"{info.kind:<6} {info.url:<45} {running}  log: {info.logfile}")
+    return "\n".join(lines)
+
+
+# -- schema and balances ----------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--accounts",
+    "accounts_count",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Seed accounts a1…aN on each side.",
+)
+@click.option(
+    "--balance", default="1000.00", show_default=True, help="Opening balance of seeded accounts."
+)
+@click.option("--reset", is_flag=True, help="Drop and recreate the tables first (destroys data).")
+@json_option
+@click.pass_obj
+@operational_errors
+def init(obj: Context, accounts_count: int, balance: str, reset: bool, as_json: bool) -> None:
+    """Create the schema on both servers (idempotent) and seed accounts."""
+    from bank.schema import init_schema  # SQLAlchemy's DDL is slow to import; only init needs it
+
+    opening = parse_amount(balance)
+    urls = {side: obj.url(side) for side in SIDES}
+    added = {
+        side: init_schema(url, accounts_count=accounts_count, balance=opening, reset=reset)
+        for side, url in urls.items()
+    }
+    text = "\n".join(
+        f"{side:<6} {urls[side].location()}: schema ready, {n} accounts added"
+        for side, n in added.items()
+    )
+    emit(as_json, {"added": added, "accounts": accounts_count, "balance": str(opening)}, text)
+
+
+@main.command()
+@json_option
+@click.pass_obj
+@operational_errors
+def balances(obj: Context, as_json: bool) -> None:
+    """Every account's balance, with totals per side and overall."""
+    result = read_balances(obj.participants(SIDES))
+    emit(as_json, _balances_document(result), _balances_text(result))
+
+
+def _balances_document(result: Balances) -> dict[str, object]:
+    return {
+        "accounts": {side: {i: str(b) for i, b in rows} for side, rows in result.sides.items()},
+        "totals": {side: str(result.total(side)) for side in result.sides},
+        "overall": str(result.overall),
+    }
+
+
+def _balances_text(result: Balances) -> str:
+    lines = []
+    for side, rows in result.sides.items():
+        lines += [f"{side + ':' + account:<16} {balance:>16}" for account, balance in rows]
+        lines.append(f"{'total ' + side:<16} {result.total(side):>16}")
+    lines.append(f"{'total':<16} {result.overall:>16}")
+    return "\n".join(lines)
+
+
+# -- transfer ---------------------------------------------------------------------------------
+
+_POINTS = [point.value for point in CrashPoint]
+_POINTS_HELP = "; ".join(f"{p.value}: {text}" for p, text in CRASH_POINT_HELP.items())
+
+
+@main.command(epilog=f"Crash/pause points: {_POINTS_HELP}.")
+@click.argument("source")
+@click.argument("destination")
+@click.argument("amount")
+@click.option(
+    "--coordinator-id",
+    envvar="TWOPC_COORDINATOR_ID",
+    help="Stable coordinator id (default: a fresh one). Env: TWOPC_COORDINATOR_ID.",
+)
+@click.option(
+    "--lock-wait",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Seconds to wait for a row lock before aborting.",
+)
+@click.option(
+    "--crash-at",
+    type=click.Choice(_POINTS),
+    help="SIGKILL this process at POINT (see below), like kill -9.",
+)
+@click.option(
+    "--pause-at", type=click.Choice(_POINTS), help="Print pid and gtrid at POINT and hold there."
+)
+@click.option("--pause-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0))
+@json_option
+@click.pass_obj
+@operational_errors
+def transfer(
+    obj: Context,
+    source: str,
+    destination: str,
+    amount: str,
+    coordinator_id: str | None,
+    lock_wait: float,
+    crash_at: str | None,
+    pause_at: str | None,
+    pause_seconds: float,
+    as_json: bool,
+) -> None:
+    """Move AMOUNT from SOURCE to DEST (pg:<id> or mysql:<id>), atomically.
+
+    Across databases this is two-phase commit; within one database, one local transaction.
+    """
+    request = Transfer(
+        AccountRef.parse(source), AccountRef.parse(destination), parse_amount(amount)
+    )
+    config = CoordinatorConfig(
+        obj.home, _coordinator_id(coordinator_id), hooks=_hooks(crash_at, pause_at, pause_seconds)
+    )
+    sides = tuple(dict.fromkeys((request.source.side, request.destination.side)))
+    with Coordinator.open(obj.participants(sides, lock_wait), config) as coordinator:
+        outcome = run_transfer(coordinator, request)
+    emit(as_json, _outcome_document(request, outcome), _outcome_text(request, outcome))
+
+
+def _coordinator_id(value: str | None) -> str | None:
+    try:
+        return None if value is None else check_coordinator_id(value)
+    except InvalidCoordinatorId as err:
+        raise click.BadParameter(str(err), param_hint="--coordinator-id") from None
+
+
+def _hooks(crash_at: str | None, pause_at: str | None, seconds: float) -> ProtocolHooks | None:
+    if crash_at and pause_at:
+        raise click.UsageError("--crash-at and --pause-at cannot be combined")
+    if crash_at:
+        return KillAt(CrashPoint(crash_at))
+    return PauseAt(CrashPoint(pause_at), seconds) if pause_at else None
+
+
+def _outcome_document(request: Transfer, outcome: Outcome) -> dict[str, object]:
+    return {
+        "gtrid": outcome.gtrid,
+        "outcome": outcome.state.value,
+        "protocol": outcome.protocol,
+        "source": str(request.source),
+        "destination": str(request.destination),
+        "amount": str(request.amount),
+        "branches": outcome.branches,
+        "elapsed_ms": round(outcome.elapsed * 1000, 3),
+        "phases_ms": {k: round(v * 1000, 3) for k, v in outcome.phases.items()},
+    }
+
+
+def _outcome_text(request: Transfer, outcome: Outcome) -> str:
+    phases = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in outcome.phases.items())
+    return "\n".join(
+        [
+            f"{outcome.state.value}: {request.source} -> {request.destination} {request.amount}",
+            f"gtrid:    {outcome.gtrid}",
+            f"protocol: {outcome.protocol}" + (f" ({phases})" if phases else ""),
+            f"time:     {outcome.elapsed * 1000:.1f} ms",
+        ]
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,166 @@
+"""Shared fixtures: one pair of throwaway servers per test session, clean state per test.
+
+The servers are the project's own dev servers (``devserver``) in a temporary directory —
+real PostgreSQL and MariaDB processes that tests may kill and restart. Every test that uses
+``db`` starts with fresh ``accounts`` tables and no prepared branches, and leaves none behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+from psycopg import sql
+
+from bank.schema import init_schema
+from devserver import DevServers, DevState
+from participants import DatabaseURL, MySQLParticipant, PostgresParticipant, Xid
+
+ACCOUNTS = 10
+OPENING = Decimal("1000.00")
+
+
+@pytest.fixture(scope="session")
+def dev_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServers]:
+    servers = DevServers(tmp_path_factory.mktemp("servers") / "dev")
+    servers.up()
+    yield servers
+    servers.destroy()
+
+
+@dataclass
+class Databases:
+    """Handles on the two test databases, with helpers that read server-side state."""
+
+    servers: DevServers
+    state: DevState
+    home: Path
+
+    @property
+    def pg_url(self) -> str:
+        return self.state.pg.url
+
+    @property
+    def mysql_url(self) -> str:
+        return self.state.mysql.url
+
+    def pg(self) -> PostgresParticipant:
+        return PostgresParticipant("pg", DatabaseURL.parse(self.pg_url))
+
+    def mysql(self) -> MySQLParticipant:
+        return MySQLParticipant("mysql", DatabaseURL.parse(self.mysql_url))
+
+    def pg_query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            cursor = conn.execute(sql, params)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description else []
+
+    def mysql_query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        info = self.state.mysql
+        conn = pymysql.connect(
+            host=info.host, port=info.port, user=info.user, database=info.database, autocommit=True
+        )
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+        finally:
+            conn.close()
+
+    def balance(self, side: str, account: str) -> Decimal:
+        query = self.pg_query if side == "pg" else self.mysql_query
+        rows = query("SELECT balance FROM accounts WHERE id = %s", (account,))
+        return Decimal(rows[0][0])
+
+    def balances(self) -> dict[str, Decimal]:
+        out = {f"pg:{i}": Decimal(b) for i, b in self.pg_query("SELECT id, balance FROM accounts")}
+        out |= {
+            f"mysql:{i}": Decimal(b)
+            for i, b in self.mysql_query("SELECT id, balance FROM accounts")
+        }
+        return out
+
+    def pg_prepared(self) -> list[Xid | str]:
+        """Prepared branches on the PostgreSQL server (xid when xid-shaped, else the gid)."""
+        gids = [g for (g,) in self.pg_query("SELECT gid FROM pg_prepared_xacts ORDER BY prepared")]
+        return [Xid.from_pg_gid(g) or g for g in gids]
+
+    def mysql_prepared(self) -> list[Xid | str]:
+        """Prepared branches on the MariaDB server, as listed by ``XA RECOVER``."""
+        rows = self.mysql_query("XA RECOVER")
+        return [Xid.from_mysql_recover(int(f), int(g), int(b), d) or repr(d) for f, g, b, d in rows]
+
+    def clear_prepared(self) -> None:
+        """Roll back every prepared branch on both servers (ours and foreign)."""
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            for (gid,) in conn.execute("SELECT gid FROM pg_prepared_xacts").fetchall():
+                conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+        deadline = time.monotonic() + 10
+        while rows := self.mysql_query("XA RECOVER"):
+            for fmt, glen, _, data in rows:
+                xid = f"X'{data[: int(glen)].hex()}',X'{data[int(glen) :].hex()}',{int(fmt)}"
+                try:
+                    self.mysql_query(f"XA ROLLBACK {xid}")
+                except pymysql.err.OperationalError as err:
+                    # 1397 while the preparing session (a killed process) is not yet reaped.
+                    if err.args[0] != 1397 or time.monotonic() > deadline:
+                        raise
+            time.sleep(0.1)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            TWOPC_HOME=str(self.home), TWOPC_PG_URL=self.pg_url, TWOPC_MYSQL_URL=self.mysql_url
+        )
+        env.update(extra)
+        env.pop("TWOPC_COORDINATOR_ID", None)
+        return env
+
+    def twopc(
+        self, *args: str, timeout: float = 120, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the installed ``twopc`` command as a separate process."""
+        return subprocess.run(
+            [twopc_executable(), *args],
+            env=self.env(**env),
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def twopc_json(self, *args: str) -> Any:
+        result = self.twopc(*args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+def twopc_executable() -> str:
+    """The ``twopc`` script installed beside the running interpreter (the project's venv)."""
+    found = shutil.which("twopc", path=str(Path(sys.executable).parent)) or shutil.which("twopc")
+    assert found, "the twopc command is not installed: run scripts/bootstrap.sh"
+    return found
+
+
+@pytest.fixture()
+def db(dev_servers: DevServers, tmp_path: Path) -> Iterator[Databases]:
+    state = dev_servers.up()  # a test before may have stopped or killed a server
+    databases = Databases(dev_servers, state, tmp_path / "home")
+    databases.clear_prepared()
+    for url in (state.pg.url, state.mysql.url):
+        init_schema(DatabaseURL.parse(url), accounts_count=ACCOUNTS, balance=OPENING, reset=True)
+    yield databases
+    databases.state = dev_servers.up()
+    databases.clear_prepared()
