@@ -92,6 +92,7 @@ def test_reader_sees_a_live_writer_that_checkpoints(tmp_path: Path) -> None:
         try:
             for _ in range(30):
                 assert "pinned" in read_log(directory).unfinished()
+                assert verify_log(directory).ok
         finally:
             stop.set()
             writer.join()

@@ -13,7 +13,7 @@ from txlog.segments import Checkpoint, SegmentScan, read_checkpoint, read_segmen
 from txlog.state import UnfinishedTracker
 
 # A reader racing a live writer's checkpoint retries this often before giving up.
-_RACE_RETRIES = 20
+RACE_RETRIES = 20
 
 
 @dataclass(frozen=True)
@@ -84,20 +84,21 @@ def read_log(path: Path) -> LogContents:
 def _scan_consistently(directory: Path) -> LogScan:
     # A live writer's checkpoint deletes segments; a scan that saw the checkpoint change
     # under it may have seen a missing segment that is not damage, so it is retried.
-    for _ in range(_RACE_RETRIES):
-        before = _checkpoint_identity(directory)
+    for _ in range(RACE_RETRIES):
+        before = checkpoint_identity(directory)
         try:
             scan = scan_log(directory)
         except (FileNotFoundError, LogCorrupt):
-            if _checkpoint_identity(directory) == before:
+            if checkpoint_identity(directory) == before:
                 raise
             continue
-        if _checkpoint_identity(directory) == before:
+        if checkpoint_identity(directory) == before:
             return scan
     return scan_log(directory)
 
 
-def _checkpoint_identity(directory: Path) -> tuple[int, int, int] | None:
+def checkpoint_identity(directory: Path) -> tuple[int, int, int] | None:
+    """Changes whenever the checkpoint is replaced (each replacement is a new file)."""
     try:
         stat = os.stat(directory / CHECKPOINT_NAME)
     except FileNotFoundError:
