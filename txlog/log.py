@@ -44,7 +44,7 @@ class TransactionLog:
             writer.write, self._enqueued, UNFORCED_BUFFER_BYTES
         )
         self._closed = False
-        self.torn_tail_cut = bool(scan and scan.torn_tail)
+        self._torn_tail_cut = bool(scan and scan.torn_tail)
 
     @classmethod
     def open(
@@ -83,6 +83,11 @@ class TransactionLog:
     def path(self) -> Path:
         """The log directory."""
         return self._directory
+
+    @property
+    def torn_tail_cut(self) -> bool:
+        """Whether :meth:`open` found a torn tail and cut it (also logged at INFO)."""
+        return self._torn_tail_cut
 
     def append(self, record: Record, *, force: bool) -> Record:
         """Stamp ``record`` with the current time and append it; thread-safe.
