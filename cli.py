@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -264,27 +265,43 @@ def init(obj: Context, accounts_count: int, balance: str, reset: bool, as_json: 
 
 
 @main.command()
+@click.argument("accounts", nargs=-1)
 @json_option
 @click.pass_obj
 @operational_errors
-def balances(obj: Context, as_json: bool) -> None:
-    """Every account's balance, with totals per side and overall."""
+def balances(obj: Context, accounts: tuple[str, ...], as_json: bool) -> None:
+    """Balances of ACCOUNTS (default: all), with totals per side and overall.
+
+    Totals always cover every account.
+    """
+    wanted = {AccountRef.parse(text) for text in accounts}
     result = read_balances(obj.participants(SIDES))
-    emit(as_json, _balances_document(result), _balances_text(result))
+    rows = {
+        side: [(i, b) for i, b in side_rows if not wanted or AccountRef(side, i) in wanted]
+        for side, side_rows in result.sides.items()
+    }
+    missing = wanted - {
+        AccountRef(side, i) for side, side_rows in rows.items() for i, _ in side_rows
+    }
+    if missing:
+        raise click.ClickException(f"unknown account {', '.join(sorted(map(str, missing)))}")
+    emit(as_json, _balances_document(result, rows), _balances_text(result, rows))
 
 
-def _balances_document(result: Balances) -> dict[str, object]:
+def _balances_document(
+    result: Balances, rows: dict[str, list[tuple[str, Decimal]]]
+) -> dict[str, object]:
     return {
-        "accounts": {side: {i: str(b) for i, b in rows} for side, rows in result.sides.items()},
+        "accounts": {side: {i: str(b) for i, b in side_rows} for side, side_rows in rows.items()},
         "totals": {side: str(result.total(side)) for side in result.sides},
         "overall": str(result.overall),
     }
 
 
-def _balances_text(result: Balances) -> str:
+def _balances_text(result: Balances, rows: dict[str, list[tuple[str, Decimal]]]) -> str:
     lines = []
-    for side, rows in result.sides.items():
-        lines += [f"{side + ':' + account:<16} {balance:>16}" for account, balance in rows]
+    for side, side_rows in rows.items():
+        lines += [f"{side + ':' + account:<16} {balance:>16}" for account, balance in side_rows]
         lines.append(f"{'total ' + side:<16} {result.total(side):>16}")
     lines.append(f"{'total':<16} {result.overall:>16}")
     return "\n".join(lines)

@@ -155,12 +155,13 @@ class GlobalTransaction:
     def _prepare_all(self, branches: Sequence[Branch]) -> None:
         futures = [self._executor.submit(branch.prepare) for branch in branches]
         done, late = wait(futures, timeout=self._coordinator.prepare_timeout)
-        failures = [str(f.exception()) for f in done if f.exception() is not None]
+        errors = [error for f in done if (error := f.exception()) is not None]
+        reasons = [str(error) for error in errors]
         if late:
-            failures.append(f"prepare timed out after {self._coordinator.prepare_timeout:g}s")
+            reasons.append(f"prepare timed out after {self._coordinator.prepare_timeout:g}s")
             self._interrupt(branches, futures)
-        if failures:
-            raise self._abort("; ".join(failures))
+        if reasons:
+            raise self._abort("; ".join(reasons)) from (errors[0] if errors else None)
 
     def _interrupt(self, branches: Sequence[Branch], futures: Sequence[Future[Vote]]) -> None:
         """Break the connections of branches whose prepare hangs, then let the workers end."""

@@ -129,3 +129,12 @@ def test_transfer_help_lists_crash_points(db: Databases) -> None:
 def test_json_output_is_one_object(db: Databases) -> None:
     result = db.twopc("transfer", "pg:a1", "mysql:a1", "3", "--json")
     assert isinstance(json.loads(result.stdout), dict)
+
+
+def test_balances_of_chosen_accounts(db: Databases) -> None:
+    document = db.twopc_json("balances", "pg:a2", "mysql:a3")
+    assert document["accounts"] == {"pg": {"a2": "1000.00"}, "mysql": {"a3": "1000.00"}}
+    assert document["overall"] == "20000.00"
+    result = db.twopc("balances", "pg:zz")
+    assert result.returncode == 1
+    assert result.stderr == "Error: unknown account pg:zz\n"
