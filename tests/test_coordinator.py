@@ -113,13 +113,14 @@ def kill_branch_session(db: Databases, side: str) -> None:
     """Kill the server session holding our active branch on ``side`` (a dropped connection)."""
     if side == "pg":
         killed = db.pg_query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+            "current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
         )
         assert killed
     else:
         rows = db.mysql_query(
-            "SELECT id FROM information_schema.processlist WHERE db = 'twopc' AND id <> connection_id()"
+            "SELECT id FROM information_schema.processlist "
+            "WHERE db = 'twopc' AND id <> connection_id()"
         )
         assert rows
         for (thread_id,) in rows:
@@ -130,15 +131,15 @@ def test_prepare_timeout_aborts_and_leaves_nothing_prepared(db: Databases) -> No
     info = db.state.mysql
     blocker = pymysql.connect(host=info.host, port=info.port, user=info.user, autocommit=True)
     try:
-        with open_coordinator(db, prepare_timeout=1.0) as coordinator:
-            with (
-                pytest.raises(TransactionAborted, match="prepare timed out"),
-                coordinator.transaction() as tx,
-            ):
-                tx["pg"].execute(DEBIT, (Decimal("5"), "a1"))
-                tx["mysql"].execute(CREDIT, (Decimal("5"), "a1"))
-                # A global read lock makes MariaDB's XA PREPARE wait: the prepare hangs.
-                blocker.cursor().execute("FLUSH TABLES WITH READ LOCK")
+        with (
+            open_coordinator(db, prepare_timeout=1.0) as coordinator,
+            pytest.raises(TransactionAborted, match="prepare timed out"),
+            coordinator.transaction() as tx,
+        ):
+            tx["pg"].execute(DEBIT, (Decimal("5"), "a1"))
+            tx["mysql"].execute(CREDIT, (Decimal("5"), "a1"))
+            # A global read lock makes MariaDB's XA PREPARE wait: the prepare hangs.
+            blocker.cursor().execute("FLUSH TABLES WITH READ LOCK")
     finally:
         blocker.cursor().execute("UNLOCK TABLES")
         blocker.close()
