@@ -1,0 +1,37 @@
+"""The README's library example runs as written, against the test servers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+from conftest import OPENING, Databases
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_library_example_moves_money(db: Databases, tmp_path: Path) -> None:
+    text = README.read_text()
+    example = re.search(r"<!-- library-example -->\n```python\n(.*?)```", text, re.S)
+    assert example, "README lost its library example"
+    result = subprocess.run(
+        [sys.executable, "-c", example.group(1)],
+        cwd=tmp_path,
+        env=db.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"billing-1\.[0-9a-f]{20} 2pc\n", result.stdout)
+    assert db.balance("pg", "a1") == OPENING - Decimal("10.00")
+    assert db.balance("mysql", "a2") == OPENING + Decimal("10.00")
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "scripts/test.sh" in ci and "scripts/test.sh" in README.read_text()
