@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,31 +33,54 @@ _BODY = {"branches": ["postgres", "mysql"], "decision": "commit"}
 _SAMPLE_INTERVAL = 0.05
 
 
+@dataclass(frozen=True)
+class Timing:
+    """One measurement: every append's latency and the wall time of the whole run."""
+
+    latencies: list[float]
+    seconds: float
+
+
 def sample_record(number: int) -> Record:
     """The record both benchmarks write: a COMMIT decision naming two branches."""
     return Record("commit", f"bench-coordinator-{number:012d}", _BODY)
 
 
-def run_log_benchmark(directory: Path, appenders: list[int], records: int) -> dict[str, Any]:
+def run_log_benchmark(
+    directory: Path, appenders: list[int], records: int, rounds: int = 3
+) -> dict[str, Any]:
     """Measure raw fdatasync appends and forced log appends for each appender count.
 
-    ``records`` is the total per measurement, split across the appenders. Returns a
-    JSON-ready dict: ``record_bytes`` and one entry per count under ``runs``.
+    ``records`` is the total per measurement, split across the appenders and across
+    ``rounds`` that alternate raw and log (so a shared disk's drift hits both alike).
+    Returns a JSON-ready dict: ``record_bytes`` and one entry per count under ``runs``.
     """
     record_bytes = len(encode_record(sample_record(0)))
-    runs = [_compare(Path(directory), count, records, record_bytes) for count in appenders]
+    runs = [_compare(Path(directory), count, records, record_bytes, rounds) for count in appenders]
     return {"directory": str(directory), "record_bytes": record_bytes, "runs": runs}
 
 
-def _compare(directory: Path, appenders: int, records: int, record_bytes: int) -> dict[str, Any]:
-    per_thread = max(1, records // appenders)
-    raw = _measure_raw(directory / f"raw-{appenders}", appenders, per_thread, record_bytes)
-    log = _measure_log(directory / f"log-{appenders}", appenders, per_thread)
-    ratio = log["records_per_s"] / raw["records_per_s"]
-    return {"appenders": appenders, "raw": raw, "log": log, "ratio": round(ratio, 2)}
+def _compare(
+    directory: Path, appenders: int, records: int, record_bytes: int, rounds: int
+) -> dict[str, Any]:
+    per_thread = max(1, records // appenders // rounds)
+    raw: list[Timing] = []
+    log: list[Timing] = []
+    for round_number in range(rounds):
+        name = f"{appenders}-{round_number}"
+        raw.append(_measure_raw(directory / f"raw-{name}", appenders, per_thread, record_bytes))
+        log.append(_measure_log(directory / f"log-{name}", appenders, per_thread))
+    raw_summary, log_summary = _summary(raw), _summary(log)
+    ratio = log_summary["records_per_s"] / raw_summary["records_per_s"]
+    return {
+        "appenders": appenders,
+        "raw": raw_summary,
+        "log": log_summary,
+        "ratio": round(ratio, 2),
+    }
 
 
-def _measure_raw(path: Path, appenders: int, per_thread: int, record_bytes: int) -> dict[str, Any]:
+def _measure_raw(path: Path, appenders: int, per_thread: int, record_bytes: int) -> Timing:
     payload = b"r" * record_bytes
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
@@ -70,16 +94,14 @@ def _measure_raw(path: Path, appenders: int, per_thread: int, record_bytes: int)
         os.close(fd)
 
 
-def _measure_log(path: Path, appenders: int, per_thread: int) -> dict[str, Any]:
+def _measure_log(path: Path, appenders: int, per_thread: int) -> Timing:
     with TransactionLog.open(path) as log:
         return _run_threads(
             appenders, per_thread, lambda n: log.append(sample_record(n), force=True)
         )
 
 
-def _run_threads(
-    appenders: int, per_thread: int, append: Callable[[int], object]
-) -> dict[str, Any]:
+def _run_threads(appenders: int, per_thread: int, append: Callable[[int], object]) -> Timing:
     latencies: list[list[float]] = [[] for _ in range(appenders)]
 
     def appender(index: int) -> None:
@@ -94,10 +116,12 @@ def _run_threads(
         thread.start()
     for thread in threads:
         thread.join()
-    return _summary([x for each in latencies for x in each], time.perf_counter() - started)
+    return Timing([x for each in latencies for x in each], time.perf_counter() - started)
 
 
-def _summary(latencies: list[float], elapsed: float) -> dict[str, Any]:
+def _summary(timings: list[Timing]) -> dict[str, Any]:
+    latencies = sorted(x for timing in timings for x in timing.latencies)
+    elapsed = sum(timing.seconds for timing in timings)
     cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     return {
         "records": len(latencies),
@@ -190,7 +214,8 @@ def format_cycle_benchmark(result: dict[str, Any]) -> list[str]:
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_log", description=__doc__)
     parser.add_argument("--appenders", type=int, nargs="+", default=list(DEFAULT_APPENDERS))
-    parser.add_argument("--records", type=int, default=2000, help="records per measurement")
+    parser.add_argument("--records", type=int, default=3000, help="records per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/log rounds")
     parser.add_argument("--cycles", type=int, help="run the disk-use cycle benchmark instead")
     parser.add_argument("--workers", type=int, default=16, help="threads for --cycles")
     parser.add_argument("--dir", type=Path, help="parent of the benchmark's temp directory")
@@ -206,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             result = run_cycle_benchmark(Path(scratch), args.cycles, args.workers)
             lines = format_cycle_benchmark(result)
         else:
-            result = run_log_benchmark(Path(scratch), args.appenders, args.records)
+            result = run_log_benchmark(Path(scratch), args.appenders, args.records, args.rounds)
             lines = format_log_benchmark(result)
     print(json.dumps(result, indent=2) if args.json else "\n".join(lines))
 
