@@ -15,10 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from participants.urls import DatabaseURL
-
-yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read docker-compose.yml")
 
 COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 
