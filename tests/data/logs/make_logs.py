@@ -1,6 +1,6 @@
 """Generate the stored logs that tests/test_txlog_replay.py replays (run once, commit).
 
-    python tests/data/logs/make_logs.py
+    PYTHONPATH=. python tests/data/logs/make_logs.py   # from the project root
 
 Each sub-folder is a log directory; ``expected.json`` says what reading each must give.
 """
