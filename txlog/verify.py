@@ -173,12 +173,17 @@ def _verify_segments(
     for missing in sorted(set(range(first, last + 1)) - set(live)):
         problems.append(Problem(str(segment_path(directory, missing)), 0, "segment missing"))
     stale = [_stale_report(directory, n) for n in numbers if n < first]
-    return stale + [_verify_segment(directory, n, n == last, problems) for n in live]
+    live_reports = [_verify_segment(directory, n, n == last, problems) for n in live]
+    return [report for report in stale if report is not None] + live_reports
 
 
-def _stale_report(directory: Path, number: int) -> SegmentReport:
+def _stale_report(directory: Path, number: int) -> SegmentReport | None:
     file = segment_path(directory, number)
-    return SegmentReport(str(file), number, os.path.getsize(file), None, stale=True)
+    try:
+        size = os.path.getsize(file)
+    except FileNotFoundError:  # a live writer is deleting what its checkpoint superseded
+        return None
+    return SegmentReport(str(file), number, size, None, stale=True)
 
 
 def _verify_segment(
