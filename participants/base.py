@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import os
 import socket
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,16 @@ from participants.errors import (
 )
 from participants.urls import DatabaseURL
 from participants.xid import Xid
+
+OUTCOMES_TABLE = "twopc_outcomes"
+# Every branch inserts its outcome marker just before it prepares, inside the branch: a
+# committed branch has its marker, a rolled-back one has none. That settles "unknown xid".
+MARKER_INSERT = "INSERT INTO twopc_outcomes (gtrid, branch, created_at) VALUES (%s, %s, %s)"
+_MARKER_SELECT = "SELECT 1 FROM twopc_outcomes WHERE gtrid = %s AND branch = %s"
+_OUTCOMES_COLUMNS = (
+    "gtrid VARCHAR(64) NOT NULL, branch VARCHAR(64) NOT NULL, "
+    "created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (gtrid, branch)"
+)
 
 
 class Cursor(Protocol):
@@ -116,6 +127,10 @@ class Branch(ABC):
             self._sql_rollback(prepared=self.state is BranchState.PREPARED)
             self.state = BranchState.ROLLED_BACK
 
+    def _write_marker(self) -> None:
+        """Insert this branch's outcome marker (called by ``_sql_prepare`` before preparing)."""
+        self._sql_execute(MARKER_INSERT, (self.xid.gtrid, self.xid.bqual, time.time()))
+
     def mark_finished(self, state: BranchState) -> None:
         """Record an outcome reached from another connection (recovery of this branch)."""
         self.state = state
@@ -196,6 +211,27 @@ class Participant(ABC):
 
     @abstractmethod
     def _open_local(self) -> LocalTransaction: ...
+
+    outcomes_table_options = ""
+
+    def ensure_outcome_table(self) -> None:
+        """Create the outcome-marker table if it is missing (idempotent, outside any branch)."""
+        ddl = f"CREATE TABLE IF NOT EXISTS {OUTCOMES_TABLE} ({_OUTCOMES_COLUMNS})"
+        with self.local_transaction() as local:
+            local.execute(ddl + self.outcomes_table_options)
+
+    def has_marker(self, xid: Xid) -> bool:
+        """Whether the branch ``xid`` committed: its marker is visible to a new transaction."""
+        with self.local_transaction() as local:
+            return local.execute(_MARKER_SELECT, (xid.gtrid, xid.bqual)).fetchone() is not None
+
+    def forget_markers(self, gtrids: Sequence[str]) -> None:
+        """Delete the markers of ended transactions (their END record is durable)."""
+        if not gtrids:
+            return
+        placeholders = ", ".join(["%s"] * len(gtrids))  # placeholders only; values are bound
+        with self.local_transaction() as local:
+            local.execute(f"DELETE FROM {OUTCOMES_TABLE} WHERE gtrid IN ({placeholders})", gtrids)
 
 
 class LocalTransaction(ABC):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -47,6 +48,8 @@ _UNAVAILABLE_ERRNOS = {2002, 2003, 2006, 2013, 2014, 2026, 2055, 1053, 1927}
 
 class MySQLParticipant(Participant):
     """A MySQL or MariaDB database as a 2PC resource manager."""
+
+    outcomes_table_options = " ENGINE=InnoDB"
 
     def connect(self) -> pymysql.connections.Connection[Any]:
         """An autocommit connection with this participant's lock-wait limit."""
@@ -93,10 +96,11 @@ class MySQLParticipant(Participant):
             with _translated(self, "xa recover"):
                 cursor = conn.cursor()
                 cursor.execute("XA RECOVER")
-                rows = cursor.fetchall()
+                branches = [self._prepared_branch(*row) for row in cursor.fetchall()]
+            times = self._marker_times(conn, [b.xid for b in branches if b.xid is not None])
         finally:
             conn.close()
-        return [self._prepared_branch(*row) for row in rows]
+        return [replace(b, prepared_at=times.get(b.xid)) if b.xid else b for b in branches]
 
     def _prepared_branch(
         self, format_id: int, gtrid_len: int, bqual_len: int, data: Any
@@ -104,6 +108,26 @@ class MySQLParticipant(Participant):
         raw = data if isinstance(data, bytes) else str(data).encode()
         xid = Xid.from_mysql_recover(int(format_id), int(gtrid_len), int(bqual_len), raw)
         return PreparedBranch(self.server, f"{format_id}:{raw!r}", xid, None, None)
+
+    def _marker_times(self, conn: Any, xids: list[Xid]) -> dict[Xid | None, float]:
+        """When each prepared branch wrote its marker: XA RECOVER has no timestamp, and the
+        markers of prepared branches are uncommitted, so only a dirty read sees them."""
+        if not xids:
+            return {}
+        placeholders = ", ".join(["%s"] * len(xids))
+        query = (
+            f"SELECT gtrid, branch, created_at FROM twopc_outcomes WHERE gtrid IN ({placeholders})"
+        )
+        try:
+            with _translated(self, "read outcome markers"):
+                cursor = conn.cursor()
+                cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+                cursor.execute(query, [x.gtrid for x in xids])
+                rows = cursor.fetchall()
+        except StatementFailed:
+            return {}  # no marker table (yet): the time is merely unknown
+        wanted = {(x.gtrid, x.bqual): x for x in xids}
+        return {wanted.get((g, b)): float(t) for g, b, t in rows}
 
     def check_ready(self) -> None:
         """MySQL and MariaDB need no setting for XA; reachability is the only check."""
@@ -157,6 +181,7 @@ class MySQLBranch(Branch):
 
     def _sql_prepare(self) -> Vote:
         try:
+            self._write_marker()
             self._xa("end")
             self._xa("prepare")
         except StatementFailed as err:

@@ -146,6 +146,11 @@ class PostgresBranch(Branch):
         if self._wrote_nothing():
             self._sql_commit_one_phase()
             return Vote.READ_ONLY
+        try:
+            self._write_marker()
+        except StatementFailed as err:
+            self._abandon()
+            raise PrepareRefused(f"{self._participant.server}: outcome marker: {err}") from err
         return self._prepare_transaction()
 
     def _prepare_transaction(self) -> Vote:
