@@ -10,8 +10,11 @@ import functools
 import json
 import logging
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,15 +45,31 @@ from coordinator import (
     PauseAt,
     ProtocolHooks,
     check_coordinator_id,
+    coordinator_of,
 )
+from coordinator.audit import ATOMIC, IN_DOUBT, VIOLATION
+from coordinator.audit import audit as run_audit
+from coordinator.recovery import (
+    DECISION_NONE,
+    InDoubtBranch,
+    InDoubtReport,
+    RecoveryError,
+    RecoveryReport,
+    find_in_doubt,
+)
+from coordinator.recovery import recover as run_recovery
+from coordinator.recovery import resolve as resolve_by_hand
 from devserver import DevServerError, DevServers, DevState
 from participants import (
     DatabaseURL,
     InvalidURL,
+    LockWaitTimeout,
     Participant,
     ParticipantError,
     participant_for,
 )
+from participants.lockwaits import LockWait
+from txlog import LogError, Record, is_locked, read_log, verify_log
 
 EXIT_IN_DOUBT = 3
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -116,12 +135,14 @@ def operational_errors(command: _F) -> _F:
             return command(*args, **kwargs)
         except InvalidInput as err:
             raise BadInput(str(err)) from None
+        except LockWaitTimeout as err:
+            raise click.ClickException(f"{err}; rolled back, nothing was changed") from None
         except TransferRejected as err:
             raise click.ClickException(f"transfer refused: {err}; nothing was changed") from None
         except InDoubt as err:
             click.echo(f"Error: {err}", err=True)
             sys.exit(EXIT_IN_DOUBT)
-        except (CoordinatorError, ParticipantError, DevServerError) as err:
+        except (CoordinatorError, ParticipantError, DevServerError, RecoveryError) as err:
             raise click.ClickException(str(err)) from None
 
     return wrapper  # type: ignore[return-value]
@@ -364,9 +385,57 @@ def transfer(
         obj.home, _coordinator_id(coordinator_id), hooks=_hooks(crash_at, pause_at, pause_seconds)
     )
     sides = tuple(dict.fromkeys((request.source.side, request.destination.side)))
-    with Coordinator.open(obj.participants(sides, lock_wait), config) as coordinator:
+    participants = obj.participants(sides, lock_wait)
+    for participant in participants:
+        participant.on_lock_wait = functools.partial(_say_blocked, obj.home)
+    with Coordinator.open(participants, config) as coordinator:
+        _report_recovery(coordinator)
+        _warn_in_doubt(obj.home, participants)
         outcome = run_transfer(coordinator, request)
     emit(as_json, _outcome_document(request, outcome), _outcome_text(request, outcome))
+
+
+def _report_recovery(coordinator: Coordinator) -> None:
+    """A named coordinator resolved its own in-doubt branches at start: say so."""
+    report = coordinator.recovered
+    for resolution in report.resolutions if report else []:
+        click.echo(
+            f"recovered {resolution.gtrid} {resolution.participant}: {resolution.action}", err=True
+        )
+
+
+def _warn_in_doubt(home: Path, participants: list[Participant]) -> None:
+    """One line when dead coordinators left branches in doubt: they hold locks we may hit."""
+    report = find_in_doubt(participants, home, with_blocking=False)
+    dead = {b.gtrid for b in report.branches if not b.coordinator_alive}
+    if dead:
+        click.echo(
+            f"warning: {len(dead)} in-doubt transaction(s) of dead coordinators hold "
+            "locks on these servers (see `twopc in-doubt`; resolve with `twopc recover`)",
+            err=True,
+        )
+
+
+def _say_blocked(home: Path, participant: Participant, waits: list[LockWait]) -> None:
+    """Printed once when a statement has waited a while on a lock held by a prepared branch."""
+    prepared = {b.xid: b.prepared_at for b in participant.prepared_branches() if b.xid}
+    for wait in waits:
+        if wait.blocker is None:
+            click.echo(
+                f"waiting for a lock on {participant.name} held by {wait.blocker_name}", err=True
+            )
+            continue
+        gtrid = wait.blocker.gtrid
+        at = prepared.get(wait.blocker)
+        since = f"in doubt for {time.time() - at:.1f}s" if at else "in doubt"
+        owner = coordinator_of(gtrid)
+        state = "alive" if owner and is_locked(home / "txlog" / owner) else "dead"
+        click.echo(
+            f"waiting for a row lock on {participant.name} held by in-doubt transaction "
+            f"{gtrid} ({since}; its coordinator {owner} is {state}); "
+            "resolve it with: twopc recover",
+            err=True,
+        )
 
 
 def _coordinator_id(value: str | None) -> str | None:
@@ -408,6 +477,257 @@ def _outcome_text(request: Transfer, outcome: Outcome) -> str:
             f"time:     {outcome.elapsed * 1000:.1f} ms",
         ]
     )
+
+
+# -- in-doubt transactions ---------------------------------------------------------------------
+
+
+@main.command("in-doubt")
+@json_option
+@click.pass_obj
+@operational_errors
+def in_doubt(obj: Context, as_json: bool) -> None:
+    """List prepared branches on both servers: ours with their log's decision and what they
+    block, and foreign ones (never touched)."""
+    report = find_in_doubt(obj.participants(SIDES), obj.home)
+    document = {
+        "in_doubt": [b.to_json() for b in report.branches],
+        "foreign": [f.to_json() for f in report.foreign],
+    }
+    if as_json:
+        emit(True, document["in_doubt"] if not report.foreign else document, "")
+        return
+    click.echo(_in_doubt_text(report))
+
+
+def _in_doubt_text(report: InDoubtReport) -> str:
+    if not report.branches and not report.foreign:
+        return "nothing in doubt"
+    lines = []
+    for branch in report.branches:
+        alive = {True: "alive", False: "dead", None: "no log"}[branch.coordinator_alive]
+        lines.append(
+            f"{branch.gtrid}  {branch.participant:<5}  coordinator {branch.coordinator} ({alive})"
+            f"  prepared {_seconds(branch.prepared_seconds)} ago  decision: {_decision(branch)}"
+        )
+        for wait in branch.blocking:
+            lines.append(
+                f"    blocks session {wait['waiter']} for {_seconds(wait['waited_seconds'])}:"
+                f" {wait['query']}"
+            )
+    for foreign in report.foreign:
+        lines.append(f"foreign: {foreign.participant:<5} {foreign.name}  (not ours: never touched)")
+    return "\n".join(lines)
+
+
+def _decision(branch: InDoubtBranch) -> str:
+    if branch.decision == DECISION_NONE:
+        return "none (presumed abort)"
+    return branch.decision + (f" ({branch.detail})" if branch.detail else "")
+
+
+def _seconds(value: object) -> str:
+    return "?" if not isinstance(value, (int, float)) else f"{value:.1f}s"
+
+
+@main.command(
+    epilog="Exit status: 0 when nothing of ours is left in doubt, 3 when something is "
+    "(a live coordinator's branch, an orphan without a log, a damaged log)."
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@json_option
+@click.pass_obj
+@operational_errors
+def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
+    """Resolve the in-doubt branches of dead coordinators from their logs.
+
+    Commit where the log holds a COMMIT record, roll back where it holds none (presumed
+    abort); then END the finished decisions and remove logs that hold nothing more.
+    """
+    report = run_recovery(obj.participants(SIDES), obj.home, dry_run=dry_run)
+    emit(as_json, report.to_json(), _recovery_text(report))
+    if report.in_doubt_remains:
+        sys.exit(EXIT_IN_DOUBT)
+
+
+def _recovery_text(report: RecoveryReport) -> str:
+    lines = [f"{r.gtrid}  {r.participant:<5}  {r.action}: {r.reason}" for r in report.resolutions]
+    lines += [f"{gtrid}  ended (END record written)" for gtrid in report.ended]
+    lines += [
+        f"log of coordinator {cid} removed (nothing unfinished)" for cid in report.removed_logs
+    ]
+    lines += [f"problem: {p}" for p in report.problems]
+    return "\n".join(lines) or "nothing to recover"
+
+
+@main.command()
+@click.argument("gtrid")
+@click.option("--commit", "decision", flag_value="commit", help="Commit every branch.")
+@click.option("--rollback", "decision", flag_value="rollback", help="Roll back every branch.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Allow a heuristic outcome (against the log's decision) or a live coordinator.",
+)
+@json_option
+@click.pass_obj
+@operational_errors
+def resolve(obj: Context, gtrid: str, decision: str | None, force: bool, as_json: bool) -> None:
+    """Finish every branch of GTRID by hand, and record it in the operator's log."""
+    if decision is None:
+        raise click.UsageError("say --commit or --rollback")
+    outcome = resolve_by_hand(
+        obj.participants(SIDES), obj.home, gtrid, commit=decision == "commit", force=force
+    )
+    heuristic = " (heuristic outcome: against the log's decision)" if outcome.heuristic else ""
+    text = "\n".join(
+        [f"{b.gtrid}  {b.participant:<5}  {b.action}" for b in outcome.branches]
+        + [f"recorded: {decision} by operator{heuristic}"]
+    )
+    emit(as_json, outcome.to_json(), text)
+    if not all(b.finished for b in outcome.branches):
+        sys.exit(EXIT_IN_DOUBT)
+
+
+@main.command(
+    "audit",
+    epilog="Exit status: 0 all atomic, 1 a violation or unreadable log, "
+    "3 transactions still in doubt.",
+)
+@json_option
+@click.pass_obj
+@operational_errors
+def audit_command(obj: Context, as_json: bool) -> None:
+    """Check that every transaction the logs know about is all-or-nothing."""
+    report = run_audit(obj.participants(SIDES), obj.home)
+    lines = [
+        f"{e.gtrid}  {e.verdict}  " + ", ".join(f"{k}: {v}" for k, v in e.branches.items())
+        for e in report.entries
+    ]
+    lines += [f"heuristic resolution: {h['gtrid']} {h['decision']}" for h in report.heuristic]
+    lines += [f"problem: {p}" for p in report.problems]
+    summary = (
+        f"{len(report.entries)} logged decisions: {report.count(ATOMIC)} committed, "
+        f"{report.count(IN_DOUBT)} in doubt, {report.count(VIOLATION)} violations"
+    )
+    emit(as_json, report.to_json(), "\n".join([*lines, summary]))
+    if not report.atomic:
+        sys.exit(1)
+    if report.count(IN_DOUBT):
+        sys.exit(EXIT_IN_DOUBT)
+
+
+# -- the decision logs ------------------------------------------------------------------------
+
+
+@main.group("log")
+def log_group() -> None:
+    """Inspect coordinators' decision logs (HOME/txlog/<coordinator-id>/)."""
+
+
+def _log_paths(obj: Context, coordinator: str | None) -> list[Path]:
+    root = obj.home / "txlog"
+    if coordinator is not None:
+        path = root / coordinator
+        if not path.is_dir():
+            raise click.ClickException(f"no log for coordinator {coordinator} under {root}")
+        return [path]
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+@log_group.command("show")
+@click.option("--coordinator", help="One coordinator's log (default: all).")
+@json_option
+@click.pass_obj
+@operational_errors
+def log_show(obj: Context, coordinator: str | None, as_json: bool) -> None:
+    """Print the records of the logs in order: type, gtrid, branches, time."""
+    documents, lines = [], []
+    for path in _log_paths(obj, coordinator):
+        try:
+            contents = read_log(path)
+        except LogError as err:
+            raise click.ClickException(str(err)) from None
+        documents.append(
+            {
+                "coordinator": path.name,
+                "alive": is_locked(path),
+                "torn_tail": contents.torn_tail,
+                "records": [r.to_json() for r in contents.records],
+            }
+        )
+        lines.append(f"== {path.name} ({'alive' if is_locked(path) else 'not running'})")
+        lines += [_record_line(r) for r in contents.records]
+    emit(as_json, documents, "\n".join(lines) or "no logs")
+
+
+def _record_line(record: Record) -> str:
+    stamp = datetime.fromtimestamp(record.time, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    branches = record.body.get("branches")
+    names = " ".join(b.get("name", "?") for b in branches) if isinstance(branches, list) else ""
+    extra = names or json.dumps(dict(record.body), sort_keys=True) if record.body else names
+    return f"{stamp}  {record.kind:<8} {record.txid}  {extra}".rstrip()
+
+
+@log_group.command("verify", epilog="Exit status: 0 when every log is whole, 1 on damage.")
+@click.option("--coordinator", help="One coordinator's log (default: all).")
+@json_option
+@click.pass_obj
+@operational_errors
+def log_verify(obj: Context, coordinator: str | None, as_json: bool) -> None:
+    """Check every segment and checkpoint of the logs."""
+    reports = [verify_log(path) for path in _log_paths(obj, coordinator)]
+    lines = [line for report in reports for line in report.lines()]
+    emit(as_json, [r.to_json() for r in reports], "\n".join(lines) or "no logs")
+    if not all(r.ok for r in reports):
+        sys.exit(1)
+
+
+# -- benchmarks -------------------------------------------------------------------------------
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: figures measured against a baseline in the same run."""
+
+
+@bench.command("log")
+@click.option(
+    "--appenders",
+    default="1,8,64",
+    show_default=True,
+    help="Comma-separated numbers of concurrent appending threads.",
+)
+@click.option(
+    "--records",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Records per measurement.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write (default: a temporary directory under HOME).",
+)
+@json_option
+@click.pass_obj
+@operational_errors
+def bench_log(
+    obj: Context, appenders: str, records: int, directory: Path | None, as_json: bool
+) -> None:
+    """Group-commit log appends against one raw fdatasync per record."""
+    from benchmarks.bench_log import format_log_benchmark, run_log_benchmark
+
+    try:
+        counts = [int(n) for n in appenders.split(",")]
+    except ValueError:
+        raise BadInput(f"--appenders {appenders!r} must be comma-separated integers") from None
+    (obj.home).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory or obj.home, prefix="bench-") as scratch:
+        result = run_log_benchmark(Path(scratch), counts, records)
+    emit(as_json, result, "\n".join(format_log_benchmark(result)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,19 +9,21 @@ coordinator); its log directory is removed on a clean close when it holds nothin
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from coordinator.crashpoints import ProtocolHooks
 from coordinator.errors import CoordinatorBusy, CoordinatorError
 from coordinator.ids import check_coordinator_id, fresh_coordinator_id, mint_gtrid
+from coordinator.recovery import RecoveryReport, forget_markers, recover_own
 from coordinator.retry import RetryPolicy
 from coordinator.transaction import GlobalTransaction, TxState
 from participants import Participant
-from txlog import LogLocked, TransactionLog
+from txlog import LogCorrupt, LogLocked, TransactionLog
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +63,40 @@ class Coordinator:
         self.prepare_timeout = config.prepare_timeout
         self.hooks = config.hooks
         self.executor = ThreadPoolExecutor(max_workers=max(2, len(participants)))
+        self.recovered: RecoveryReport | None = None
         self._participants = {p.name: p for p in participants}
         self._ephemeral = False
+        self._markers = MarkerCollector(participants)
+        self._gc_batch = 64
+        self._keep_log = False  # set when an abort could not confirm every rollback
 
     @classmethod
     def open(cls, participants: Sequence[Participant], config: CoordinatorConfig) -> Coordinator:
-        """Take this coordinator id's log (and its lock); raises CoordinatorBusy if held."""
+        """Take this coordinator id's log (and its lock), then get ready for new work.
+
+        A coordinator with a stable id first resolves its own in-doubt transactions from its
+        log (``recovered`` reports what it did). Raises CoordinatorBusy if the log is held.
+        """
         ephemeral = config.coordinator_id is None
         coordinator_id = config.coordinator_id or fresh_coordinator_id()
-        try:
-            txlog = TransactionLog.open(log_directory(config.home, coordinator_id))
-        except LogLocked as err:
-            raise CoordinatorBusy(
-                f"coordinator {coordinator_id} is already running (its log is locked)"
-            ) from err
-        config = CoordinatorConfig(
-            config.home, coordinator_id, config.retry, config.prepare_timeout, config.hooks
-        )
+        txlog = _open_log(log_directory(config.home, coordinator_id), coordinator_id)
+        config = replace(config, coordinator_id=coordinator_id)
         coordinator = cls(participants, config, txlog)
         coordinator._ephemeral = ephemeral
+        try:
+            coordinator._get_ready(participants, recover=not ephemeral)
+        except BaseException:
+            coordinator.close()
+            raise
         return coordinator
+
+    def _get_ready(self, participants: Sequence[Participant], *, recover: bool) -> None:
+        for participant in participants:
+            participant.ensure_outcome_table()
+        if recover:
+            self.recovered = recover_own(self.log, self.id, participants)
+            for problem in self.recovered.problems:
+                log.warning("coordinator %s: %s", self.id, problem)
 
     def participant(self, name: str) -> Participant:
         """The participant called ``name``."""
@@ -110,16 +126,94 @@ class Coordinator:
         finally:
             transaction.close()
 
+    def note_ended(self, gtrid: str) -> None:
+        """An END record for ``gtrid`` was appended (not yet forced)."""
+        self._markers.ended(gtrid)
+
+    def last_end(self) -> int:
+        """Sequence number of the last END appended; pass it to :meth:`note_forced`."""
+        return self._markers.last
+
+    def note_forced(self, last_end: int) -> None:
+        """A forced append that began after END number ``last_end`` returned: those ENDs are
+        durable, and their markers can go (in the background, in batches)."""
+        batch = self._markers.durable(last_end, minimum=self._gc_batch)
+        if batch:
+            self.executor.submit(self._markers.forget, batch)
+
+    def keep_log(self) -> None:
+        """Keep the log even if nothing is unfinished: some branch may still be prepared, and
+        recovery presumes abort for it only when it finds this coordinator's (empty) log."""
+        self._keep_log = True
+
     def close(self) -> None:
-        """Release the log (and remove it when one-shot and nothing is unfinished)."""
+        """Release the log (and remove it when one-shot and nothing is unfinished), then
+        garbage-collect the outcome markers of transactions that ended."""
         self.executor.shutdown(wait=True)
-        if self._ephemeral and not self.log.unfinished():
+        if self._ephemeral and not self._keep_log and not self.log.unfinished():
             self.log.destroy()
         else:
             self.log.close()
+        self._markers.forget(self._markers.durable(self._markers.last, minimum=1))
 
     def __enter__(self) -> Coordinator:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_log(path: Path, coordinator_id: str) -> TransactionLog:
+    try:
+        return TransactionLog.open(path)
+    except LogLocked as err:
+        raise CoordinatorBusy(
+            f"coordinator {coordinator_id} is already running, or being recovered "
+            "(its log is locked)"
+        ) from err
+    except LogCorrupt as err:
+        raise CoordinatorError(
+            f"the log of coordinator {coordinator_id} is damaged ({err}); it will not start, "
+            "since decisions may be lost: check it with `twopc log verify`"
+        ) from err
+
+
+class MarkerCollector:
+    """Deletes the outcome markers of ended transactions, once their END is durable.
+
+    A marker must outlive any COMMIT record without a durable END: recovery and audit read
+    "no marker" as "rolled back". ENDs are not forced, so they are counted durable only when
+    a later forced append (or the log's close) has synced them, and deleted in batches off
+    the hot path.
+    """
+
+    def __init__(self, participants: Sequence[Participant]) -> None:
+        self._participants = list(participants)
+        self._sequence = 0
+        self._pending: list[tuple[int, str]] = []
+        self._ready: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def last(self) -> int:
+        """Sequence number of the last END appended."""
+        with self._lock:
+            return self._sequence
+
+    def ended(self, gtrid: str) -> None:
+        with self._lock:
+            self._sequence += 1
+            self._pending.append((self._sequence, gtrid))
+
+    def durable(self, upto: int, *, minimum: int) -> list[str]:
+        """ENDs up to sequence ``upto`` are on disk; returns them once ``minimum`` are ready."""
+        with self._lock:
+            self._ready += [gtrid for seq, gtrid in self._pending if seq <= upto]
+            self._pending = [(seq, gtrid) for seq, gtrid in self._pending if seq > upto]
+            if len(self._ready) < max(1, minimum):
+                return []
+            batch, self._ready = self._ready, []
+            return batch
+
+    def forget(self, gtrids: list[str]) -> None:
+        forget_markers(self._participants, gtrids)

@@ -115,6 +115,7 @@ class GlobalTransaction:
         self._timed("commit", lambda: self._phase_two(prepared))
         self._hook(CrashPoint.BEFORE_END)
         self._coordinator.log.append(Record(END, self.gtrid, final=True), force=False)
+        self._coordinator.note_ended(self.gtrid)
         return self._finished(TxState.COMMITTED, "2pc")
 
     def rollback(self) -> None:
@@ -174,10 +175,12 @@ class GlobalTransaction:
 
     def _log_decision(self, prepared: Sequence[Branch]) -> None:
         body = {"branches": [self._branch_entry(branch) for branch in prepared]}
+        last_end = self._coordinator.last_end()
         try:
             self._coordinator.log.append(Record(COMMIT, self.gtrid, body), force=True)
         except (LogError, OSError) as err:
             raise self._abort(f"could not make the commit decision durable: {err}") from err
+        self._coordinator.note_forced(last_end)
         self._hook(CrashPoint.AFTER_DECISION)
 
     def _branch_entry(self, branch: Branch) -> dict[str, str]:
@@ -236,6 +239,8 @@ class GlobalTransaction:
             if not self._roll_back(participant, branch):
                 leftover.append(participant.name)
         self.state = TxState.ABORTED
+        if leftover:
+            self._coordinator.keep_log()
         return TransactionAborted(self.gtrid, reason, tuple(leftover))
 
     def _roll_back(self, participant: Participant, branch: Branch) -> bool:

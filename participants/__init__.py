@@ -25,6 +25,7 @@ from participants.errors import (
     StatementFailed,
     UnknownXid,
 )
+from participants.lockwaits import LockWait
 from participants.mysql import MySQLParticipant
 from participants.postgres import PostgresParticipant
 from participants.urls import Backend, DatabaseURL, InvalidURL
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidURL",
     "InvalidXid",
     "LocalTransaction",
+    "LockWait",
     "LockWaitTimeout",
     "MisconfiguredServer",
     "MySQLParticipant",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import os
 import socket
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,7 @@ from participants.errors import (
     ParticipantError,
     PrepareRefused,
 )
+from participants.lockwaits import LockWait
 from participants.urls import DatabaseURL
 from participants.xid import Xid
 
@@ -89,14 +91,44 @@ class Branch(ABC):
     their server's dialect.
     """
 
-    def __init__(self, xid: Xid) -> None:
+    def __init__(self, participant: Participant, xid: Xid) -> None:
         self.xid = xid
         self.state = BranchState.ACTIVE
+        self._participant = participant
+        self._noticed = False
 
     def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
-        """Run one statement inside the branch (``%s`` placeholders, values bound)."""
+        """Run one statement inside the branch (``%s`` placeholders, values bound).
+
+        A statement that waits for a lock longer than the participant's ``notice_after``
+        reports, once, what it waits for to the participant's ``on_lock_wait`` callback.
+        """
         self._require("execute", BranchState.ACTIVE)
-        return self._sql_execute(query, params)
+        if self._participant.on_lock_wait is None or self._noticed:
+            return self._sql_execute(query, params)
+        timer = threading.Timer(self._participant.notice_after, self._notice_lock_wait)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._sql_execute(query, params)
+        finally:
+            timer.cancel()
+
+    @property
+    @abstractmethod
+    def session_id(self) -> int:
+        """The server's id of this branch's session (PostgreSQL pid, MySQL thread id)."""
+
+    def _notice_lock_wait(self) -> None:
+        """Runs on a timer thread while a statement waits: ask the server what blocks it."""
+        try:
+            waits = self._participant.waits_of(self.session_id)
+        except ParticipantError:
+            return
+        callback = self._participant.on_lock_wait
+        if waits and callback is not None and not self._noticed:
+            self._noticed = True
+            callback(self._participant, waits)
 
     def prepare(self) -> Vote:
         """Phase 1. Returns the vote; raises :class:`PrepareRefused` for a NO vote."""
@@ -173,6 +205,10 @@ class Participant(ABC):
         self.name = name
         self.url = url
         self.lock_wait = lock_wait
+        # Told, once per branch, when a statement has waited ``notice_after`` seconds for a
+        # lock held by a prepared branch (the CLI prints who blocks it and how to resolve it).
+        self.on_lock_wait: Callable[[Participant, list[LockWait]], None] | None = None
+        self.notice_after = 1.0
 
     @property
     def server(self) -> str:
@@ -194,6 +230,14 @@ class Participant(ABC):
     @abstractmethod
     def prepared_branches(self) -> list[PreparedBranch]:
         """Every prepared branch on the server (ours and foreign) in this database."""
+
+    @abstractmethod
+    def lock_waits(self) -> list[LockWait]:
+        """Every session waiting on a lock held by a prepared branch on this server."""
+
+    @abstractmethod
+    def waits_of(self, session_id: int) -> list[LockWait]:
+        """The prepared branches the session ``session_id`` is waiting for."""
 
     @abstractmethod
     def check_ready(self) -> None:

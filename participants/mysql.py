@@ -38,6 +38,7 @@ from participants.errors import (
     StatementFailed,
     UnknownXid,
 )
+from participants.lockwaits import LockWait, mysql_lock_waits, mysql_waits_of
 from participants.xid import Xid
 
 _XAER_NOTA = 1397
@@ -129,6 +130,22 @@ class MySQLParticipant(Participant):
         wanted = {(x.gtrid, x.bqual): x for x in xids}
         return {wanted.get((g, b)): float(t) for g, b, t in rows}
 
+    def lock_waits(self) -> list[LockWait]:
+        conn = self.connect()
+        try:
+            with _translated(self, "read lock waits"):
+                return mysql_lock_waits(conn, self.connect)
+        finally:
+            conn.close()
+
+    def waits_of(self, session_id: int) -> list[LockWait]:
+        conn = self.connect()
+        try:
+            with _translated(self, "read lock waits"):
+                return mysql_waits_of(conn, session_id, self.connect)
+        finally:
+            conn.close()
+
     def check_ready(self) -> None:
         """MySQL and MariaDB need no setting for XA; reachability is the only check."""
         self.connect().close()
@@ -146,14 +163,18 @@ class MySQLBranch(Branch):
     def __init__(
         self, participant: MySQLParticipant, conn: pymysql.connections.Connection[Any], xid: Xid
     ) -> None:
-        super().__init__(xid)
-        self._participant = participant
+        super().__init__(participant, xid)
+        self._participant: MySQLParticipant = participant
         self._conn = conn
         self._ended = False  # XA END sent: the branch is IDLE on the server
 
     def close(self) -> None:
         if self._conn.open:
             self._conn.close()
+
+    @property
+    def session_id(self) -> int:
+        return int(self._conn.thread_id())
 
     def interrupt(self) -> None:
         try:

@@ -36,6 +36,7 @@ from participants.errors import (
     StatementFailed,
     UnknownXid,
 )
+from participants.lockwaits import LockWait, pg_lock_waits, pg_waits_of
 from participants.urls import DatabaseURL
 from participants.xid import Xid
 
@@ -96,6 +97,14 @@ class PostgresParticipant(Participant):
             PreparedBranch(self.server, gid, Xid.from_pg_gid(gid), at, db) for gid, at, db in rows
         ]
 
+    def lock_waits(self) -> list[LockWait]:
+        with self.connect() as conn, self._translated("read lock waits"):
+            return pg_lock_waits(conn)
+
+    def waits_of(self, session_id: int) -> list[LockWait]:
+        with self.connect() as conn, self._translated("read lock waits"):
+            return pg_waits_of(conn, session_id)
+
     def check_ready(self) -> None:
         if self._ready:
             return
@@ -119,12 +128,16 @@ class PostgresBranch(Branch):
     """A branch held open on one PostgreSQL connection."""
 
     def __init__(self, participant: PostgresParticipant, conn: psycopg.Connection[Any], xid: Xid):
-        super().__init__(xid)
-        self._participant = participant
+        super().__init__(participant, xid)
+        self._participant: PostgresParticipant = participant
         self._conn = conn
 
     def close(self) -> None:
         self._conn.close()
+
+    @property
+    def session_id(self) -> int:
+        return self._conn.info.backend_pid
 
     def interrupt(self) -> None:
         if self._conn.closed:

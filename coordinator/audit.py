@@ -1,0 +1,140 @@
+"""Audit: was every transaction the logs know about all-or-nothing?
+
+For each COMMIT record: with an END record, every branch acknowledged its commit. Without
+one, each branch is looked up on its server: still prepared (in doubt), committed (its
+outcome marker is there), or rolled back (no marker) — and a COMMIT decision with a
+rolled-back branch is an atomicity violation. Manual resolutions that went against a logged
+decision (heuristic outcomes) are listed from the operator's log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coordinator.recovery import (
+    OPERATOR_LOG,
+    RESOLVE,
+    coordinator_logs,
+    inspect_log,
+    txlog_root,
+)
+from participants import FORMAT_ID, Participant, ParticipantError, Xid
+from txlog import LogError, Record, read_log
+
+ATOMIC = "committed"
+IN_DOUBT = "in doubt"
+ROLLED_BACK = "rolled back"
+VIOLATION = "VIOLATION"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    gtrid: str
+    coordinator: str
+    verdict: str
+    branches: dict[str, str]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "gtrid": self.gtrid,
+            "coordinator": self.coordinator,
+            "verdict": self.verdict,
+            "branches": self.branches,
+        }
+
+
+@dataclass
+class AuditReport:
+    entries: list[AuditEntry] = field(default_factory=list)
+    heuristic: list[dict[str, object]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def count(self, verdict: str) -> int:
+        return sum(1 for e in self.entries if e.verdict == verdict)
+
+    @property
+    def atomic(self) -> bool:
+        return self.count(VIOLATION) == 0 and not self.problems
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "transactions": [e.to_json() for e in self.entries],
+            "committed": self.count(ATOMIC),
+            "in_doubt": self.count(IN_DOUBT),
+            "violations": self.count(VIOLATION),
+            "heuristic_resolutions": self.heuristic,
+            "problems": self.problems,
+        }
+
+
+def audit(participants: Sequence[Participant], home: Path) -> AuditReport:
+    """Check every transaction every log under ``home`` knows about."""
+    report = AuditReport()
+    by_name = {p.name: p for p in participants}
+    for coordinator in coordinator_logs(home):
+        state = inspect_log(home, coordinator)
+        if state.error is not None:
+            report.problems.append(f"log of {coordinator} is unreadable: {state.error}")
+            continue
+        for gtrid, record in state.commits.items():
+            end = state.ended.get(gtrid)
+            # An END written by the operator may follow a heuristic outcome: look, don't trust.
+            ended = end is not None and end.body.get("by") != "operator"
+            report.entries.append(_entry(coordinator, gtrid, record, ended, by_name))
+    report.heuristic = _heuristic_resolutions(home, report)
+    return report
+
+
+def _entry(
+    coordinator: str, gtrid: str, record: Record, ended: bool, by_name: dict[str, Participant]
+) -> AuditEntry:
+    branches = record.body.get("branches", [])
+    names = [str(b["name"]) for b in branches] if isinstance(branches, list) else []
+    if ended:
+        return AuditEntry(gtrid, coordinator, ATOMIC, dict.fromkeys(names, "committed"))
+    states = {
+        str(b["name"]): _branch_state(
+            by_name.get(str(b["name"])), Xid(FORMAT_ID, gtrid, str(b["bqual"]))
+        )
+        for b in branches
+    }
+    return AuditEntry(gtrid, coordinator, _verdict(list(states.values())), states)
+
+
+def _branch_state(participant: Participant | None, xid: Xid) -> str:
+    if participant is None:
+        return "unknown (server not configured)"
+    try:
+        if any(b.xid == xid for b in participant.prepared_branches()):
+            return "prepared"
+        return "committed" if participant.has_marker(xid) else "rolled back"
+    except ParticipantError as err:
+        return f"unknown ({err})"
+
+
+def _verdict(values: list[str]) -> str:
+    if "committed" in values and "rolled back" in values:
+        return VIOLATION
+    if all(v == "committed" for v in values):
+        return ATOMIC
+    if all(v == "rolled back" for v in values):
+        return ROLLED_BACK  # atomic, though against the logged decision (a heuristic outcome)
+    return IN_DOUBT
+
+
+def _heuristic_resolutions(home: Path, report: AuditReport) -> list[dict[str, object]]:
+    path = txlog_root(home) / OPERATOR_LOG
+    if not path.is_dir():
+        return []
+    try:
+        records = read_log(path).records
+    except LogError as err:
+        report.problems.append(f"operator log is unreadable: {err}")
+        return []
+    return [
+        dict(r.body) | {"time": r.time}
+        for r in records
+        if r.kind == RESOLVE and r.body.get("heuristic")
+    ]
