@@ -6,9 +6,11 @@ Exit codes: 0 success; 1 operational failure (refused transfer, unreachable serv
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -32,6 +34,7 @@ from bank import (
     read_balances,
     run_transfer,
 )
+from bank.demo import DemoError, blocking_demo
 from coordinator import (
     CRASH_POINT_HELP,
     Coordinator,
@@ -681,6 +684,47 @@ def log_verify(obj: Context, coordinator: str | None, as_json: bool) -> None:
     emit(as_json, [r.to_json() for r in reports], "\n".join(lines) or "no logs")
     if not all(r.ok for r in reports):
         sys.exit(1)
+
+
+# -- demonstrations ---------------------------------------------------------------------------
+
+
+@main.group()
+def demo() -> None:
+    """Demonstrations on the configured servers, narrated with measured figures."""
+
+
+@demo.command("blocking")
+@click.option(
+    "--hold",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to leave the second transfer blocked before recovering.",
+)
+@json_option
+@click.pass_obj
+@operational_errors
+def demo_blocking(obj: Context, hold: float, as_json: bool) -> None:
+    """Kill a coordinator after prepare, watch a transfer block, recover, check balances.
+
+    Uses accounts a1 and a2 on both sides (created with 1000.00 if missing).
+    """
+    from bank.schema import init_schema
+
+    participants = obj.participants(SIDES)
+    for participant in participants:
+        init_schema(participant.url, accounts_count=2, balance=Decimal("1000.00"), reset=False)
+    env = dict(os.environ, TWOPC_HOME=str(obj.home.resolve()))
+    env.update({f"TWOPC_{p.name.upper()}_URL": p.url.with_password() for p in participants})
+    env.pop("TWOPC_COORDINATOR_ID", None)
+    say = (lambda line: None) if as_json else click.echo
+    try:
+        figures = blocking_demo(participants, obj.home, env, say, hold=hold)
+    except DemoError as err:
+        raise click.ClickException(str(err)) from None
+    if as_json:
+        emit(True, dataclasses.asdict(figures), "")
 
 
 # -- benchmarks -------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import secrets
 
-_COORDINATOR_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
-_GTRID = re.compile(r"([A-Za-z0-9_-]{1,40})\.([0-9a-f]{20})")
+# Starts with a letter or digit: names beginning with "_" are reserved (the operator's log).
+_COORDINATOR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+_GTRID = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]{0,39})\.([0-9a-f]{20})")
 
 
 class InvalidCoordinatorId(ValueError):
@@ -22,7 +23,8 @@ def check_coordinator_id(coordinator_id: str) -> str:
     """Return the id when it is 1-40 characters of ``[A-Za-z0-9_-]``; raise otherwise."""
     if not _COORDINATOR_ID.fullmatch(coordinator_id):
         raise InvalidCoordinatorId(
-            f"coordinator id {coordinator_id!r} must be 1-40 characters of letters, digits, _ or -"
+            f"coordinator id {coordinator_id!r} must be 1-40 letters, digits, _ or -, "
+            "starting with a letter or digit"
         )
     return coordinator_id
 

@@ -80,6 +80,7 @@ class GlobalTransaction:
         self._coordinator = coordinator
         self._branches: dict[str, tuple[Participant, Branch]] = {}
         self.outcome: Outcome | None = None
+        self._stuck: set[int] = set()  # branches whose connection a hung worker still holds
         self._started = time.monotonic()
         self._phases: dict[str, float] = {}
 
@@ -126,7 +127,8 @@ class GlobalTransaction:
     def close(self) -> None:
         """Close every branch's connection (a still-active branch is rolled back by its server)."""
         for _, branch in self._branches.values():
-            branch.close()
+            if id(branch) not in self._stuck:
+                branch.close()
 
     # -- one phase -----------------------------------------------------------------------
 
@@ -165,11 +167,16 @@ class GlobalTransaction:
             raise self._abort("; ".join(reasons)) from (errors[0] if errors else None)
 
     def _interrupt(self, branches: Sequence[Branch], futures: Sequence[Future[Vote]]) -> None:
-        """Break the connections of branches whose prepare hangs, then let the workers end."""
-        for branch, future in zip(branches, futures, strict=True):
-            if not future.done():
-                branch.interrupt()
-        wait(futures, timeout=10)
+        """Cancel the statements of branches whose prepare hangs; if the server does not
+        answer even that, break their connections. A worker that still does not return
+        keeps its connection: nothing else may touch it (see ``_roll_back``)."""
+        hung = [(b, f) for b, f in zip(branches, futures, strict=True) if not f.done()]
+        for escalate in ("interrupt", "sever"):
+            for branch, future in hung:
+                if not future.done():
+                    getattr(branch, escalate)()
+            wait([f for _, f in hung], timeout=5)
+        self._stuck.update(id(b) for b, f in hung if not f.done())
 
     # -- decision and phase 2 ------------------------------------------------------------
 
@@ -217,7 +224,8 @@ class GlobalTransaction:
 
     def _finish_elsewhere(self, branch: Branch, *, commit: bool) -> bool:
         """Retry from fresh connections with back-off until the server acknowledges."""
-        branch.close()
+        if id(branch) not in self._stuck:
+            branch.close()
         participant = self._participant_of(branch)
         for _ in self._coordinator.retry.pauses():
             try:
@@ -249,15 +257,16 @@ class GlobalTransaction:
         if branch.state is not BranchState.ACTIVE:
             return True
         try:
-            branch.rollback()
-            return True
-        except ParticipantError:
-            # The link broke, maybe during a prepare that reached the server: an unprepared
-            # branch dies with its connection, a prepared one must be rolled back by xid.
-            branch.close()
-            if not self._maybe_prepared(participant, branch):
+            if id(branch) not in self._stuck:
+                branch.rollback()
                 return True
-            return self._finish_elsewhere(branch, commit=False)
+        except ParticipantError:
+            branch.close()
+        # The link broke, maybe during a prepare that reached the server: an unprepared
+        # branch dies with its connection, a prepared one must be rolled back by xid.
+        if not self._maybe_prepared(participant, branch):
+            return True
+        return self._finish_elsewhere(branch, commit=False)
 
     def _maybe_prepared(self, participant: Participant, branch: Branch) -> bool:
         try:

@@ -173,7 +173,13 @@ class Branch(ABC):
 
     @abstractmethod
     def interrupt(self) -> None:
-        """Break the connection from another thread, so a statement hanging on it fails."""
+        """Ask the server, from another thread, to cancel the statement running on this
+        branch's connection."""
+
+    @abstractmethod
+    def sever(self) -> None:
+        """Shut this branch's socket down from another thread: a statement blocked on it
+        fails even when the server does not answer."""
 
     def _require(self, action: str, *allowed: BranchState) -> None:
         if self.state not in allowed:

@@ -180,17 +180,17 @@ class MySQLBranch(Branch):
         try:
             killer = self._participant.connect()
         except ParticipantError:
-            killer = None
-        if killer is not None:
-            try:
-                with _translated(self._participant, "kill query"):
-                    killer.cursor().execute("KILL QUERY %s", (self._conn.thread_id(),))
-                return  # the server aborts the statement: nothing prepared
-            except ParticipantError:
-                pass
-            finally:
-                killer.close()
-        sock = self._conn._sock  # server unresponsive: break the link (no public handle)
+            return  # no answer: the caller escalates to sever()
+        try:
+            with _translated(self._participant, "kill query"):
+                killer.cursor().execute("KILL QUERY %s", (self._conn.thread_id(),))
+        except ParticipantError:
+            pass
+        finally:
+            killer.close()
+
+    def sever(self) -> None:
+        sock = self._conn._sock  # PyMySQL exposes no public handle on its socket
         if sock is not None:
             shut_down_socket(sock.fileno())
 
@@ -233,12 +233,10 @@ class MySQLBranch(Branch):
         self._ended = self._ended or verb == "end"
 
     def _abandon(self) -> None:
-        """After a failed XA END/PREPARE: roll back what the server holds, or drop the link."""
-        try:
-            self._xa("end")
-            self._xa("rollback")
-        except ParticipantError:
-            self._conn.close()  # an unprepared branch dies with its connection
+        """After a failed marker/XA END/XA PREPARE: drop the connection. The server rolls an
+        unprepared branch back when its session ends, and that cannot block the way an
+        XA ROLLBACK can (behind a global read lock, say)."""
+        self._conn.close()
 
 
 class MySQLLocal(LocalTransaction):

@@ -8,6 +8,7 @@ reply to ``PREPARE TRANSACTION`` is checked too: a ``ROLLBACK`` reply is a NO vo
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from functools import partial
@@ -142,10 +143,12 @@ class PostgresBranch(Branch):
     def interrupt(self) -> None:
         if self._conn.closed:
             return
-        try:
-            self._conn.cancel_safe(timeout=2.0)  # the server aborts the statement: nothing prepared
-        except psycopg.Error:
-            shut_down_socket(self._conn.pgconn.socket)  # server unresponsive: break the link
+        with contextlib.suppress(psycopg.Error):  # no answer: the caller escalates to sever()
+            self._conn.cancel_safe(timeout=2.0)
+
+    def sever(self) -> None:
+        if not self._conn.closed:
+            shut_down_socket(self._conn.pgconn.socket)
 
     def _sql_execute(self, query: str, params: Sequence[Any] | None) -> Cursor:
         with self._participant._translated("execute"):

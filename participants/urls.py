@@ -73,6 +73,11 @@ class DatabaseURL:
         kwargs["password"] = self.password or ""
         return kwargs
 
+    def with_password(self) -> str:
+        """The full URL, password included: only for handing to a child process's
+        environment, never for printing."""
+        return self.url.render_as_string(hide_password=False)
+
     def location(self) -> str:
         """``host:port/database`` — for messages and logs; carries no credentials."""
         default_port = 5432 if self.backend == "pg" else 3306

@@ -60,7 +60,7 @@ def test_gtrid_embeds_coordinator_id() -> None:
     assert mint_gtrid("c") != mint_gtrid("c")
 
 
-@pytest.mark.parametrize("bad", ["", "a b", "a.b", "x" * 41, "../etc", "é"])
+@pytest.mark.parametrize("bad", ["", "a b", "a.b", "x" * 41, "../etc", "é", "_operator", "-x"])
 def test_coordinator_id_validation(bad: str) -> None:
     with pytest.raises(InvalidCoordinatorId):
         check_coordinator_id(bad)
