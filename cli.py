@@ -493,14 +493,9 @@ def in_doubt(obj: Context, as_json: bool) -> None:
     """List prepared branches on both servers: ours with their log's decision and what they
     block, and foreign ones (never touched)."""
     report = find_in_doubt(obj.participants(SIDES), obj.home)
-    document = {
-        "in_doubt": [b.to_json() for b in report.branches],
-        "foreign": [f.to_json() for f in report.foreign],
-    }
-    if as_json:
-        emit(True, document["in_doubt"] if not report.foreign else document, "")
-        return
-    click.echo(_in_doubt_text(report))
+    # One list, one shape: foreign entries carry "foreign": true and decision "foreign".
+    document = [b.to_json() for b in report.branches] + [f.to_json() for f in report.foreign]
+    emit(as_json, document, _in_doubt_text(report))
 
 
 def _in_doubt_text(report: InDoubtReport) -> str:

@@ -194,11 +194,18 @@ class ForeignBranch:
     prepared_seconds: float | None
 
     def to_json(self) -> dict[str, object]:
+        """The same keys as an in-doubt branch of ours, so one list can hold both."""
         return {
+            "gtrid": self.name,
             "server": self.participant,
             "address": self.server,
-            "name": self.name,
+            "coordinator": None,
+            "coordinator_alive": None,
+            "decision": "foreign",
             "prepared_seconds": _rounded(self.prepared_seconds),
+            "blocking": [],
+            "detail": None,
+            "foreign": True,
         }
 
 
@@ -265,9 +272,10 @@ def _lock_waits(participants: Sequence[Participant]) -> dict[Xid, list[dict[str,
 
 
 def wait_json(wait: LockWait) -> dict[str, object]:
+    query = " ".join(wait.query.split()) if wait.query else wait.query  # one line per waiter
     return {
         "waiter": wait.waiter,
-        "query": wait.query,
+        "query": query,
         "waited_seconds": _rounded(wait.waited_seconds),
     }
 

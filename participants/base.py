@@ -31,6 +31,7 @@ from participants.errors import (
     MisconfiguredServer,
     ParticipantError,
     PrepareRefused,
+    StatementFailed,
 )
 from participants.lockwaits import LockWait
 from participants.urls import DatabaseURL
@@ -265,7 +266,17 @@ class Participant(ABC):
     outcomes_table_options = ""
 
     def ensure_outcome_table(self) -> None:
-        """Create the outcome-marker table if it is missing (idempotent, outside any branch)."""
+        """Create the outcome-marker table if it is missing (idempotent, outside any branch).
+
+        Looks first, so an application user without CREATE rights works once the table is
+        there (PostgreSQL checks the schema privilege even for ``IF NOT EXISTS``).
+        """
+        try:
+            with self.local_transaction() as local:
+                local.execute(f"SELECT 1 FROM {OUTCOMES_TABLE} WHERE 1 = 0")
+            return
+        except StatementFailed:
+            pass  # missing: create it
         ddl = f"CREATE TABLE IF NOT EXISTS {OUTCOMES_TABLE} ({_OUTCOMES_COLUMNS})"
         with self.local_transaction() as local:
             local.execute(ddl + self.outcomes_table_options)

@@ -224,7 +224,8 @@ def test_one_coordinator_id_runs_once(db: Databases) -> None:
 def secret_users(db: Databases) -> Iterator[tuple[str, str, str]]:
     password = "Sup3r-Secret-pw"
     db.pg_query(f"CREATE ROLE sekrit LOGIN PASSWORD '{password}'")
-    db.pg_query("GRANT ALL ON accounts TO sekrit")
+    db.pg().ensure_outcome_table()  # created by an owner; the app user only writes to it
+    db.pg_query("GRANT ALL ON accounts, twopc_outcomes TO sekrit")
     db.mysql_query("CREATE USER 'sekrit'@'127.0.0.1' IDENTIFIED BY %s", (password,))
     db.mysql_query("GRANT ALL ON twopc.* TO 'sekrit'@'127.0.0.1'")
     pg, my = db.state.pg, db.state.mysql
