@@ -1,0 +1,78 @@
+"""Where orchestrators keep their logs, and what every log says about unfinished sagas.
+
+Each orchestrator writes ``<home>/sagas/<orchestrator-id>/`` (a :mod:`txlog` log whose txids
+are saga ids) and holds its lock while alive, so "is it alive?" is a lock probe. These
+readers take no lock: they serve listings, and the check that no other orchestrator is in
+the middle of a saga id before this one runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from saga.ids import InvalidSagaId, check_orchestrator_id
+from saga.state import SagaState, replay_records
+from txlog import LogError, LogMissing, is_locked, read_log
+
+
+def saga_root(home: Path) -> Path:
+    return home / "sagas"
+
+
+def orchestrator_log(home: Path, orchestrator_id: str) -> Path:
+    """The log directory of ``orchestrator_id`` under ``home``."""
+    return saga_root(home) / check_orchestrator_id(orchestrator_id)
+
+
+def orchestrator_ids(home: Path) -> list[str]:
+    """Ids of every orchestrator with a log directory under ``home``."""
+    root = saga_root(home)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _is_orchestrator_id(p.name))
+
+
+def _is_orchestrator_id(name: str) -> bool:
+    try:
+        check_orchestrator_id(name)
+    except InvalidSagaId:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class OrchestratorLog:
+    """One orchestrator's log as read without its lock: its unfinished sagas, or an error."""
+
+    orchestrator: str
+    alive: bool
+    sagas: tuple[SagaState, ...] = ()
+    error: str | None = None
+
+
+def read_orchestrator(home: Path, orchestrator_id: str) -> OrchestratorLog:
+    """Read one orchestrator's log; damage is reported in ``error``, never raised."""
+    path = saga_root(home) / orchestrator_id
+    alive = is_locked(path)
+    try:
+        unfinished = read_log(path).unfinished()
+    except LogMissing:
+        return OrchestratorLog(orchestrator_id, alive)
+    except LogError as err:
+        return OrchestratorLog(orchestrator_id, alive, error=str(err))
+    sagas = tuple(replay_records(txid, records) for txid, records in unfinished.items())
+    return OrchestratorLog(orchestrator_id, alive, sagas)
+
+
+def all_orchestrators(home: Path) -> list[OrchestratorLog]:
+    """Every orchestrator's log under ``home``."""
+    return [read_orchestrator(home, oid) for oid in orchestrator_ids(home)]
+
+
+def owner_of(home: Path, saga_id: str, *, besides: str) -> OrchestratorLog | None:
+    """The orchestrator other than ``besides`` whose log holds ``saga_id`` unfinished."""
+    for entry in all_orchestrators(home):
+        if entry.orchestrator != besides and any(s.saga_id == saga_id for s in entry.sagas):
+            return entry
+    return None

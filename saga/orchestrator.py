@@ -1,0 +1,440 @@
+"""The saga orchestrator: runs transfer sagas as local transactions, durable in its own log.
+
+Every decision is a record in the orchestrator's :mod:`txlog` log (txid = saga id) before
+the orchestrator acts on it, and the saga's state is rebuilt from those records alone
+(:mod:`saga.state`), so a restarted or recovering orchestrator resumes exactly where the log
+says — forward if the steps can still complete, backward if a step failed. What happened
+between a step's local commit and its log record (the dual-write gap) is harmless: the step
+runs again under the same idempotency key and gets its stored result back.
+
+An orchestrator has an id and holds its log's lock while alive. One opened without an id is
+one-shot: it gets a fresh id, and its log is removed on close when nothing is unfinished.
+One with a stable id resumes its own unfinished sagas on opening.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from bank import Transfer
+from coordinator import RetryPolicy
+from participants import Participant, ParticipantError
+from saga.crashpoints import SagaHooks, SagaPoint
+from saga.errors import SagaBusy, SagaError, SagaNotFound
+from saga.idempotency import (
+    APPLIED,
+    CANCELLED,
+    CommitUncertain,
+    StepResult,
+    claim,
+    lookup,
+    run_once,
+)
+from saga.ids import (
+    check_orchestrator_id,
+    check_saga_id,
+    compensation_key,
+    fresh_orchestrator_id,
+    fresh_saga_id,
+    release_key,
+    step_key,
+)
+from saga.logs import OrchestratorLog, orchestrator_log, owner_of
+from saga.report import outcome_of
+from saga.state import (
+    APPLIED_NO,
+    APPLIED_UNKNOWN,
+    BEGIN,
+    BLOCKED,
+    COMP_DONE,
+    COMPENSATE,
+    DEAD_LETTER,
+    END,
+    FENCE,
+    FINISH,
+    NOTIFIED,
+    NOTIFY,
+    REFUSED,
+    RELEASE,
+    RELEASED,
+    RETRY,
+    RUN,
+    STEP_DONE,
+    STEP_FAILED,
+    Action,
+    SagaState,
+    apply,
+    next_action,
+    replay_records,
+)
+from saga.steps import (
+    COMPENSABLE,
+    CREDIT,
+    DEBIT,
+    HOLDING,
+    CompensationFailed,
+    Work,
+    compensation,
+    forward_step,
+    release,
+)
+from saga.steps import NOTIFY as NOTIFY_STEP
+from saga.tables import ensure_saga_tables
+from txlog import LogCorrupt, LogLocked, Record, TransactionLog
+
+log = logging.getLogger(__name__)
+
+# (saga id, what is being retried, attempt number that failed, the error)
+RetryListener = Callable[[str, str, int, str], None]
+_STOPS = frozenset({"done", "parked", "stuck"})
+
+
+def _default_policy() -> RetryPolicy:
+    return RetryPolicy(deadline=30.0)
+
+
+@dataclass(frozen=True)
+class SagaConfig:
+    """How an orchestrator runs. ``orchestrator_id=None`` means a fresh one-shot id.
+
+    ``retry`` bounds each forward step, fence, hold release and notification; past it a
+    forward step fails (the saga compensates) and the others leave the saga unfinished for
+    recovery. ``compensation_retry`` bounds each compensation; past it, the dead letter.
+    """
+
+    home: Path
+    orchestrator_id: str | None = None
+    retry: RetryPolicy = field(default_factory=_default_policy)
+    compensation_retry: RetryPolicy = field(default_factory=_default_policy)
+    hooks: SagaHooks | None = None
+    on_retry: RetryListener | None = None
+
+
+@dataclass(frozen=True)
+class SagaOutcome:
+    """Where a saga stands after the orchestrator drove it as far as it could."""
+
+    orchestrator: str
+    state: SagaState
+    elapsed: float
+
+    @property
+    def saga_id(self) -> str:
+        return self.state.saga_id
+
+    @property
+    def outcome(self) -> str:
+        """completed, compensated, aborted, refused; or unfinished, dead-lettered."""
+        return outcome_of(self.state)
+
+
+@dataclass(frozen=True)
+class _Exhausted:
+    """Every attempt allowed by the retry policy failed."""
+
+    error: str
+    attempts: int
+    uncertain: bool  # some attempt failed while committing: it may have applied
+
+
+class Orchestrator:
+    """Runs transfer sagas over its participants (one per side), logging every decision.
+
+    >>> with Orchestrator.open([pg, mysql], SagaConfig(home)) as orchestrator:
+    ...     outcome = orchestrator.transfer(Transfer(source, destination, amount))
+    ...     print(outcome.outcome)  # completed, compensated or aborted
+    """
+
+    def __init__(
+        self, participants: Sequence[Participant], config: SagaConfig, txlog: TransactionLog
+    ) -> None:
+        self.id = config.orchestrator_id or ""
+        self.log = txlog
+        self.config = config
+        self.resumed: list[SagaOutcome] = []
+        self._participants = {p.name: p for p in participants}
+        self._ephemeral = False
+
+    @classmethod
+    def open(cls, participants: Sequence[Participant], config: SagaConfig) -> Orchestrator:
+        """Take the orchestrator's log (and its lock) and make sure the saga tables exist.
+
+        An orchestrator with a stable id first resumes its own unfinished sagas (``resumed``
+        reports them). Raises :class:`SagaBusy` if the log is held by a live process.
+        """
+        ephemeral = config.orchestrator_id is None
+        orchestrator_id = check_orchestrator_id(config.orchestrator_id or fresh_orchestrator_id())
+        txlog = open_log(config.home, orchestrator_id)
+        orchestrator = cls(participants, replace(config, orchestrator_id=orchestrator_id), txlog)
+        orchestrator._ephemeral = ephemeral
+        try:
+            for participant in participants:
+                ensure_saga_tables(participant)
+            if not ephemeral:
+                orchestrator.resumed = orchestrator.resume_all()
+        except BaseException:
+            orchestrator.close()
+            raise
+        return orchestrator
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def transfer(self, transfer: Transfer, saga_id: str | None = None) -> SagaOutcome:
+        """Run ``transfer`` as saga ``saga_id`` (default: a fresh id).
+
+        Running a saga id that already ran replays it: every step finds its stored result
+        and nothing changes. Raises :class:`SagaBusy` when another orchestrator's log holds
+        the saga unfinished (it finishes it, or ``twopc recover`` does).
+        """
+        started = time.monotonic()
+        saga_id = fresh_saga_id() if saga_id is None else check_saga_id(saga_id)
+        if saga_id in self.log.unfinished():
+            raise SagaBusy(f"saga {saga_id} is unfinished in this orchestrator's own log")
+        self._refuse_if_owned_elsewhere(saga_id)
+        body = {
+            "source": str(transfer.source),
+            "destination": str(transfer.destination),
+            "amount": str(transfer.amount),
+            "at": time.time(),
+        }
+        state = self._append(SagaState(saga_id), Record(BEGIN, saga_id, body))
+        return self._drive(state, started, resumed=False)
+
+    def resume(self, saga_id: str, *, retry_dead_letters: bool = False) -> SagaOutcome:
+        """Drive an unfinished saga of this orchestrator's log on from where it stands.
+
+        A dead-lettered compensation is only tried again with ``retry_dead_letters``.
+        """
+        started = time.monotonic()
+        records = self.log.unfinished().get(saga_id)
+        if records is None:
+            raise SagaNotFound(f"no unfinished saga {saga_id} in the log of orchestrator {self.id}")
+        state = replay_records(saga_id, records)
+        if retry_dead_letters and state.dead_lettered:
+            state = self._append(state, Record(RETRY, saga_id, {"by": "operator"}))
+        return self._drive(state, started, resumed=True)
+
+    def resume_all(self, *, retry_dead_letters: bool = False) -> list[SagaOutcome]:
+        """Resume every unfinished saga in this orchestrator's log."""
+        return [
+            self.resume(saga_id, retry_dead_letters=retry_dead_letters)
+            for saga_id in list(self.log.unfinished())
+        ]
+
+    def close(self) -> None:
+        """Release the log; a one-shot orchestrator's log goes when nothing is unfinished."""
+        if self._ephemeral and not self.log.unfinished():
+            self.log.destroy()
+        else:
+            self.log.close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _refuse_if_owned_elsewhere(self, saga_id: str) -> None:
+        owner = owner_of(self.config.home, saga_id, besides=self.id)
+        if owner is not None:
+            raise SagaBusy(_owned_message(saga_id, owner))
+
+    # -- driving a saga -----------------------------------------------------------------------
+
+    def _drive(self, state: SagaState, started: float, *, resumed: bool) -> SagaOutcome:
+        while (action := next_action(state)).kind not in _STOPS:
+            record = self._perform(state, action, resumed=resumed)
+            state = self._append(state, record)
+            self._passed(record)
+            if record.kind == BLOCKED:
+                break
+        for problem in state.problems:
+            log.warning("saga %s: %s", state.saga_id, problem)
+        return SagaOutcome(self.id, state, time.monotonic() - started)
+
+    def _perform(self, state: SagaState, action: Action, *, resumed: bool) -> Record:
+        assert state.transfer is not None  # next_action says STUCK otherwise
+        if action.kind == RUN:
+            return self._run_step(state, action.n, resumed=resumed)
+        if action.kind == FENCE:
+            return self._fence(state, action.n)
+        if action.kind == COMPENSATE:
+            return self._compensate(state, action.n)
+        if action.kind == RELEASE:
+            work = release(state.saga_id, state.transfer)
+            return self._forward_only(state, work, release_key(state.saga_id, HOLDING), RELEASED)
+        if action.kind == NOTIFY:
+            work = forward_step(state.saga_id, state.transfer, NOTIFY_STEP)
+            key = step_key(state.saga_id, NOTIFY_STEP)
+            return self._forward_only(state, work, key, NOTIFIED, n=NOTIFY_STEP)
+        assert action.kind == FINISH, action
+        return Record(END, state.saga_id, {"outcome": action.outcome}, final=True)
+
+    def _run_step(self, state: SagaState, n: int, *, resumed: bool) -> Record:
+        assert state.transfer is not None
+        if n > DEBIT and state.replayed:
+            found = self._earlier_run(state)
+            if found is not None:
+                return found
+        work = forward_step(state.saga_id, state.transfer, n)
+        outcome = self._attempt(state.saga_id, work, step_key(state.saga_id, n), self.config.retry)
+        if isinstance(outcome, StepResult):
+            self._commit_gap(state.saga_id, outcome, n)
+            return Record(STEP_DONE, state.saga_id, {"n": n, "result": outcome.to_json()})
+        applied = APPLIED_UNKNOWN if resumed or outcome.uncertain else APPLIED_NO
+        body = {"n": n, "error": outcome.error, "applied": applied, "attempts": outcome.attempts}
+        return Record(STEP_FAILED, state.saga_id, body)
+
+    def _earlier_run(self, state: SagaState) -> Record | None:
+        """This saga id ran before: refuse if another orchestrator is still running it, and
+        go backward at once if that earlier run compensated (the participants remember)."""
+        owner = owner_of(self.config.home, state.saga_id, besides=self.id)
+        if owner is not None:
+            body = {"outcome": REFUSED, "reason": _owned_message(state.saga_id, owner)}
+            return Record(END, state.saga_id, body, final=True)
+        assert state.transfer is not None
+        for n in sorted(COMPENSABLE, reverse=True):
+            if not state.applied(n):
+                continue
+            work = compensation(state.saga_id, state.transfer, n)
+            stored = self._lookup(work, compensation_key(state.saga_id, n))
+            if stored is not None:
+                return Record(COMP_DONE, state.saga_id, {"n": n, "result": stored.to_json()})
+        return None
+
+    def _fence(self, state: SagaState, n: int) -> Record:
+        """Settle a step whose outcome is unknown: claim its key as CANCELLED so it can never
+        apply, or find that it did apply (then the saga goes forward after all)."""
+        assert state.transfer is not None
+        work = forward_step(state.saga_id, state.transfer, n)
+        cancelled = StepResult(CANCELLED, {"reason": f"fenced after: {state.failures[n].error}"})
+        key = step_key(state.saga_id, n)
+        outcome = self._attempt_with(
+            state.saga_id,
+            f"fence of step {n}",
+            self.config.retry,
+            lambda: claim(self._participant(work), state.saga_id, key, cancelled),
+        )
+        if isinstance(outcome, StepResult):
+            return Record(STEP_DONE, state.saga_id, {"n": n, "result": outcome.to_json()})
+        return _blocked(state.saga_id, f"fence of step {n}", outcome)
+
+    def _compensate(self, state: SagaState, n: int) -> Record:
+        assert state.transfer is not None
+        work = compensation(state.saga_id, state.transfer, n)
+        key = compensation_key(state.saga_id, n)
+        outcome = self._attempt(state.saga_id, work, key, self.config.compensation_retry)
+        if isinstance(outcome, StepResult):
+            return Record(COMP_DONE, state.saga_id, {"n": n, "result": outcome.to_json()})
+        body = {"n": n, "error": outcome.error, "attempts": outcome.attempts}
+        return Record(DEAD_LETTER, state.saga_id, body)
+
+    def _forward_only(
+        self, state: SagaState, work: Work, key: str, kind: str, *, n: int = 0
+    ) -> Record:
+        """A step that is never compensated: retried until it succeeds (by this run, or by
+        later ones: past the retry policy the saga stays unfinished for recovery)."""
+        outcome = self._attempt(state.saga_id, work, key, self.config.retry)
+        if not isinstance(outcome, StepResult):
+            return _blocked(state.saga_id, work.name, outcome)
+        if n:
+            self._commit_gap(state.saga_id, outcome, n)
+        return Record(kind, state.saga_id, {"result": outcome.to_json()})
+
+    # -- attempts, hooks, the log -------------------------------------------------------------
+
+    def _attempt(
+        self, saga_id: str, work: Work, key: str, policy: RetryPolicy
+    ) -> StepResult | _Exhausted:
+        participant = self._participant(work)
+        return self._attempt_with(
+            saga_id,
+            work.describe(),
+            policy,
+            lambda: run_once(participant, saga_id, key, work.change),
+        )
+
+    def _attempt_with(
+        self, saga_id: str, what: str, policy: RetryPolicy, once: Callable[[], StepResult]
+    ) -> StepResult | _Exhausted:
+        """``once()`` until it returns, or the policy's deadline passes."""
+        pauses = policy.pauses()
+        attempt, uncertain = 0, False
+        while True:
+            attempt += 1
+            try:
+                return once()
+            except (ParticipantError, CompensationFailed) as err:
+                uncertain = uncertain or isinstance(err, CommitUncertain)
+                error = str(err)
+            if self.config.on_retry is not None:
+                self.config.on_retry(saga_id, what, attempt, error)
+            if next(pauses, None) is None:
+                return _Exhausted(error, attempt, uncertain)
+
+    def _lookup(self, work: Work, key: str) -> StepResult | None:
+        try:
+            return lookup(self._participant(work), key)
+        except ParticipantError as err:
+            raise SagaError(f"cannot tell whether {key} ran: {err}") from err
+
+    def _participant(self, work: Work) -> Participant:
+        try:
+            return self._participants[work.side]
+        except KeyError:
+            raise SagaError(f"no {work.side} database configured for {work.describe()}") from None
+
+    def _commit_gap(self, saga_id: str, result: StepResult, n: int) -> None:
+        """The step's local transaction committed and nothing is logged yet."""
+        if self.config.hooks is not None and not result.replayed:
+            self.config.hooks.reached(SagaPoint.AFTER_STEP_COMMIT, saga_id, n)
+
+    def _passed(self, record: Record) -> None:
+        hooks = self.config.hooks
+        if hooks is None:
+            return
+        n = record.body.get("n", 0)
+        applied = record.body.get("result", {}).get("status") == APPLIED
+        if record.kind == STEP_DONE and applied and n in (DEBIT, CREDIT):
+            point = SagaPoint.AFTER_DEBIT if n == DEBIT else SagaPoint.AFTER_CREDIT
+            hooks.reached(point, record.txid, n)
+        elif record.kind == COMP_DONE:
+            hooks.reached(SagaPoint.AFTER_COMPENSATION, record.txid, n)
+
+    def _append(self, state: SagaState, record: Record) -> SagaState:
+        """Log ``record`` (durably, except END: a lost END is simply written again) and
+        apply it to ``state``."""
+        stamped = self.log.append(record, force=not record.final)
+        return apply(state, stamped)
+
+
+def open_log(home: Path, orchestrator_id: str, *, create: bool = True) -> TransactionLog:
+    """Open ``orchestrator_id``'s log as its writer; :class:`SagaBusy` if it is held."""
+    try:
+        return TransactionLog.open(orchestrator_log(home, orchestrator_id), create=create)
+    except LogLocked as err:
+        raise SagaBusy(
+            f"orchestrator {orchestrator_id} is running, or being recovered (its log is locked)"
+        ) from err
+    except LogCorrupt as err:
+        raise SagaError(
+            f"the log of orchestrator {orchestrator_id} is damaged ({err}); its sagas need an "
+            "operator: decisions may be lost, so nothing is guessed"
+        ) from err
+
+
+def _blocked(saga_id: str, what: str, failure: _Exhausted) -> Record:
+    body = {"action": what, "error": failure.error, "attempts": failure.attempts}
+    return Record(BLOCKED, saga_id, body)
+
+
+def _owned_message(saga_id: str, owner: OrchestratorLog) -> str:
+    state = "alive" if owner.alive else "dead"
+    return (
+        f"saga {saga_id} is unfinished in the log of orchestrator {owner.orchestrator} "
+        f"({state}); " + ("it finishes it" if owner.alive else "finish it with `twopc recover`")
+    )
