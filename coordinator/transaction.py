@@ -217,8 +217,7 @@ class GlobalTransaction:
             branch.commit() if commit else branch.rollback()
             return True
         except UnknownXid:
-            branch.mark_finished(BranchState.COMMITTED if commit else BranchState.ROLLED_BACK)
-            return True
+            return self._settle_unknown(branch, commit=commit)
         except ParticipantUnavailable:
             return self._finish_elsewhere(branch, commit=commit)
 
@@ -231,12 +230,25 @@ class GlobalTransaction:
             try:
                 participant.finish_prepared(branch.xid, commit=commit)
             except UnknownXid:
-                pass  # a retry after a lost acknowledgement: the branch is already finished
+                # Typically a retry after a lost acknowledgement: already finished. Whether it
+                # finished the way we decided is settled by its outcome marker, not assumed.
+                return self._settle_unknown(branch, commit=commit)
             except (ParticipantUnavailable, BranchBusy):
                 continue
             branch.mark_finished(BranchState.COMMITTED if commit else BranchState.ROLLED_BACK)
             return True
         return False
+
+    def _settle_unknown(self, branch: Branch, *, commit: bool) -> bool:
+        """The server no longer holds the branch: its marker says how it ended. An outcome
+        against our decision (someone else finished it) counts as not finished, so no END is
+        written and recovery and audit report it."""
+        try:
+            committed = self._participant_of(branch).has_marker(branch.xid)
+        except ParticipantError:
+            return False
+        branch.mark_finished(BranchState.COMMITTED if committed else BranchState.ROLLED_BACK)
+        return committed == commit
 
     # -- abort ---------------------------------------------------------------------------
 

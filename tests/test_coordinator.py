@@ -292,3 +292,22 @@ def test_concurrent_opposite_transfers_do_not_deadlock(db: Databases) -> None:
 def test_home_holds_no_log_after_one_shot_transfers(db: Databases) -> None:
     assert db.twopc("transfer", "pg:a1", "mysql:a1", "1").returncode == 0
     assert not any(Path(db.home, "txlog").iterdir())
+
+
+def test_branch_finished_against_the_decision_is_not_taken_as_done(db: Databases) -> None:
+    """'Unknown xid' in phase 2 is settled by the outcome marker, never assumed committed."""
+
+    def roll_back_pg_by_hand() -> None:
+        (gid,) = db.pg_query("SELECT gid FROM pg_prepared_xacts")[0]
+        db.pg_query(f"ROLLBACK PREPARED '{gid}'")  # a heuristic decision taken elsewhere
+
+    hooks = OnPoint(CrashPoint.AFTER_DECISION, roll_back_pg_by_hand)
+    with open_coordinator(db, hooks=hooks) as coordinator:
+        with pytest.raises(InDoubt) as raised, coordinator.transaction() as tx:
+            tx["pg"].execute(DEBIT, (Decimal("5"), "a1"))
+            tx["mysql"].execute(CREDIT, (Decimal("5"), "a1"))
+        assert raised.value.unfinished == ("pg",)
+    assert log_records(db) == [("COMMIT", tx.gtrid)]  # no END: the outcome is not atomic
+    audit = db.twopc("audit", "--json", TWOPC_HOME=str(db.home))
+    assert audit.returncode == 1
+    assert '"verdict": "VIOLATION"' in audit.stdout
