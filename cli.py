@@ -1,7 +1,8 @@
 """The ``twopc`` command line: thin — it parses, calls the library, and prints.
 
-Exit codes: 0 success; 1 operational failure (refused transfer, unreachable server, …);
-2 misuse (bad arguments); 3 in-doubt transactions remain (run ``twopc recover``).
+Exit codes: 0 success; 1 operational failure (refused transfer, unreachable server, a saga
+compensated, …); 2 misuse (bad arguments); 3 in-doubt transactions or unfinished sagas remain
+(run ``twopc recover``, or ``twopc sagas`` to see them).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from coordinator import (
     Outcome,
     PauseAt,
     ProtocolHooks,
+    RetryPolicy,
     check_coordinator_id,
     coordinator_of,
 )
@@ -72,6 +74,32 @@ from participants import (
     participant_for,
 )
 from participants.lockwaits import LockWait
+from saga import (
+    ABORTED,
+    COMPENSATED,
+    COMPLETED,
+    SAGA_POINT_HELP,
+    InvalidSagaId,
+    KillSagaAt,
+    Orchestrator,
+    PauseSagaAt,
+    SagaConfig,
+    SagaError,
+    SagaHooks,
+    SagaOutcome,
+    SagaPoint,
+    SagaRecoveryReport,
+    SagaState,
+    all_orchestrators,
+    amount_held,
+    outcome_of,
+    parse_duration,
+    prune,
+    recover_sagas,
+    retry_saga,
+    step_reports,
+)
+from saga import DEFAULT_RETENTION as DEFAULT_SAGA_RETENTION
 from txlog import LogError, Record, is_locked, read_log, verify_log
 
 EXIT_IN_DOUBT = 3
@@ -136,7 +164,7 @@ def operational_errors(command: _F) -> _F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except InvalidInput as err:
+        except (InvalidInput, InvalidSagaId) as err:
             raise BadInput(str(err)) from None
         except LockWaitTimeout as err:
             raise click.ClickException(f"{err}; rolled back, nothing was changed") from None
@@ -145,7 +173,13 @@ def operational_errors(command: _F) -> _F:
         except InDoubt as err:
             click.echo(f"Error: {err}", err=True)
             sys.exit(EXIT_IN_DOUBT)
-        except (CoordinatorError, ParticipantError, DevServerError, RecoveryError) as err:
+        except (
+            CoordinatorError,
+            ParticipantError,
+            DevServerError,
+            RecoveryError,
+            SagaError,
+        ) as err:
             raise click.ClickException(str(err)) from None
 
     return wrapper  # type: ignore[return-value]
@@ -175,7 +209,7 @@ def main(ctx: click.Context, home: Path, pg_url: str | None, mysql_url: str | No
     """Atomic transfers across PostgreSQL and MySQL/MariaDB with two-phase commit.
 
     With no URL configured, the servers started by `twopc dev up` are used.
-    Exit codes: 0 ok, 1 failure, 2 misuse, 3 in-doubt transactions remain.
+    Exit codes: 0 ok, 1 failure, 2 misuse, 3 in-doubt transactions or unfinished sagas remain.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     ctx.obj = Context(home, {"pg": pg_url, "mysql": mysql_url})
@@ -319,32 +353,93 @@ def _balances_document(
         "accounts": {side: {i: str(b) for i, b in side_rows} for side, side_rows in rows.items()},
         "totals": {side: str(result.total(side)) for side in result.sides},
         "overall": str(result.overall),
+        "pending": {
+            side: _pending_shown(result, side, side_rows) for side, side_rows in rows.items()
+        },
+        "pending_totals": {side: str(result.pending_total(side)) for side in result.sides},
+        "pending_overall": str(result.pending_overall),
     }
 
 
+def _pending_shown(
+    result: Balances, side: str, side_rows: list[tuple[str, Decimal]]
+) -> dict[str, str]:
+    held = result.pending.get(side, {})
+    return {i: str(held[i]) for i, _ in side_rows if i in held}
+
+
 def _balances_text(result: Balances, rows: dict[str, list[tuple[str, Decimal]]]) -> str:
+    """Pending amounts (money unfinished sagas have in flight) follow the balance they left."""
     lines = []
     for side, side_rows in rows.items():
-        lines += [f"{side + ':' + account:<16} {balance:>16}" for account, balance in side_rows]
-        lines.append(f"{'total ' + side:<16} {result.total(side):>16}")
-    lines.append(f"{'total':<16} {result.overall:>16}")
+        held = result.pending.get(side, {})
+        lines += [
+            f"{side + ':' + account:<16} {balance:>16}{_pending_note(held.get(account))}"
+            for account, balance in side_rows
+        ]
+        total = result.total(side)
+        lines.append(
+            f"{'total ' + side:<16} {total:>16}{_pending_note(result.pending_total(side))}"
+        )
+    lines.append(f"{'total':<16} {result.overall:>16}{_pending_note(result.pending_overall)}")
     return "\n".join(lines)
+
+
+def _pending_note(amount: Decimal | None) -> str:
+    return f"  + {amount} pending (unfinished sagas)" if amount else ""
 
 
 # -- transfer ---------------------------------------------------------------------------------
 
 _POINTS = [point.value for point in CrashPoint]
+_SAGA_POINTS = [point.value for point in SagaPoint]
 _POINTS_HELP = "; ".join(f"{p.value}: {text}" for p, text in CRASH_POINT_HELP.items())
+_SAGA_POINTS_HELP = "; ".join(f"{p.value}: {text}" for p, text in SAGA_POINT_HELP.items())
+_MODES_HELP = (
+    "2pc (default): one atomic global transaction; locks are held until both servers "
+    "commit, and a dead coordinator can leave them held (in doubt). saga: a debit and a "
+    "credit that each commit at once, undone by a compensating refund if the credit fails; "
+    "nothing blocks, but readers can see the money in flight (as pending)."
+)
 
 
-@main.command(epilog=f"Crash/pause points: {_POINTS_HELP}.")
+def _seconds_option(name: str, default: float, text: str) -> Callable[[_F], _F]:
+    return click.option(
+        name, default=default, show_default=True, type=click.FloatRange(min=0), help=text
+    )
+
+
+def _retention(value: str | None) -> float | None:
+    try:
+        return None if value is None else parse_duration(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--retention") from None
+
+
+@main.command(
+    epilog=f"Modes: {_MODES_HELP}\n\nCrash/pause points, 2pc: {_POINTS_HELP}.\n\n"
+    f"Crash/pause points, saga: {_SAGA_POINTS_HELP}."
+)
 @click.argument("source")
 @click.argument("destination")
 @click.argument("amount")
 @click.option(
+    "--mode",
+    type=click.Choice(["2pc", "saga"]),
+    default="2pc",
+    show_default=True,
+    help="Two-phase commit, or a saga of local transactions (see below).",
+)
+@click.option(
     "--coordinator-id",
     envvar="TWOPC_COORDINATOR_ID",
-    help="Stable coordinator id (default: a fresh one). Env: TWOPC_COORDINATOR_ID.",
+    help="Stable coordinator (or saga orchestrator) id (default: a fresh one). "
+    "Env: TWOPC_COORDINATOR_ID.",
+)
+@click.option(
+    "--saga-id",
+    help="Saga mode: the saga's id, 1-64 of [A-Za-z0-9._:-] (default: a fresh one). Running "
+    "an id again replays it: every step finds its stored result and no money moves twice.",
 )
 @click.option(
     "--lock-wait",
@@ -354,14 +449,31 @@ _POINTS_HELP = "; ".join(f"{p.value}: {text}" for p, text in CRASH_POINT_HELP.it
     help="Seconds to wait for a row lock before aborting.",
 )
 @click.option(
+    "--retry-deadline",
+    type=click.FloatRange(min=0),
+    help="Saga mode: seconds to keep retrying a failing step or compensation [default: 30].",
+)
+@click.option(
+    "--retention",
+    help="Saga mode: keep idempotency records this long, then prune them (90s, 15m, 12h, 7d) "
+    "[default: 7d].",
+)
+@click.option(
     "--crash-at",
-    type=click.Choice(_POINTS),
+    type=click.Choice(_POINTS + _SAGA_POINTS),
     help="SIGKILL this process at POINT (see below), like kill -9.",
 )
 @click.option(
-    "--pause-at", type=click.Choice(_POINTS), help="Print pid and gtrid at POINT and hold there."
+    "--pause-at",
+    type=click.Choice(_POINTS + _SAGA_POINTS),
+    help="Print pid and gtrid (saga id) at POINT and hold there.",
 )
-@click.option("--pause-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0))
+@click.option(
+    "--at-step",
+    type=click.IntRange(1, 3),
+    help="Saga mode, with after-step-commit: the step to stop after (default: the first).",
+)
+@_seconds_option("--pause-seconds", 60.0, "How long --pause-at holds.")
 @json_option
 @click.pass_obj
 @operational_errors
@@ -370,23 +482,37 @@ def transfer(
     source: str,
     destination: str,
     amount: str,
+    mode: str,
     coordinator_id: str | None,
+    saga_id: str | None,
     lock_wait: float,
+    retry_deadline: float | None,
+    retention: str | None,
     crash_at: str | None,
     pause_at: str | None,
+    at_step: int | None,
     pause_seconds: float,
     as_json: bool,
 ) -> None:
-    """Move AMOUNT from SOURCE to DEST (pg:<id> or mysql:<id>), atomically.
+    """Move AMOUNT from SOURCE to DEST (pg:<id> or mysql:<id>).
 
-    Across databases this is two-phase commit; within one database, one local transaction.
+    2pc: atomically — across databases with two-phase commit, within one database in one
+    local transaction. saga: a debit and a credit as separate local transactions, the debit
+    compensated if the credit fails; the output says which steps ran.
     """
     request = Transfer(
         AccountRef.parse(source), AccountRef.parse(destination), parse_amount(amount)
     )
-    config = CoordinatorConfig(
-        obj.home, _coordinator_id(coordinator_id), hooks=_hooks(crash_at, pause_at, pause_seconds)
-    )
+    points = Points(crash_at, pause_at, at_step, pause_seconds)
+    if mode == "saga":
+        options = SagaOptions(saga_id, retry_deadline, _retention(retention))
+        orchestrator_id = _coordinator_id(coordinator_id)
+        _transfer_saga(obj, request, orchestrator_id, lock_wait, points, options, as_json)
+        return
+    extra = {"--saga-id": saga_id, "--retry-deadline": retry_deadline, "--retention": retention}
+    if given := [name for name, value in extra.items() if value is not None]:
+        raise click.UsageError(f"{', '.join(given)} only apply with --mode saga")
+    config = CoordinatorConfig(obj.home, _coordinator_id(coordinator_id), hooks=_hooks(points))
     sides = tuple(dict.fromkeys((request.source.side, request.destination.side)))
     participants = obj.participants(sides, lock_wait)
     for participant in participants:
@@ -396,6 +522,29 @@ def transfer(
         _warn_in_doubt(obj.home, participants)
         outcome = run_transfer(coordinator, request)
     emit(as_json, _outcome_document(request, outcome), _outcome_text(request, outcome))
+
+
+@dataclass(frozen=True)
+class Points:
+    """Where ``--crash-at`` / ``--pause-at`` stop the process."""
+
+    crash_at: str | None
+    pause_at: str | None
+    step: int | None
+    seconds: float
+
+    @property
+    def point(self) -> str | None:
+        if self.crash_at and self.pause_at:
+            raise click.UsageError("--crash-at and --pause-at cannot be combined")
+        return self.crash_at or self.pause_at
+
+
+@dataclass(frozen=True)
+class SagaOptions:
+    saga_id: str | None
+    retry_deadline: float | None
+    retention: float | None
 
 
 def _report_recovery(coordinator: Coordinator) -> None:
@@ -448,12 +597,17 @@ def _coordinator_id(value: str | None) -> str | None:
         raise click.BadParameter(str(err), param_hint="--coordinator-id") from None
 
 
-def _hooks(crash_at: str | None, pause_at: str | None, seconds: float) -> ProtocolHooks | None:
-    if crash_at and pause_at:
-        raise click.UsageError("--crash-at and --pause-at cannot be combined")
-    if crash_at:
-        return KillAt(CrashPoint(crash_at))
-    return PauseAt(CrashPoint(pause_at), seconds) if pause_at else None
+def _hooks(points: Points) -> ProtocolHooks | None:
+    point = points.point
+    if point is None:
+        return None
+    if point not in _POINTS:
+        raise click.UsageError(f"{point} is a saga point: use it with --mode saga")
+    if points.step is not None:
+        raise click.UsageError("--at-step only applies with --mode saga")
+    if points.crash_at:
+        return KillAt(CrashPoint(point))
+    return PauseAt(CrashPoint(point), points.seconds)
 
 
 def _outcome_document(request: Transfer, outcome: Outcome) -> dict[str, object]:
@@ -480,6 +634,232 @@ def _outcome_text(request: Transfer, outcome: Outcome) -> str:
             f"time:     {outcome.elapsed * 1000:.1f} ms",
         ]
     )
+
+
+# -- the saga path ----------------------------------------------------------------------------
+
+EXIT_FOR_OUTCOME = {COMPLETED: 0, COMPENSATED: 1, ABORTED: 1}
+
+
+def _saga_config(
+    obj: Context,
+    orchestrator_id: str | None,
+    retry_deadline: float | None,
+    hooks: SagaHooks | None = None,
+) -> SagaConfig:
+    policy = RetryPolicy(deadline=30.0 if retry_deadline is None else retry_deadline)
+    return SagaConfig(
+        obj.home,
+        orchestrator_id,
+        retry=policy,
+        compensation_retry=policy,
+        hooks=hooks,
+        on_retry=_say_retry,
+    )
+
+
+def _transfer_saga(
+    obj: Context,
+    request: Transfer,
+    orchestrator_id: str | None,
+    lock_wait: float,
+    points: Points,
+    options: SagaOptions,
+    as_json: bool,
+) -> None:
+    config = _saga_config(obj, orchestrator_id, options.retry_deadline, _saga_hooks(points))
+    sides = tuple(dict.fromkeys((request.source.side, request.destination.side)))
+    participants = obj.participants(sides, lock_wait)
+    with Orchestrator.open(participants, config) as orchestrator:
+        for resumed in orchestrator.resumed:
+            click.echo(f"resumed saga {resumed.saga_id}: {resumed.outcome}", err=True)
+        outcome = orchestrator.transfer(request, options.saga_id)
+    pruned: dict[str, int] = {}
+    if outcome.state.finished:
+        retention = DEFAULT_SAGA_RETENTION if options.retention is None else options.retention
+        pruned = prune(participants, obj.home, retention)
+    document = _saga_document(outcome) | {"pruned": pruned}
+    emit(as_json, document, _saga_text(outcome))
+    _saga_exit(outcome)
+
+
+def _saga_hooks(points: Points) -> SagaHooks | None:
+    point = points.point
+    if point is None:
+        return None
+    if point not in _SAGA_POINTS:
+        raise click.UsageError(f"{point} is a 2PC point: saga points are {', '.join(_SAGA_POINTS)}")
+    if points.step is not None and point != SagaPoint.AFTER_STEP_COMMIT.value:
+        raise click.UsageError("--at-step only applies with after-step-commit")
+    if points.crash_at:
+        return KillSagaAt(SagaPoint(point), points.step)
+    return PauseSagaAt(SagaPoint(point), points.seconds, points.step)
+
+
+def _say_retry(saga_id: str, what: str, attempt: int, error: str) -> None:
+    click.echo(f"saga {saga_id}: {what}: attempt {attempt} failed: {error}", err=True)
+
+
+def _saga_document(outcome: SagaOutcome) -> dict[str, object]:
+    state = outcome.state
+    transfer = state.transfer
+    steps = step_reports(state)
+    return {
+        "mode": "saga",
+        "saga_id": outcome.saga_id,
+        "orchestrator": outcome.orchestrator,
+        "outcome": outcome.outcome,
+        "source": str(transfer.source) if transfer else None,
+        "destination": str(transfer.destination) if transfer else None,
+        "amount": str(transfer.amount) if transfer else None,
+        "steps": [step.to_json() for step in steps],
+        "replayed": bool(steps) and all(step.replayed for step in steps),
+        "last_error": state.last_error,
+        "problems": list(state.problems),
+        "elapsed_ms": round(outcome.elapsed * 1000, 3),
+    }
+
+
+def _saga_text(outcome: SagaOutcome) -> str:
+    state = outcome.state
+    transfer = state.transfer
+    what = f"{transfer.source} -> {transfer.destination} {transfer.amount}" if transfer else "?"
+    steps = step_reports(state)
+    lines = [
+        f"{outcome.outcome}: {what}",
+        f"saga:      {outcome.saga_id} (orchestrator {outcome.orchestrator})",
+        *(step.line() for step in steps),
+    ]
+    if steps and all(step.replayed for step in steps):
+        lines.append("replayed:  every step was already done; nothing changed")
+    if not state.finished and state.last_error:
+        lines.append(f"waiting:   {state.last_error}")
+    lines.append(f"time:      {outcome.elapsed * 1000:.1f} ms")
+    return "\n".join(lines)
+
+
+def _saga_exit(outcome: SagaOutcome) -> None:
+    """0 completed; 1 compensated, aborted or refused; 3 unfinished or dead-lettered."""
+    state = outcome.state
+    code = EXIT_FOR_OUTCOME.get(outcome.outcome)
+    if code == 0:
+        return
+    if code is not None:
+        refunded = outcome.outcome == COMPENSATED and not state.replayed
+        money = "the debit was refunded" if refunded else "nothing changed"
+        raise click.ClickException(
+            f"saga {outcome.saga_id} {outcome.outcome}: {state.last_error}; {money}"
+        )
+    if state.finished:  # refused: another orchestrator owns the saga id
+        raise click.ClickException(f"saga {outcome.saga_id} not run: {_end_reason(outcome)}")
+    click.echo(
+        f"Error: saga {outcome.saga_id} is {outcome.outcome}: {state.last_error or state.problems}"
+        f"; see `twopc sagas`, finish it with `twopc sagas retry {outcome.saga_id}` "
+        "or `twopc recover`",
+        err=True,
+    )
+    sys.exit(EXIT_IN_DOUBT)
+
+
+def _end_reason(outcome: SagaOutcome) -> str:
+    return outcome.state.last_error or "another orchestrator owns it"
+
+
+@main.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+@operational_errors
+def sagas(ctx: click.Context, as_json: bool) -> None:
+    """List unfinished and dead-lettered sagas (HOME/sagas/<orchestrator-id>/ logs).
+
+    Each with its orchestrator (alive or dead), direction, steps so far, pending amount and
+    last error.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: Context = ctx.obj
+    entries, lines, damaged = [], [], []
+    for found in all_orchestrators(obj.home):
+        if found.error:
+            damaged.append({"orchestrator": found.orchestrator, "error": found.error})
+            lines.append(f"damaged log of orchestrator {found.orchestrator}: {found.error}")
+        for state in found.sagas:
+            entry = _saga_entry(state, found.orchestrator, found.alive)
+            entries.append(entry)
+            lines += _saga_entry_lines(entry)
+    document = {"sagas": entries, "damaged_logs": damaged}
+    emit(as_json, document, "\n".join(lines) or "no unfinished sagas")
+    if damaged:
+        sys.exit(1)
+
+
+def _saga_entry(state: SagaState, orchestrator: str, alive: bool) -> dict[str, Any]:
+    transfer = state.transfer
+    return {
+        "saga_id": state.saga_id,
+        "orchestrator": orchestrator,
+        "orchestrator_alive": alive,
+        "status": outcome_of(state),
+        "direction": "backward" if state.backward else "forward",
+        "transfer": f"{transfer.source} -> {transfer.destination} {transfer.amount}"
+        if transfer
+        else None,
+        "pending": str(amount_held(state)),
+        "steps": [step.to_json() for step in step_reports(state)],
+        "dead_letters": {str(n): f.error for n, f in state.dead_letters.items()},
+        "last_error": state.last_error,
+        "problems": list(state.problems),
+        "began_at": state.began_at,
+        "updated_at": state.updated_at,
+    }
+
+
+def _saga_entry_lines(entry: dict[str, Any]) -> list[str]:
+    alive = "alive" if entry["orchestrator_alive"] else "dead"
+    lines = [
+        f"{entry['saga_id']}  {entry['status']}  {entry['transfer']}  going {entry['direction']}"
+        f"  orchestrator {entry['orchestrator']} ({alive})  pending {entry['pending']}"
+    ]
+    lines += [f"    {step['step']}: {step['action']} {step['status']}" for step in entry["steps"]]
+    if entry["last_error"]:
+        lines.append(f"    last error: {entry['last_error']}")
+    lines += [f"    problem: {problem}" for problem in entry["problems"]]
+    return lines
+
+
+@sagas.command("retry")
+@click.argument("saga_id")
+@click.option("--retry-deadline", type=click.FloatRange(min=0), help="Seconds to keep retrying.")
+@json_option
+@click.pass_obj
+@operational_errors
+def sagas_retry(obj: Context, saga_id: str, retry_deadline: float | None, as_json: bool) -> None:
+    """Resume one unfinished saga now, retrying its dead-lettered compensation.
+
+    Safe to repeat: a compensation that already applied returns its stored result.
+    """
+    config = _saga_config(obj, None, retry_deadline)
+    outcome = retry_saga(obj.participants(SIDES), config, saga_id)
+    emit(as_json, _saga_document(outcome), _saga_text(outcome))
+    _saga_exit(outcome)
+
+
+@sagas.command("prune")
+@click.option(
+    "--retention",
+    default="7d",
+    show_default=True,
+    help="Keep idempotency records this long (90s, 15m, 12h, 7d).",
+)
+@json_option
+@click.pass_obj
+@operational_errors
+def sagas_prune(obj: Context, retention: str, as_json: bool) -> None:
+    """Delete idempotency records older than the retention window (never an unfinished
+    saga's). A saga id replayed after its records are pruned runs as a new saga."""
+    pruned = prune(obj.participants(SIDES), obj.home, _retention(retention) or 0.0)
+    text = "\n".join(f"{side:<6} {n} idempotency record(s) pruned" for side, n in pruned.items())
+    emit(as_json, {"pruned": pruned}, text)
 
 
 # -- in-doubt transactions ---------------------------------------------------------------------
@@ -529,22 +909,36 @@ def _seconds(value: object) -> str:
 
 
 @main.command(
-    epilog="Exit status: 0 when nothing of ours is left in doubt, 3 when something is "
-    "(a live coordinator's branch, an orphan without a log, a damaged log)."
+    epilog="Exit status: 0 when nothing of ours is left in doubt or unfinished, 3 when something "
+    "is (a live coordinator's branch, an orphan without a log, a damaged log, a live "
+    "orchestrator's saga, a dead-lettered compensation, a saga still waiting for a server)."
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@click.option(
+    "--retry-deadline",
+    type=click.FloatRange(min=0),
+    help="Seconds to keep retrying each saga step or compensation [default: 30].",
+)
 @json_option
 @click.pass_obj
 @operational_errors
-def recover(obj: Context, dry_run: bool, as_json: bool) -> None:
-    """Resolve the in-doubt branches of dead coordinators from their logs.
+def recover(obj: Context, dry_run: bool, retry_deadline: float | None, as_json: bool) -> None:
+    """Resolve the in-doubt branches of dead coordinators from their logs, and finish the
+    unfinished sagas of dead orchestrators.
 
     Commit where the log holds a COMMIT record, roll back where it holds none (presumed
-    abort); then END the finished decisions and remove logs that hold nothing more.
+    abort); then END the finished decisions and remove logs that hold nothing more. Sagas
+    resume from their logs: forward while their steps can complete, backward (compensations
+    in reverse order) once a step failed.
     """
-    report = run_recovery(obj.participants(SIDES), obj.home, dry_run=dry_run)
-    emit(as_json, report.to_json(), _recovery_text(report))
-    if report.in_doubt_remains:
+    participants = obj.participants(SIDES)
+    report = run_recovery(participants, obj.home, dry_run=dry_run)
+    config = _saga_config(obj, None, retry_deadline)
+    saga_report = recover_sagas(participants, config, dry_run=dry_run)
+    document = report.to_json() | {"sagas": saga_report.to_json()}
+    text = "\n".join(filter(None, [_recovery_text(report), _saga_recovery_text(saga_report)]))
+    emit(as_json, document, text or "nothing to recover")
+    if report.in_doubt_remains or saga_report.unfinished_remain:
         sys.exit(EXIT_IN_DOUBT)
 
 
@@ -555,7 +949,20 @@ def _recovery_text(report: RecoveryReport) -> str:
         f"log of coordinator {cid} removed (nothing unfinished)" for cid in report.removed_logs
     ]
     lines += [f"problem: {p}" for p in report.problems]
-    return "\n".join(lines) or "nothing to recover"
+    return "\n".join(lines)
+
+
+def _saga_recovery_text(report: SagaRecoveryReport) -> str:
+    lines = [
+        f"saga {r.saga_id}  orchestrator {r.orchestrator}  {r.action}: {r.reason}"
+        for r in report.resolutions
+    ]
+    lines += [
+        f"saga log of orchestrator {oid} removed (nothing unfinished)"
+        for oid in report.removed_logs
+    ]
+    lines += [f"problem: {p}" for p in report.problems]
+    return "\n".join(lines)
 
 
 @main.command()

@@ -1,7 +1,8 @@
 """The demo bank: accounts on both servers, the transfer operation, balances and the schema.
 
 This is the business operation the coordinator makes atomic: debit one account, credit
-another, on the same server or across PostgreSQL and MySQL/MariaDB. The schema lives in
+another, on the same server or across PostgreSQL and MySQL/MariaDB. :func:`read_balances`
+also shows what unfinished sagas hold as pending (see :mod:`saga`). The schema lives in
 ``bank.schema`` (imported on demand: it pulls in SQLAlchemy's DDL machinery).
 """
 

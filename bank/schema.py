@@ -1,4 +1,9 @@
-"""The demo schema on both servers, created idempotently with SQLAlchemy, and its seed data."""
+"""The demo schema on both servers, created idempotently with SQLAlchemy, and its seed data.
+
+Besides ``accounts``, the saga path's tables (``saga_steps``, ``saga_holds``,
+``saga_notifications``) are created here too; their DDL belongs to :mod:`saga.tables`, which
+also creates them before a saga runs.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from participants import DatabaseURL, ParticipantError
+from saga.tables import saga_ddl, saga_drop_ddl
 
 metadata = MetaData()
 
@@ -34,14 +40,18 @@ accounts = Table(
 def init_schema(url: DatabaseURL, *, accounts_count: int, balance: Decimal, reset: bool) -> int:
     """Create the tables if missing and seed ``a1``…``aN``; returns how many accounts were added.
 
-    Existing accounts keep their balances unless ``reset`` drops and recreates the tables.
+    Existing accounts keep their balances unless ``reset`` drops and recreates the tables
+    (the saga tables included).
     """
     engine = create_engine(url.sqlalchemy_url(), pool_pre_ping=False)
     try:
         with engine.begin() as conn:
             if reset:
                 metadata.drop_all(conn)
+                conn.exec_driver_sql(saga_drop_ddl())
             metadata.create_all(conn)
+            for statement in saga_ddl(url.backend):
+                conn.exec_driver_sql(statement)
             existing = set(conn.scalars(select(accounts.c.id)))
             wanted = [f"a{n}" for n in range(1, accounts_count + 1)]
             rows = [{"id": i, "balance": balance} for i in wanted if i not in existing]

@@ -8,13 +8,14 @@ account id — so two opposite transfers never wait for each other's locks in a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from bank.accounts import SIDES, AccountRef, natural_key
 from bank.errors import InvalidInput, TransferRejected
 from coordinator import Coordinator, GlobalTransaction, Outcome
-from participants import Branch, Participant
+from participants import Branch, Participant, StatementFailed
 
 _DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s AND balance >= %s"
 _CREDIT = "UPDATE accounts SET balance = balance + %s WHERE id = %s"
@@ -89,9 +90,15 @@ def _credit(branch: Branch, account: AccountRef, amount: Decimal) -> None:
 
 @dataclass(frozen=True)
 class Balances:
-    """Every account's balance per side, with totals."""
+    """Every account's balance per side, with totals.
+
+    ``pending`` maps side -> account -> the amount unfinished sagas hold out of it: money
+    already debited there and still in flight (the saga path's semantic lock). It is part of
+    no balance; accounts with nothing pending are left out.
+    """
 
     sides: dict[str, list[tuple[str, Decimal]]]
+    pending: dict[str, dict[str, Decimal]] = field(default_factory=dict)
 
     def total(self, side: str) -> Decimal:
         return sum((balance for _, balance in self.sides[side]), Decimal("0.00"))
@@ -100,14 +107,47 @@ class Balances:
     def overall(self) -> Decimal:
         return sum((self.total(side) for side in self.sides), Decimal("0.00"))
 
+    def pending_total(self, side: str) -> Decimal:
+        """What unfinished sagas hold out of ``side``'s accounts."""
+        return sum(self.pending.get(side, {}).values(), Decimal("0.00"))
+
+    @property
+    def pending_overall(self) -> Decimal:
+        return sum((self.pending_total(side) for side in self.sides), Decimal("0.00"))
+
+
+# One statement, so balance and pending come from the same snapshot on both servers.
+_BALANCES_WITH_PENDING = """
+    SELECT a.id, a.balance, COALESCE(h.pending, 0)
+      FROM accounts a
+      LEFT JOIN (SELECT account_id, SUM(amount) AS pending FROM saga_holds GROUP BY account_id) h
+        ON h.account_id = a.id
+"""
+_BALANCES = "SELECT id, balance, 0 FROM accounts"
+_NO_SUCH_TABLE = {"42P01", "1146"}  # PostgreSQL undefined_table, MySQL ER_NO_SUCH_TABLE
+
 
 def read_balances(participants: list[Participant]) -> Balances:
-    """Read every account on every participant, each side in one consistent snapshot."""
-    sides = {}
+    """Read every account on every participant, with what unfinished sagas hold pending.
+
+    A database without the saga tables (a schema from before them) has nothing pending.
+    """
+    sides, pending = {}, {}
     for participant in participants:
-        with participant.local_transaction() as local:
-            rows = local.execute("SELECT id, balance FROM accounts").fetchall()
+        rows = _balance_rows(participant)
         sides[participant.name] = sorted(
-            ((str(i), Decimal(b)) for i, b in rows), key=lambda r: natural_key(r[0])
+            ((str(i), Decimal(b)) for i, b, _ in rows), key=lambda r: natural_key(r[0])
         )
-    return Balances(sides)
+        pending[participant.name] = {str(i): Decimal(p) for i, _, p in rows if Decimal(p)}
+    return Balances(sides, pending)
+
+
+def _balance_rows(participant: Participant) -> list[tuple[Any, Any, Any]]:
+    try:
+        with participant.local_transaction() as local:
+            return list(local.execute(_BALANCES_WITH_PENDING).fetchall())
+    except StatementFailed as err:
+        if err.code not in _NO_SUCH_TABLE:
+            raise
+    with participant.local_transaction() as local:
+        return list(local.execute(_BALANCES).fetchall())

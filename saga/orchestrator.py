@@ -303,7 +303,9 @@ class Orchestrator:
             work = compensation(state.saga_id, state.transfer, n)
             stored = self._lookup(work, compensation_key(state.saga_id, n))
             if stored is not None:
-                return Record(COMP_DONE, state.saga_id, {"n": n, "result": stored.to_json()})
+                reason = f"saga {state.saga_id} was compensated by an earlier run"
+                body = {"n": n, "result": stored.to_json(), "reason": reason}
+                return Record(COMP_DONE, state.saga_id, body)
         return None
 
     def _fence(self, state: SagaState, n: int) -> Record:

@@ -103,7 +103,7 @@ def _would(state: SagaState, orchestrator: str) -> SagaResolution:
         return _resolution(state, orchestrator, "left alone", _dead_letter_reason(state))
     action = next_action(state)
     direction = "backward" if state.backward else "forward"
-    reason = f"would resume {direction}: next {action.kind} {action.n or ''}".rstrip()
+    reason = f"{direction}, next: {action.kind} {action.n or ''}".rstrip()
     return _resolution(state, orchestrator, "would resume", reason)
 
 

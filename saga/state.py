@@ -152,7 +152,9 @@ def _apply_step_failed(state: SagaState, body: Mapping[str, Any]) -> SagaState:
 def _apply_comp_done(state: SagaState, body: Mapping[str, Any]) -> SagaState:
     n, result = _step(body), StepResult.from_json(body["result"])
     dead = {k: v for k, v in state.dead_letters.items() if k != n}
-    return replace(state, compensations={**state.compensations, n: result}, dead_letters=dead)
+    error = str(body.get("reason", "")) or state.last_error
+    compensations = {**state.compensations, n: result}
+    return replace(state, compensations=compensations, dead_letters=dead, last_error=error)
 
 
 def _apply_dead_letter(state: SagaState, body: Mapping[str, Any]) -> SagaState:
