@@ -304,8 +304,8 @@ class Orchestrator:
             stored = self._lookup(work, compensation_key(state.saga_id, n))
             if stored is not None:
                 reason = f"saga {state.saga_id} was compensated by an earlier run"
-                body = {"n": n, "result": stored.to_json(), "reason": reason}
-                return Record(COMP_DONE, state.saga_id, body)
+                found = {"n": n, "result": stored.to_json(), "reason": reason}
+                return Record(COMP_DONE, state.saga_id, found)
         return None
 
     def _fence(self, state: SagaState, n: int) -> Record:
