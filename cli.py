@@ -92,6 +92,7 @@ from saga import (
     SagaState,
     all_orchestrators,
     amount_held,
+    check_saga_id,
     outcome_of,
     parse_duration,
     prune,
@@ -505,7 +506,8 @@ def transfer(
     )
     points = Points(crash_at, pause_at, at_step, pause_seconds)
     if mode == "saga":
-        options = SagaOptions(saga_id, retry_deadline, _retention(retention))
+        checked = None if saga_id is None else check_saga_id(saga_id)  # before any connection
+        options = SagaOptions(checked, retry_deadline, _retention(retention))
         orchestrator_id = _coordinator_id(coordinator_id)
         _transfer_saga(obj, request, orchestrator_id, lock_wait, points, options, as_json)
         return
@@ -738,11 +740,14 @@ def _saga_text(outcome: SagaOutcome) -> str:
     return "\n".join(lines)
 
 
-def _saga_exit(outcome: SagaOutcome) -> None:
-    """0 completed; 1 compensated, aborted or refused; 3 unfinished or dead-lettered."""
+def _saga_exit(outcome: SagaOutcome, *, finished_is_success: bool = False) -> None:
+    """0 completed; 1 compensated, aborted or refused; 3 unfinished or dead-lettered.
+
+    With ``finished_is_success`` (an operator's retry) any finished saga exits 0.
+    """
     state = outcome.state
     code = EXIT_FOR_OUTCOME.get(outcome.outcome)
-    if code == 0:
+    if code == 0 or (finished_is_success and code is not None):
         return
     if code is not None:
         refunded = outcome.outcome == COMPENSATED and not state.replayed
@@ -837,11 +842,13 @@ def sagas_retry(obj: Context, saga_id: str, retry_deadline: float | None, as_jso
     """Resume one unfinished saga now, retrying its dead-lettered compensation.
 
     Safe to repeat: a compensation that already applied returns its stored result.
+    Exit status: 0 once the saga finished (completed or compensated), 3 if it is still
+    unfinished, 1 if there is no such unfinished saga.
     """
     config = _saga_config(obj, None, retry_deadline)
     outcome = retry_saga(obj.participants(SIDES), config, saga_id)
     emit(as_json, _saga_document(outcome), _saga_text(outcome))
-    _saga_exit(outcome)
+    _saga_exit(outcome, finished_is_success=True)
 
 
 @sagas.command("prune")

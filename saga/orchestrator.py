@@ -157,11 +157,13 @@ class Orchestrator:
         self.config = config
         self.resumed: list[SagaOutcome] = []
         self._participants = {p.name: p for p in participants}
+        self._tables_ready: set[str] = set()
         self._ephemeral = False
 
     @classmethod
     def open(cls, participants: Sequence[Participant], config: SagaConfig) -> Orchestrator:
-        """Take the orchestrator's log (and its lock) and make sure the saga tables exist.
+        """Take the orchestrator's log (and its lock); the saga tables are made sure of on each
+        server before the first step there (a server that is down fails that step, not this).
 
         An orchestrator with a stable id first resumes its own unfinished sagas (``resumed``
         reports them). Raises :class:`SagaBusy` if the log is held by a live process.
@@ -172,8 +174,6 @@ class Orchestrator:
         orchestrator = cls(participants, replace(config, orchestrator_id=orchestrator_id), txlog)
         orchestrator._ephemeral = ephemeral
         try:
-            for participant in participants:
-                ensure_saga_tables(participant)
             if not ephemeral:
                 orchestrator.resumed = orchestrator.resume_all()
         except BaseException:
@@ -319,7 +319,7 @@ class Orchestrator:
             state.saga_id,
             f"fence of step {n}",
             self.config.retry,
-            lambda: claim(self._participant(work), state.saga_id, key, cancelled),
+            lambda: claim(self._ready(work), state.saga_id, key, cancelled),
         )
         if isinstance(outcome, StepResult):
             return Record(STEP_DONE, state.saga_id, {"n": n, "result": outcome.to_json()})
@@ -352,12 +352,11 @@ class Orchestrator:
     def _attempt(
         self, saga_id: str, work: Work, key: str, policy: RetryPolicy
     ) -> StepResult | _Exhausted:
-        participant = self._participant(work)
         return self._attempt_with(
             saga_id,
             work.describe(),
             policy,
-            lambda: run_once(participant, saga_id, key, work.change),
+            lambda: run_once(self._ready(work), saga_id, key, work.change),
         )
 
     def _attempt_with(
@@ -380,9 +379,17 @@ class Orchestrator:
 
     def _lookup(self, work: Work, key: str) -> StepResult | None:
         try:
-            return lookup(self._participant(work), key)
+            return lookup(self._ready(work), key)
         except ParticipantError as err:
             raise SagaError(f"cannot tell whether {key} ran: {err}") from err
+
+    def _ready(self, work: Work) -> Participant:
+        """The participant for ``work``, its saga tables created if missing (once)."""
+        participant = self._participant(work)
+        if participant.name not in self._tables_ready:
+            ensure_saga_tables(participant)
+            self._tables_ready.add(participant.name)
+        return participant
 
     def _participant(self, work: Work) -> Participant:
         try:

@@ -20,7 +20,6 @@ from saga.logs import OrchestratorLog, orchestrator_ids, read_orchestrator
 from saga.orchestrator import Orchestrator, SagaConfig, SagaOutcome, open_log
 from saga.report import outcome_of
 from saga.state import SagaState, next_action, replay_records
-from saga.tables import ensure_saga_tables
 from txlog import LogMissing, TransactionLog
 
 
@@ -68,16 +67,11 @@ def recover_sagas(
 ) -> SagaRecoveryReport:
     """Resume the unfinished sagas of every dead orchestrator under ``config.home``."""
     report = SagaRecoveryReport()
-    ready = False
     for orchestrator_id in orchestrator_ids(config.home):
         found = read_orchestrator(config.home, orchestrator_id)
         if dry_run or found.alive or found.error:
             _plan(found, report, dry_run=dry_run)
             continue
-        if found.sagas and not ready:
-            for participant in participants:
-                ensure_saga_tables(participant)
-            ready = True
         _recover_orchestrator(participants, config, orchestrator_id, report)
     return report
 
@@ -162,8 +156,6 @@ def retry_saga(
             f"saga {saga_id} belongs to orchestrator {owner.orchestrator}, which is alive "
             "and finishes it itself"
         )
-    for participant in participants:
-        ensure_saga_tables(participant)
     txlog = open_log(config.home, owner.orchestrator, create=False)
     orchestrator = Orchestrator(
         participants, replace(config, orchestrator_id=owner.orchestrator, hooks=None), txlog
