@@ -14,19 +14,21 @@ from devserver.account import Account, run_as
 from devserver.binaries import Binaries
 from devserver.errors import DevServerError
 from devserver.procs import (
+    DEV_DATABASE,
+    DEV_USER,
     LOOPBACK,
     MAX_SOCKET_PATH,
+    describe_server,
     log_tail,
     pid_alive,
-    port_accepting,
     port_in_use,
     server_pid,
     wait_until_gone,
 )
 from devserver.state import Placement, ServerInfo
 
-USER = "twopc"
-DATABASE = "twopc"
+USER = DEV_USER
+DATABASE = DEV_DATABASE
 _READY_TIMEOUT = 60.0
 _STOP_TIMEOUT = 60.0
 _SETUP_SQL = (
@@ -54,19 +56,8 @@ class MariaDBServer:
 
     def info(self) -> ServerInfo:
         """This server as it is right now."""
-        pid = self.pid()
-        port = self._place.port
-        return ServerInfo(
-            kind="mysql",
-            host=LOOPBACK,
-            port=port,
-            user=USER,
-            database=DATABASE,
-            datadir=self.datadir,
-            logfile=self.logfile,
-            pid=pid,
-            running=pid is not None and port_accepting(port),
-            url=f"mysql://{USER}@{LOOPBACK}:{port}/{DATABASE}",
+        return describe_server(
+            "mysql", "mysql", self._place.port, self.datadir, self.logfile, self.pid()
         )
 
     def ensure_initialized(self) -> None:

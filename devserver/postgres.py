@@ -12,12 +12,14 @@ from devserver.account import Account, make_owned_dir, run_as
 from devserver.binaries import Binaries
 from devserver.errors import DevServerError
 from devserver.procs import (
+    DEV_DATABASE,
+    DEV_USER,
     LOOPBACK,
     MAX_SOCKET_PATH,
+    describe_server,
     log_tail,
     pid_alive,
     pids_in_dir,
-    port_accepting,
     port_in_use,
     read_pidfile,
     server_pid,
@@ -25,8 +27,8 @@ from devserver.procs import (
 )
 from devserver.state import Placement, ServerInfo
 
-USER = "twopc"
-DATABASE = "twopc"
+USER = DEV_USER
+DATABASE = DEV_DATABASE
 _STOP_TIMEOUT = 60.0
 _INCLUDE_LINE = "include_if_exists = 'twopc.conf'  # added by twopc devserver\n"
 
@@ -47,19 +49,8 @@ class PostgresServer:
 
     def info(self) -> ServerInfo:
         """This server as it is right now."""
-        pid = self.pid()
-        port = self._place.port
-        return ServerInfo(
-            kind="pg",
-            host=LOOPBACK,
-            port=port,
-            user=USER,
-            database=DATABASE,
-            datadir=self.datadir,
-            logfile=self.logfile,
-            pid=pid,
-            running=pid is not None and port_accepting(port),
-            url=f"postgresql://{USER}@{LOOPBACK}:{port}/{DATABASE}",
+        return describe_server(
+            "pg", "postgresql", self._place.port, self.datadir, self.logfile, self.pid()
         )
 
     def ensure_initialized(self) -> None:

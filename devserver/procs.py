@@ -13,7 +13,11 @@ import socket
 import time
 from pathlib import Path
 
+from devserver.state import ServerInfo, ServerKind
+
 LOOPBACK = "127.0.0.1"
+DEV_USER = "twopc"
+DEV_DATABASE = "twopc"
 # sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -140,3 +144,24 @@ def log_tail(logfile: Path, lines: int = 15) -> str:
     except OSError:
         return f"(log {logfile} is not readable)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def describe_server(
+    kind: ServerKind, scheme: str, port: int, datadir: Path, logfile: Path, pid: int | None
+) -> ServerInfo:
+    """A dev server as it is right now: running means its pid lives and its port answers.
+
+    Both dev servers serve the passwordless user ``twopc`` and the database ``twopc``.
+    """
+    return ServerInfo(
+        kind=kind,
+        host=LOOPBACK,
+        port=port,
+        user=DEV_USER,
+        database=DEV_DATABASE,
+        datadir=datadir,
+        logfile=logfile,
+        pid=pid,
+        running=pid is not None and port_accepting(port),
+        url=f"{scheme}://{DEV_USER}@{LOOPBACK}:{port}/{DEV_DATABASE}",
+    )
