@@ -676,13 +676,23 @@ def _transfer_saga(
         for resumed in orchestrator.resumed:
             click.echo(f"resumed saga {resumed.saga_id}: {resumed.outcome}", err=True)
         outcome = orchestrator.transfer(request, options.saga_id)
-    pruned: dict[str, int] = {}
-    if outcome.state.finished:
-        retention = DEFAULT_SAGA_RETENTION if options.retention is None else options.retention
-        pruned = prune(participants, obj.home, retention)
+    pruned = (
+        _prune_after(participants, obj.home, options.retention) if outcome.state.finished else {}
+    )
     document = _saga_document(outcome) | {"pruned": pruned}
     emit(as_json, document, _saga_text(outcome))
     _saga_exit(outcome)
+
+
+def _prune_after(
+    participants: list[Participant], home: Path, retention: float | None
+) -> dict[str, int]:
+    """Prune old idempotency records; housekeeping, so a failure is only a warning."""
+    try:
+        return prune(participants, home, DEFAULT_SAGA_RETENTION if retention is None else retention)
+    except (ParticipantError, SagaError) as err:
+        click.echo(f"warning: idempotency records not pruned: {err}", err=True)
+        return {}
 
 
 def _saga_hooks(points: Points) -> SagaHooks | None:

@@ -59,12 +59,20 @@ def saga_drop_ddl() -> str:
     return f"DROP TABLE IF EXISTS {', '.join(SAGA_TABLES)}"
 
 
+# Takes only the weakest table lock: the DDL below (CREATE INDEX in particular) would queue
+# behind, and then block, every transaction writing these tables, even when nothing is missing.
+_PROBE = f"SELECT 1 FROM {', '.join(SAGA_TABLES)} WHERE 1 = 0"
+_NO_SUCH_TABLE = {"42P01", "1146"}  # PostgreSQL undefined_table, MySQL ER_NO_SUCH_TABLE
+
+
 def ensure_saga_tables(participant: Participant) -> None:
     """Create the saga tables on ``participant`` if missing (before a saga runs there).
 
     Two processes creating the same table at once can collide in PostgreSQL's catalog; the
     loser tries once more, by which time the table exists.
     """
+    if _tables_exist(participant):
+        return
     for attempt in (1, 2):
         try:
             with participant.local_transaction() as local:
@@ -74,3 +82,14 @@ def ensure_saga_tables(participant: Participant) -> None:
         except StatementFailed:
             if attempt == 2:
                 raise
+
+
+def _tables_exist(participant: Participant) -> bool:
+    try:
+        with participant.local_transaction() as local:
+            local.execute(_PROBE).fetchall()
+    except StatementFailed as err:
+        if err.code in _NO_SUCH_TABLE:
+            return False
+        raise
+    return True
