@@ -36,8 +36,9 @@ class DevServers:
     """
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.state_file = root / "state.json"
+        # Absolute: the servers' tools run in other working directories (and as other users).
+        self.root = root.absolute()
+        self.state_file = self.root / "state.json"
         self._binaries: Binaries | None = None
 
     def up(self) -> DevState:

@@ -15,10 +15,12 @@ from devserver import DevServers
 
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run twopc with its default home, the relative ``./.twopc``, from ``home``'s parent."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWOPC_")}
     return subprocess.run(
-        [twopc_executable(), "--home", str(home), *args],
+        [twopc_executable(), *args],
         env=env,
+        cwd=home.parent,
         text=True,
         capture_output=True,
         timeout=180,
@@ -28,8 +30,8 @@ def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture()
 def home(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "home"
-    DevServers(tmp_path / "home" / "dev").destroy()  # whatever the test did, stop the servers
+    yield tmp_path / ".twopc"
+    DevServers(tmp_path / ".twopc" / "dev").destroy()  # whatever the test did, stop the servers
 
 
 def test_dev_servers_serve_the_cli_without_urls(home: Path) -> None:
