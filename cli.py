@@ -744,7 +744,11 @@ def _saga_text(outcome: SagaOutcome) -> str:
     ]
     if steps and all(step.replayed for step in steps):
         lines.append("replayed:  every step was already done; nothing changed")
-    if not state.finished and state.last_error:
+    lines += [
+        f"dead letter: comp {n} failed past the retry policy: {failure.error}"
+        for n, failure in sorted(state.dead_letters.items())
+    ]
+    if not state.finished and not state.dead_letters and state.last_error:
         lines.append(f"waiting:   {state.last_error}")
     lines.append(f"time:      {outcome.elapsed * 1000:.1f} ms")
     return "\n".join(lines)
@@ -767,10 +771,13 @@ def _saga_exit(outcome: SagaOutcome, *, finished_is_success: bool = False) -> No
         )
     if state.finished:  # refused: another orchestrator owns the saga id
         raise click.ClickException(f"saga {outcome.saga_id} not run: {_end_reason(outcome)}")
+    if state.dead_lettered:
+        advice = f"fix the cause, then retry it with `twopc sagas retry {outcome.saga_id}`"
+    else:
+        advice = "`twopc recover` finishes it once the server is back"
     click.echo(
-        f"Error: saga {outcome.saga_id} is {outcome.outcome}: {state.last_error or state.problems}"
-        f"; see `twopc sagas`, finish it with `twopc sagas retry {outcome.saga_id}` "
-        "or `twopc recover`",
+        f"Error: saga {outcome.saga_id} is {outcome.outcome}: "
+        f"{state.last_error or '; '.join(state.problems)}; {advice} (see `twopc sagas`)",
         err=True,
     )
     sys.exit(EXIT_IN_DOUBT)
@@ -836,6 +843,7 @@ def _saga_entry_lines(entry: dict[str, Any]) -> list[str]:
         f"  orchestrator {entry['orchestrator']} ({alive})  pending {entry['pending']}"
     ]
     lines += [f"    {step['step']}: {step['action']} {step['status']}" for step in entry["steps"]]
+    lines += [f"    dead letter: comp {n}: {error}" for n, error in entry["dead_letters"].items()]
     if entry["last_error"]:
         lines.append(f"    last error: {entry['last_error']}")
     lines += [f"    problem: {problem}" for problem in entry["problems"]]
