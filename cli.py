@@ -316,6 +316,8 @@ def init(obj: Context, accounts_count: int, balance: str, reset: bool, as_json: 
         side: init_schema(url, accounts_count=accounts_count, balance=opening, reset=reset)
         for side, url in urls.items()
     }
+    for participant in obj.participants(SIDES):
+        participant.ensure_outcome_table()  # what the coordinator needs, made by the owner
     text = "\n".join(
         f"{side:<6} {urls[side].location()}: schema ready, {n} accounts added"
         for side, n in added.items()

@@ -138,3 +138,11 @@ def test_balances_of_chosen_accounts(db: Databases) -> None:
     result = db.twopc("balances", "pg:zz")
     assert result.returncode == 1
     assert result.stderr == "Error: unknown account pg:zz\n"
+
+
+def test_init_creates_what_the_coordinator_needs(db: Databases) -> None:
+    for query in (db.pg_query, db.mysql_query):
+        query("DROP TABLE IF EXISTS twopc_outcomes")
+    assert db.twopc("init").returncode == 0
+    for query in (db.pg_query, db.mysql_query):
+        assert query("SELECT count(*) FROM twopc_outcomes") == [(0,)]
