@@ -164,3 +164,34 @@ def db(dev_servers: DevServers, tmp_path: Path) -> Iterator[Databases]:
     yield databases
     databases.state = dev_servers.up()
     databases.clear_prepared()
+
+
+AMOUNT = Decimal("7.25")  # what the crash and recovery tests move
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A cross-database transfer of AMOUNT; the source's branch is enlisted (and prepared) first."""
+
+    source: str
+    source_account: str
+    destination: str
+    destination_account: str
+
+    @property
+    def args(self) -> tuple[str, str, str]:
+        return (
+            f"{self.source}:{self.source_account}",
+            f"{self.destination}:{self.destination_account}",
+            str(AMOUNT),
+        )
+
+    def moved(self, before: dict[str, Decimal]) -> dict[str, Decimal]:
+        """``before`` with AMOUNT moved from source to destination."""
+        after = dict(before)
+        after[f"{self.source}:{self.source_account}"] -= AMOUNT
+        after[f"{self.destination}:{self.destination_account}"] += AMOUNT
+        return after
+
+    def __str__(self) -> str:
+        return f"{self.source}-to-{self.destination}"

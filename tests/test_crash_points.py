@@ -21,34 +21,12 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from conftest import Databases, twopc_executable
+from conftest import AMOUNT, Databases, Direction, twopc_executable
 
 from participants import FORMAT_ID, Xid
 from txlog import LogContents, Record, is_locked, read_log
 
-AMOUNT = Decimal("7.25")
 SIDES = ("pg", "mysql")
-
-
-@dataclass(frozen=True)
-class Direction:
-    """A cross-database transfer: the source's side is the first branch enlisted."""
-
-    source: str  # "pg" or "mysql"
-    source_account: str
-    destination: str
-    destination_account: str
-
-    @property
-    def args(self) -> tuple[str, str, str]:
-        return (
-            f"{self.source}:{self.source_account}",
-            f"{self.destination}:{self.destination_account}",
-            str(AMOUNT),
-        )
-
-    def __str__(self) -> str:
-        return f"{self.source}-to-{self.destination}"
 
 
 DIRECTIONS = [Direction("pg", "a1", "mysql", "a2"), Direction("mysql", "a2", "pg", "a1")]

@@ -26,44 +26,15 @@ from typing import IO, Any
 import psycopg
 import pymysql
 import pytest
-from conftest import ACCOUNTS, OPENING, Databases, twopc_executable
+from conftest import ACCOUNTS, AMOUNT, OPENING, Databases, Direction, twopc_executable
 
 from participants import FORMAT_ID, Xid
 from txlog import Record, TransactionLog, read_log
 
-AMOUNT = Decimal("7.25")
 SIDES = ("pg", "mysql")
 TOTAL = 2 * ACCOUNTS * OPENING  # every account on both servers: money is never made or lost
 EXIT_IN_DOUBT = 3
 ONE_SHOT = re.compile(r"t-[0-9a-f]{16}")
-
-
-@dataclass(frozen=True)
-class Direction:
-    """A cross-database transfer of AMOUNT; the source's branch is the first one."""
-
-    source: str
-    source_account: str
-    destination: str
-    destination_account: str
-
-    @property
-    def args(self) -> tuple[str, str, str]:
-        return (
-            f"{self.source}:{self.source_account}",
-            f"{self.destination}:{self.destination_account}",
-            str(AMOUNT),
-        )
-
-    def moved(self, before: dict[str, Decimal]) -> dict[str, Decimal]:
-        """``before`` with AMOUNT moved from source to destination."""
-        after = dict(before)
-        after[f"{self.source}:{self.source_account}"] -= AMOUNT
-        after[f"{self.destination}:{self.destination_account}"] += AMOUNT
-        return after
-
-    def __str__(self) -> str:
-        return f"{self.source}-to-{self.destination}"
 
 
 PG_TO_MYSQL = Direction("pg", "a1", "mysql", "a2")
