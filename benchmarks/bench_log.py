@@ -1,9 +1,21 @@
 """Benchmark of ``txlog``: group commit against raw fdatasync, and bounded disk use.
 
 ``python -m benchmarks.bench_log --appenders 1 8 64 --records 2000 [--json]`` runs, for each
-appender count, raw appends (a plain file, write + fdatasync per record, same record size,
-same number of threads) and then forced appends to a :class:`txlog.TransactionLog`, and
-prints records/s, p50/p99 latency and the log/raw throughput ratio.
+appender count and in alternating rounds, three measurements of the same record size with
+the same number of threads, and prints records/s and p50/p99 latency for each:
+
+- raw (parallel): every thread writes + fdatasyncs its own record on one ``O_APPEND`` file,
+  racing the others. One fsync per record, but concurrent fdatasyncs of one file can be
+  merged by the file system (ext4 and XFS commit their journal once for all of them), so
+  this baseline scales with threads on such file systems.
+- raw (serial): the same, one record at a time (a log with no group commit of its own,
+  which must keep records whole and in order): about one fsync latency per record.
+- log: forced appends to a :class:`txlog.TransactionLog`, with the average number of
+  records each of its fdatasyncs made durable.
+
+Ratios are given against both raw baselines. ``--pin-cpu N`` first pins the process (so
+every measurement) to CPU N: appender threads of one CPython process run Python one at a
+time anyway, and on one CPU they wake each other without cross-CPU wake-ups.
 ``--cycles K`` instead runs K begin(force)/commit(force)/end(final, unforced) cycles and
 reports the log's peak and final disk use. Directories are made under ``--dir`` (default:
 the system temp dir); it must be on a real disk (not tmpfs) for the figures to mean anything.
@@ -12,6 +24,7 @@ the system temp dir); it must be on a real disk (not tmpfs) for the figures to m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -46,47 +59,74 @@ def sample_record(number: int) -> Record:
     return Record("commit", f"bench-coordinator-{number:012d}", _BODY)
 
 
+def pin_to_cpu(cpu: int) -> None:
+    """Pin this process's threads (and those it starts later) to ``cpu``; ``ValueError``
+    naming the usable CPUs if it is not one of them."""
+    usable = sorted(os.sched_getaffinity(0))
+    if cpu not in usable:
+        raise ValueError(f"CPU {cpu} is not usable here; usable CPUs: {usable}")
+    os.sched_setaffinity(0, {cpu})
+
+
 def run_log_benchmark(
     directory: Path, appenders: list[int], records: int, rounds: int = 3
 ) -> dict[str, Any]:
-    """Measure raw fdatasync appends and forced log appends for each appender count.
+    """Measure both raw baselines and forced log appends for each appender count.
 
     ``records`` is the total per measurement, split across the appenders and across
-    ``rounds`` that alternate raw and log (so a shared disk's drift hits both alike).
+    ``rounds`` that alternate the three (so a shared disk's drift hits them alike).
     Returns a JSON-ready dict: ``record_bytes`` and one entry per count under ``runs``.
     """
+    if any(count < 1 for count in appenders):
+        raise ValueError(f"appender counts must be at least 1, got {appenders}")
     record_bytes = len(encode_record(sample_record(0)))
     runs = [_compare(Path(directory), count, records, record_bytes, rounds) for count in appenders]
-    return {"directory": str(directory), "record_bytes": record_bytes, "runs": runs}
+    return {
+        "directory": str(directory),
+        "record_bytes": record_bytes,
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "runs": runs,
+    }
 
 
 def _compare(
     directory: Path, appenders: int, records: int, record_bytes: int, rounds: int
 ) -> dict[str, Any]:
     per_thread = max(1, records // appenders // rounds)
-    raw: list[Timing] = []
-    log: list[Timing] = []
+    timings: dict[str, list[Timing]] = {"raw": [], "raw_serial": [], "log": []}
+    syncs = 0
     for round_number in range(rounds):
         name = f"{appenders}-{round_number}"
-        raw.append(_measure_raw(directory / f"raw-{name}", appenders, per_thread, record_bytes))
-        log.append(_measure_log(directory / f"log-{name}", appenders, per_thread))
-    raw_summary, log_summary = _summary(raw), _summary(log)
-    ratio = log_summary["records_per_s"] / raw_summary["records_per_s"]
-    return {
-        "appenders": appenders,
-        "raw": raw_summary,
-        "log": log_summary,
-        "ratio": round(ratio, 2),
-    }
+        for serial, key in ((False, "raw"), (True, "raw_serial")):
+            path = directory / f"{key}-{name}"
+            timings[key].append(_measure_raw(path, appenders, per_thread, record_bytes, serial))
+        timing, log_syncs = _measure_log(directory / f"log-{name}", appenders, per_thread)
+        timings["log"].append(timing)
+        syncs += log_syncs
+    result: dict[str, Any] = {"appenders": appenders}
+    result.update((key, _summary(each)) for key, each in timings.items())
+    log_rate = result["log"]["records_per_s"]
+    result["log"]["syncs"] = syncs
+    result["log"]["records_per_sync"] = round(result["log"]["records"] / max(syncs, 1), 1)
+    result["ratio"] = round(log_rate / result["raw"]["records_per_s"], 2)
+    result["ratio_serial"] = round(log_rate / result["raw_serial"]["records_per_s"], 2)
+    return result
 
 
-def _measure_raw(path: Path, appenders: int, per_thread: int, record_bytes: int) -> Timing:
+def _measure_raw(
+    path: Path, appenders: int, per_thread: int, record_bytes: int, serial: bool
+) -> Timing:
+    """Raw appends: write + fdatasync per record to one O_APPEND file. ``serial`` holds a
+    lock across both (a log without group commit of its own); otherwise the threads race,
+    and the file system may merge their concurrent fdatasyncs into one journal commit."""
     payload = b"r" * record_bytes
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    one_at_a_time = threading.Lock() if serial else contextlib.nullcontext()
 
     def append_one(_number: int) -> None:
-        os.write(fd, payload)
-        os.fdatasync(fd)
+        with one_at_a_time:
+            os.write(fd, payload)
+            os.fdatasync(fd)
 
     try:
         return _run_threads(appenders, per_thread, append_one)
@@ -94,11 +134,13 @@ def _measure_raw(path: Path, appenders: int, per_thread: int, record_bytes: int)
         os.close(fd)
 
 
-def _measure_log(path: Path, appenders: int, per_thread: int) -> Timing:
+def _measure_log(path: Path, appenders: int, per_thread: int) -> tuple[Timing, int]:
+    """Forced log appends; also returns how many fdatasyncs the log needed."""
     with TransactionLog.open(path) as log:
-        return _run_threads(
+        timing = _run_threads(
             appenders, per_thread, lambda n: log.append(sample_record(n), force=True)
         )
+        return timing, log.stats().syncs
 
 
 def _run_threads(appenders: int, per_thread: int, append: Callable[[int], object]) -> Timing:
@@ -186,17 +228,27 @@ def _sample_disk(path: Path, peak: list[int], stop: threading.Event) -> None:
             continue
 
 
+_LABELS = {"raw": "raw (parallel)", "raw_serial": "raw (serial)", "log": "log"}
+
+
 def format_log_benchmark(result: dict[str, Any]) -> list[str]:
     """Human-readable lines for :func:`run_log_benchmark`'s result."""
-    lines = [f"record size {result['record_bytes']} bytes, directory {result['directory']}"]
+    lines = [
+        f"record size {result['record_bytes']} bytes, directory {result['directory']}, "
+        f"CPUs {','.join(str(cpu) for cpu in result['cpus'])}"
+    ]
     for run in result["runs"]:
-        for name in ("raw", "log"):
+        for name, label in _LABELS.items():
             m = run[name]
+            extra = f"  {m['records_per_sync']} records/fsync" if name == "log" else ""
             lines.append(
-                f"{run['appenders']:>3} appenders {name}: {m['records_per_s']:>10.1f} rec/s  "
-                f"p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms"
+                f"{run['appenders']:>3} appenders {label:<15}{m['records_per_s']:>10.1f} rec/s"
+                f"  p50 {m['p50_ms']:.3f} ms  p99 {m['p99_ms']:.3f} ms{extra}"
             )
-        lines.append(f"{run['appenders']:>3} appenders log/raw: {run['ratio']:.2f}x")
+        lines.append(
+            f"{run['appenders']:>3} appenders log/raw: {run['ratio']:.2f}x parallel, "
+            f"{run['ratio_serial']:.2f}x serial"
+        )
     return lines
 
 
@@ -219,6 +271,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cycles", type=int, help="run the disk-use cycle benchmark instead")
     parser.add_argument("--workers", type=int, default=16, help="threads for --cycles")
     parser.add_argument("--dir", type=Path, help="parent of the benchmark's temp directory")
+    parser.add_argument("--pin-cpu", type=int, help="run every measurement on this CPU")
     parser.add_argument("--json", action="store_true", help="print JSON")
     return parser.parse_args(argv)
 
@@ -226,6 +279,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
     args = _parse(argv)
+    if args.pin_cpu is not None:
+        try:
+            pin_to_cpu(args.pin_cpu)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
     with tempfile.TemporaryDirectory(prefix="twopc-bench-", dir=args.dir) as scratch:
         if args.cycles is not None:
             result = run_cycle_benchmark(Path(scratch), args.cycles, args.workers)

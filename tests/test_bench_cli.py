@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import twopc_executable
 
 
@@ -24,7 +26,7 @@ def test_bench_log_compares_with_raw_fsync(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     text = json.dumps(figures)
-    for key in ("raw", "log", "p50", "p99"):
+    for key in ("raw", "raw_serial", "log", "p50", "p99", "records_per_sync"):
         assert key in text
     assert not any(p.name.startswith("bench-") for p in tmp_path.iterdir())  # scratch removed
     human = bench(tmp_path, "--appenders", "2", "--records", "20")
@@ -32,7 +34,25 @@ def test_bench_log_compares_with_raw_fsync(tmp_path: Path) -> None:
     assert "log/raw" in human.stdout
 
 
-def test_bench_log_rejects_bad_appenders(tmp_path: Path) -> None:
-    result = bench(tmp_path, "--appenders", "one,two")
+@pytest.mark.parametrize("value", ["one,two", "0", "4,-1", ""])
+def test_bench_log_rejects_bad_appenders(tmp_path: Path, value: str) -> None:
+    result = bench(tmp_path, "--appenders", value)
     assert result.returncode == 2
-    assert result.stderr.strip() == "Error: --appenders 'one,two' must be comma-separated integers"
+    assert result.stderr.strip() == (
+        f"Error: --appenders {value!r} must be comma-separated integers >= 1"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
+
+
+def test_bench_log_pins_to_one_cpu(tmp_path: Path) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    result = bench(tmp_path, "--appenders", "2", "--records", "10", "--pin-cpu", str(cpu), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cpus"] == [cpu]
+
+
+def test_bench_log_rejects_an_unusable_cpu(tmp_path: Path) -> None:
+    result = bench(tmp_path, "--pin-cpu", "4096")
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: --pin-cpu: CPU 4096 is not usable here; usable CPUs:")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.bench_log import (
     format_cycle_benchmark,
     format_log_benchmark,
@@ -17,10 +19,19 @@ def test_log_benchmark_reports_raw_and_log_for_each_appender_count(tmp_path: Pat
     result = run_log_benchmark(tmp_path, [1, 4], records=40, rounds=1)
     assert [run["appenders"] for run in result["runs"]] == [1, 4]
     for run in result["runs"]:
-        assert run["raw"]["records"] == run["log"]["records"] == 40
-        assert run["ratio"] > 0
+        assert run["raw"]["records"] == run["raw_serial"]["records"] == 40
+        assert run["log"]["records"] == 40
+        assert run["ratio"] > 0 and run["ratio_serial"] > 0
+        # Every forced record was synced by some fdatasync; a lone appender needs one each.
+        assert 1 <= run["log"]["syncs"] <= 40
+    assert result["runs"][0]["log"]["syncs"] == 40
     assert json.loads(json.dumps(result)) == result
-    assert len(format_log_benchmark(result)) == 1 + 3 * 2
+    assert len(format_log_benchmark(result)) == 1 + 4 * 2
+
+
+def test_log_benchmark_refuses_zero_appenders(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        run_log_benchmark(tmp_path, [0], records=10, rounds=1)
 
 
 def test_cycle_benchmark_keeps_disk_use_bounded(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from txlog import (
     LogError,
     LogLocked,
     LogMissing,
+    LogStats,
     Record,
     TransactionLog,
     is_locked,
@@ -111,6 +112,19 @@ def test_concurrent_appends_all_land(tmp_path: Path) -> None:
         log.append(Record("begin", "last"), force=True)
         assert list(log.unfinished()) == ["last"]
     assert list(read_log(directory).unfinished()) == ["last"]
+
+
+def test_stats_count_records_and_the_syncs_that_made_them_durable(tmp_path: Path) -> None:
+    with TransactionLog.open(tmp_path / "log") as log:
+        assert log.stats() == LogStats(records=0, syncs=0)
+        for number in range(3):
+            log.append(Record("begin", f"t{number}"), force=True)
+        assert log.stats() == LogStats(records=3, syncs=3)  # one appender: a sync each
+        for number in range(3):
+            log.append(Record("end", f"t{number}", final=True), force=False)
+        assert log.stats() == LogStats(records=3, syncs=3)  # unforced: only buffered
+        log.append(Record("begin", "t9"), force=True)
+        assert log.stats() == LogStats(records=7, syncs=4)  # one sync for all four
 
 
 def test_second_writer_is_refused_and_lock_follows_close(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from txlog.errors import LogCorrupt, LogError, LogLocked, LogMissing
 from txlog.locking import is_locked
-from txlog.log import DEFAULT_SEGMENT_BYTES, TransactionLog
+from txlog.log import DEFAULT_SEGMENT_BYTES, LogStats, TransactionLog
 from txlog.record import Record
 from txlog.replay import LogContents, read_log
 from txlog.verify import Problem, SegmentReport, VerifyReport, verify_log
@@ -21,6 +21,7 @@ __all__ = [
     "LogError",
     "LogLocked",
     "LogMissing",
+    "LogStats",
     "Problem",
     "Record",
     "SegmentReport",

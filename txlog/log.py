@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -23,6 +24,19 @@ DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
 MIN_SEGMENT_BYTES = FILE_HEADER_SIZE + FRAME_OVERHEAD
 # Unforced records are written (not synced) once this many bytes of them are buffered.
 UNFORCED_BUFFER_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class LogStats:
+    """What a writer has done since :meth:`TransactionLog.open`.
+
+    ``records`` written to segment files and ``syncs`` (fdatasyncs) that made them durable;
+    with group commit, concurrent forced appends share syncs, so ``records / syncs`` is the
+    average batch.
+    """
+
+    records: int
+    syncs: int
 
 
 class TransactionLog:
@@ -103,6 +117,10 @@ class TransactionLog:
         except OSError as err:
             raise LogError(f"appending to {self._directory} failed: {err}") from err
         return stamped
+
+    def stats(self) -> LogStats:
+        """Records written and syncs done since open (a snapshot; appends may be running)."""
+        return LogStats(self._writer.records_written, self._writer.syncs)
 
     def unfinished(self) -> dict[str, list[Record]]:
         """txid -> its records, for every txid appended without a final record yet."""

@@ -54,6 +54,9 @@ class SegmentWriter:
         else:
             self._first, self._number = scan.segments[0].number, scan.segments[-1].number
             self._fd, self._size = _resume_segment(scan.segments[-1])
+        #: Records written and fdatasyncs of segment data since open (for statistics).
+        self.records_written = 0
+        self.syncs = 0
 
     def write(self, batch: list[PendingRecord], sync: bool) -> None:
         """Append ``batch`` in order, rolling segments at the size limit; sync if asked."""
@@ -66,8 +69,10 @@ class SegmentWriter:
             chunk += pending.frame
             self._tracker.apply(pending.record)
         self._write(chunk)
+        self.records_written += len(batch)
         if sync:
             os.fdatasync(self._fd)
+            self.syncs += 1
 
     def checkpoint(self) -> None:
         """Record what is unfinished and delete the segments that held it (all written
@@ -100,6 +105,7 @@ class SegmentWriter:
     def _roll(self, *, checkpoint: bool) -> None:
         # Sync before the next segment exists: a sealed segment is never torn.
         os.fdatasync(self._fd)
+        self.syncs += 1
         self.close()
         self._number += 1
         self._fd = self._create_segment()
