@@ -1,0 +1,126 @@
+"""Plumbing every command shares: the context object, output and error handling, common options."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bank import InvalidInput, TransferRejected
+from coordinator import CoordinatorError, InDoubt
+from coordinator.recovery import RecoveryError
+from devserver import DevServerError, DevServers
+from participants import (
+    DatabaseURL,
+    InvalidURL,
+    LockWaitTimeout,
+    Participant,
+    ParticipantError,
+    participant_for,
+)
+from saga import InvalidSagaId, SagaError, parse_duration
+
+EXIT_IN_DOUBT = 3
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@dataclass
+class Context:
+    """What every command gets: the home directory and the configured database URLs."""
+
+    home: Path
+    urls: dict[str, str | None]
+
+    @property
+    def dev(self) -> DevServers:
+        return DevServers(self.home / "dev")
+
+    def url(self, side: str) -> DatabaseURL:
+        """The URL for ``side`` from its option/env var, else the running dev servers."""
+        text = self.urls[side] or self._dev_url(side)
+        if text is None:
+            option = "--pg-url / TWOPC_PG_URL" if side == "pg" else "--mysql-url / TWOPC_MYSQL_URL"
+            raise click.UsageError(
+                f"no {side} database configured: set {option} or run `twopc dev up`"
+            )
+        try:
+            return DatabaseURL.parse(text, expect="pg" if side == "pg" else "mysql")
+        except InvalidURL as err:
+            raise click.UsageError(f"{side} URL: {err}") from None
+
+    def participants(
+        self, sides: Iterator[str] | tuple[str, ...], lock_wait: float = 30.0
+    ) -> list[Participant]:
+        return [participant_for(side, self.url(side), lock_wait=lock_wait) for side in sides]
+
+    def _dev_url(self, side: str) -> str | None:
+        try:
+            state = self.dev.status()
+        except DevServerError:
+            return None
+        if state is None:
+            return None
+        info = state.pg if side == "pg" else state.mysql
+        return info.url if info.running else None
+
+
+class BadInput(click.ClickException):
+    """Malformed input: one line on stderr, exit 2, nothing attempted."""
+
+    exit_code = 2
+
+
+def json_option(command: _F) -> _F:
+    """The shared ``--json`` flag: one JSON document on stdout instead of text for people."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(command)
+
+
+def operational_errors(command: _F) -> _F:
+    """Turn library errors into one-line messages and exit codes."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (InvalidInput, InvalidSagaId) as err:
+            raise BadInput(str(err)) from None
+        except LockWaitTimeout as err:
+            raise click.ClickException(f"{err}; rolled back, nothing was changed") from None
+        except TransferRejected as err:
+            raise click.ClickException(f"transfer refused: {err}; nothing was changed") from None
+        except InDoubt as err:
+            click.echo(f"Error: {err}", err=True)
+            sys.exit(EXIT_IN_DOUBT)
+        except (
+            CoordinatorError,
+            ParticipantError,
+            DevServerError,
+            RecoveryError,
+            SagaError,
+        ) as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(as_json: bool, document: object, text: str) -> None:
+    click.echo(json.dumps(document, indent=2, default=str) if as_json else text)
+
+
+def seconds_option(name: str, default: float, text: str) -> Callable[[_F], _F]:
+    return click.option(
+        name, default=default, show_default=True, type=click.FloatRange(min=0), help=text
+    )
+
+
+def parse_retention(value: str | None) -> float | None:
+    try:
+        return None if value is None else parse_duration(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--retention") from None

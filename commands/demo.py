@@ -1,0 +1,53 @@
+"""`twopc demo`: demonstrations narrated with measured figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from decimal import Decimal
+
+import click
+
+from bank import SIDES
+from bank.demo import DemoError, blocking_demo
+from commands.common import Context, emit, json_option, operational_errors
+
+# -- demonstrations ---------------------------------------------------------------------------
+
+
+@click.group()
+def demo() -> None:
+    """Demonstrations on the configured servers, narrated with measured figures."""
+
+
+@demo.command("blocking")
+@click.option(
+    "--hold",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to leave the second transfer blocked before recovering.",
+)
+@json_option
+@click.pass_obj
+@operational_errors
+def demo_blocking(obj: Context, hold: float, as_json: bool) -> None:
+    """Kill a coordinator after prepare, watch a transfer block, recover, check balances.
+
+    Uses accounts a1 and a2 on both sides (created with 1000.00 if missing).
+    """
+    from bank.schema import init_schema
+
+    participants = obj.participants(SIDES)
+    for participant in participants:
+        init_schema(participant.url, accounts_count=2, balance=Decimal("1000.00"), reset=False)
+    env = dict(os.environ, TWOPC_HOME=str(obj.home.resolve()))
+    env.update({f"TWOPC_{p.name.upper()}_URL": p.url.with_password() for p in participants})
+    env.pop("TWOPC_COORDINATOR_ID", None)
+    say = (lambda line: None) if as_json else click.echo
+    try:
+        figures = blocking_demo(participants, obj.home, env, say, hold=hold)
+    except DemoError as err:
+        raise click.ClickException(str(err)) from None
+    if as_json:
+        emit(True, dataclasses.asdict(figures), "")

@@ -1,0 +1,79 @@
+"""`twopc dev`: throwaway PostgreSQL and MariaDB servers for trying twopc out."""
+
+from __future__ import annotations
+
+import click
+
+from bank import SIDES
+from commands.common import Context, emit, json_option, operational_errors
+from devserver import DevState
+
+# -- dev servers ------------------------------------------------------------------------------
+
+
+@click.group()
+def dev() -> None:
+    """Throwaway PostgreSQL and MariaDB servers under HOME/dev."""
+
+
+@dev.command("up")
+@click.pass_obj
+@operational_errors
+def dev_up(obj: Context) -> None:
+    """Start both servers (harmless when already running)."""
+    state = obj.dev.up()
+    click.echo(_dev_status_text(state))
+    click.echo('Use them from another shell with: eval "$(twopc dev env)"')
+
+
+@dev.command("down")
+@click.pass_obj
+@operational_errors
+def dev_down(obj: Context) -> None:
+    """Stop both servers cleanly (data is kept)."""
+    obj.dev.down()
+    click.echo("dev servers stopped")
+
+
+@dev.command("status")
+@json_option
+@click.pass_obj
+@operational_errors
+def dev_status(obj: Context, as_json: bool) -> None:
+    """Show where the servers are and whether they run."""
+    state = obj.dev.status()
+    if state is None:
+        raise click.ClickException(f"no dev servers under {obj.home / 'dev'}: run `twopc dev up`")
+    document = {kind: _server_document(state, kind) for kind in SIDES}
+    emit(as_json, document, _dev_status_text(state))
+
+
+@dev.command("env")
+@click.pass_obj
+@operational_errors
+def dev_env(obj: Context) -> None:
+    """Print export lines for the servers' URLs: eval "$(twopc dev env)"."""
+    state = obj.dev.status()
+    if state is None:
+        raise click.ClickException(f"no dev servers under {obj.home / 'dev'}: run `twopc dev up`")
+    click.echo("\n".join(state.env_lines()))
+
+
+def _server_document(state: DevState, kind: str) -> dict[str, object]:
+    info = state.pg if kind == "pg" else state.mysql
+    return {
+        "url": info.url,
+        "running": info.running,
+        "pid": info.pid,
+        "port": info.port,
+        "datadir": str(info.datadir),
+        "log": str(info.logfile),
+    }
+
+
+def _dev_status_text(state: DevState) -> str:
+    lines = []
+    for info in (state.pg, state.mysql):
+        running = f"running (pid {info.pid})" if info.running else "stopped"
+        lines.append(f"{info.kind:<6} {info.url:<45} {running}  log: {info.logfile}")
+    return "\n".join(lines)

@@ -1,0 +1,318 @@
+"""`twopc transfer`: one transfer under two-phase commit or as a saga."""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from bank import AccountRef, Transfer, parse_amount, run_transfer
+from commands.common import (
+    Context,
+    emit,
+    json_option,
+    operational_errors,
+    parse_retention,
+    seconds_option,
+)
+from commands.sagas import prune_after, saga_config, saga_document, saga_exit, saga_text
+from coordinator import (
+    CRASH_POINT_HELP,
+    Coordinator,
+    CoordinatorConfig,
+    CrashPoint,
+    InvalidCoordinatorId,
+    KillAt,
+    Outcome,
+    PauseAt,
+    ProtocolHooks,
+    check_coordinator_id,
+    coordinator_of,
+)
+from coordinator.recovery import find_in_doubt
+from participants import Participant
+from participants.lockwaits import LockWait
+from saga import (
+    SAGA_POINT_HELP,
+    KillSagaAt,
+    Orchestrator,
+    PauseSagaAt,
+    SagaHooks,
+    SagaPoint,
+    check_saga_id,
+)
+from txlog import is_locked
+
+# -- transfer ---------------------------------------------------------------------------------
+
+_POINTS = [point.value for point in CrashPoint]
+_SAGA_POINTS = [point.value for point in SagaPoint]
+_POINTS_HELP = "; ".join(f"{p.value}: {text}" for p, text in CRASH_POINT_HELP.items())
+_SAGA_POINTS_HELP = "; ".join(f"{p.value}: {text}" for p, text in SAGA_POINT_HELP.items())
+_MODES_HELP = (
+    "2pc (default): one atomic global transaction; locks are held until both servers "
+    "commit, and a dead coordinator can leave them held (in doubt). saga: a debit and a "
+    "credit that each commit at once, undone by a compensating refund if the credit fails; "
+    "nothing blocks, but readers can see the money in flight (as pending)."
+)
+
+
+@click.command(
+    epilog=f"Modes: {_MODES_HELP}\n\nCrash/pause points, 2pc: {_POINTS_HELP}.\n\n"
+    f"Crash/pause points, saga: {_SAGA_POINTS_HELP}."
+)
+@click.argument("source")
+@click.argument("destination")
+@click.argument("amount")
+@click.option(
+    "--mode",
+    type=click.Choice(["2pc", "saga"]),
+    default="2pc",
+    show_default=True,
+    help="Two-phase commit, or a saga of local transactions (see below).",
+)
+@click.option(
+    "--coordinator-id",
+    envvar="TWOPC_COORDINATOR_ID",
+    help="Stable coordinator (or saga orchestrator) id (default: a fresh one). "
+    "Env: TWOPC_COORDINATOR_ID.",
+)
+@click.option(
+    "--saga-id",
+    help="Saga mode: the saga's id, 1-64 of [A-Za-z0-9._:-] (default: a fresh one). Running "
+    "an id again replays it: every step finds its stored result and no money moves twice.",
+)
+@click.option(
+    "--lock-wait",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Seconds to wait for a row lock before aborting.",
+)
+@click.option(
+    "--retry-deadline",
+    type=click.FloatRange(min=0),
+    help="Saga mode: seconds to keep retrying a failing step or compensation [default: 30].",
+)
+@click.option(
+    "--retention",
+    help="Saga mode: keep idempotency records this long, then prune them (90s, 15m, 12h, 7d) "
+    "[default: 7d].",
+)
+@click.option(
+    "--crash-at",
+    type=click.Choice(_POINTS + _SAGA_POINTS),
+    help="SIGKILL this process at POINT (see below), like kill -9.",
+)
+@click.option(
+    "--pause-at",
+    type=click.Choice(_POINTS + _SAGA_POINTS),
+    help="Print pid and gtrid (saga id) at POINT and hold there.",
+)
+@click.option(
+    "--at-step",
+    type=click.IntRange(1, 3),
+    help="Saga mode, with after-step-commit: the step to stop after (default: the first).",
+)
+@seconds_option("--pause-seconds", 60.0, "How long --pause-at holds.")
+@json_option
+@click.pass_obj
+@operational_errors
+def transfer(
+    obj: Context,
+    source: str,
+    destination: str,
+    amount: str,
+    mode: str,
+    coordinator_id: str | None,
+    saga_id: str | None,
+    lock_wait: float,
+    retry_deadline: float | None,
+    retention: str | None,
+    crash_at: str | None,
+    pause_at: str | None,
+    at_step: int | None,
+    pause_seconds: float,
+    as_json: bool,
+) -> None:
+    """Move AMOUNT from SOURCE to DEST (pg:<id> or mysql:<id>).
+
+    2pc: atomically — across databases with two-phase commit, within one database in one
+    local transaction. saga: a debit and a credit as separate local transactions, the debit
+    compensated if the credit fails; the output says which steps ran.
+    """
+    request = Transfer(
+        AccountRef.parse(source), AccountRef.parse(destination), parse_amount(amount)
+    )
+    points = Points(crash_at, pause_at, at_step, pause_seconds)
+    if mode == "saga":
+        checked = None if saga_id is None else check_saga_id(saga_id)  # before any connection
+        options = SagaOptions(checked, retry_deadline, parse_retention(retention))
+        orchestrator_id = _coordinator_id(coordinator_id)
+        _transfer_saga(obj, request, orchestrator_id, lock_wait, points, options, as_json)
+        return
+    extra = {"--saga-id": saga_id, "--retry-deadline": retry_deadline, "--retention": retention}
+    if given := [name for name, value in extra.items() if value is not None]:
+        raise click.UsageError(f"{', '.join(given)} only apply with --mode saga")
+    config = CoordinatorConfig(obj.home, _coordinator_id(coordinator_id), hooks=_hooks(points))
+    sides = tuple(dict.fromkeys((request.source.side, request.destination.side)))
+    participants = obj.participants(sides, lock_wait)
+    for participant in participants:
+        participant.on_lock_wait = functools.partial(_say_blocked, obj.home)
+    with Coordinator.open(participants, config) as coordinator:
+        _report_recovery(coordinator)
+        _warn_in_doubt(obj.home, participants)
+        outcome = run_transfer(coordinator, request)
+    emit(as_json, _outcome_document(request, outcome), _outcome_text(request, outcome))
+
+
+@dataclass(frozen=True)
+class Points:
+    """Where ``--crash-at`` / ``--pause-at`` stop the process."""
+
+    crash_at: str | None
+    pause_at: str | None
+    step: int | None
+    seconds: float
+
+    @property
+    def point(self) -> str | None:
+        if self.crash_at and self.pause_at:
+            raise click.UsageError("--crash-at and --pause-at cannot be combined")
+        return self.crash_at or self.pause_at
+
+
+@dataclass(frozen=True)
+class SagaOptions:
+    saga_id: str | None
+    retry_deadline: float | None
+    retention: float | None
+
+
+def _report_recovery(coordinator: Coordinator) -> None:
+    """A named coordinator resolved its own in-doubt branches at start: say so."""
+    report = coordinator.recovered
+    for resolution in report.resolutions if report else []:
+        click.echo(
+            f"recovered {resolution.gtrid} {resolution.participant}: {resolution.action}", err=True
+        )
+
+
+def _warn_in_doubt(home: Path, participants: list[Participant]) -> None:
+    """One line when dead coordinators left branches in doubt: they hold locks we may hit."""
+    report = find_in_doubt(participants, home, with_blocking=False)
+    dead = {b.gtrid for b in report.branches if not b.coordinator_alive}
+    if dead:
+        click.echo(
+            f"warning: {len(dead)} in-doubt transaction(s) of dead coordinators hold "
+            "locks on these servers (see `twopc in-doubt`; resolve with `twopc recover`)",
+            err=True,
+        )
+
+
+def _say_blocked(home: Path, participant: Participant, waits: list[LockWait]) -> None:
+    """Printed once when a statement has waited a while on a lock held by a prepared branch."""
+    prepared = {b.xid: b.prepared_at for b in participant.prepared_branches() if b.xid}
+    for wait in waits:
+        if wait.blocker is None:
+            click.echo(
+                f"waiting for a lock on {participant.name} held by {wait.blocker_name}", err=True
+            )
+            continue
+        gtrid = wait.blocker.gtrid
+        at = prepared.get(wait.blocker)
+        since = f"in doubt for {time.time() - at:.1f}s" if at else "in doubt"
+        owner = coordinator_of(gtrid)
+        state = "alive" if owner and is_locked(home / "txlog" / owner) else "dead"
+        click.echo(
+            f"waiting for a row lock on {participant.name} held by in-doubt transaction "
+            f"{gtrid} ({since}; its coordinator {owner} is {state}); "
+            "resolve it with: twopc recover",
+            err=True,
+        )
+
+
+def _coordinator_id(value: str | None) -> str | None:
+    try:
+        return None if value is None else check_coordinator_id(value)
+    except InvalidCoordinatorId as err:
+        raise click.BadParameter(str(err), param_hint="--coordinator-id") from None
+
+
+def _hooks(points: Points) -> ProtocolHooks | None:
+    point = points.point
+    if point is None:
+        return None
+    if point not in _POINTS:
+        raise click.UsageError(f"{point} is a saga point: use it with --mode saga")
+    if points.step is not None:
+        raise click.UsageError("--at-step only applies with --mode saga")
+    if points.crash_at:
+        return KillAt(CrashPoint(point))
+    return PauseAt(CrashPoint(point), points.seconds)
+
+
+def _outcome_document(request: Transfer, outcome: Outcome) -> dict[str, object]:
+    return {
+        "gtrid": outcome.gtrid,
+        "outcome": outcome.state.value,
+        "protocol": outcome.protocol,
+        "source": str(request.source),
+        "destination": str(request.destination),
+        "amount": str(request.amount),
+        "branches": outcome.branches,
+        "elapsed_ms": round(outcome.elapsed * 1000, 3),
+        "phases_ms": {k: round(v * 1000, 3) for k, v in outcome.phases.items()},
+    }
+
+
+def _outcome_text(request: Transfer, outcome: Outcome) -> str:
+    phases = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in outcome.phases.items())
+    return "\n".join(
+        [
+            f"{outcome.state.value}: {request.source} -> {request.destination} {request.amount}",
+            f"gtrid:    {outcome.gtrid}",
+            f"protocol: {outcome.protocol}" + (f" ({phases})" if phases else ""),
+            f"time:     {outcome.elapsed * 1000:.1f} ms",
+        ]
+    )
+
+
+def _transfer_saga(
+    obj: Context,
+    request: Transfer,
+    orchestrator_id: str | None,
+    lock_wait: float,
+    points: Points,
+    options: SagaOptions,
+    as_json: bool,
+) -> None:
+    config = saga_config(obj, orchestrator_id, options.retry_deadline, _saga_hooks(points))
+    sides = tuple(dict.fromkeys((request.source.side, request.destination.side)))
+    participants = obj.participants(sides, lock_wait)
+    with Orchestrator.open(participants, config) as orchestrator:
+        for resumed in orchestrator.resumed:
+            click.echo(f"resumed saga {resumed.saga_id}: {resumed.outcome}", err=True)
+        outcome = orchestrator.transfer(request, options.saga_id)
+    pruned = (
+        prune_after(participants, obj.home, options.retention) if outcome.state.finished else {}
+    )
+    document = saga_document(outcome) | {"pruned": pruned}
+    emit(as_json, document, saga_text(outcome))
+    saga_exit(outcome)
+
+
+def _saga_hooks(points: Points) -> SagaHooks | None:
+    point = points.point
+    if point is None:
+        return None
+    if point not in _SAGA_POINTS:
+        raise click.UsageError(f"{point} is a 2PC point: saga points are {', '.join(_SAGA_POINTS)}")
+    if points.step is not None and point != SagaPoint.AFTER_STEP_COMMIT.value:
+        raise click.UsageError("--at-step only applies with after-step-commit")
+    if points.crash_at:
+        return KillSagaAt(SagaPoint(point), points.step)
+    return PauseSagaAt(SagaPoint(point), points.seconds, points.step)
