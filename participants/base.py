@@ -209,6 +209,8 @@ class Participant(ABC):
     """
 
     def __init__(self, name: str, url: DatabaseURL, *, lock_wait: float = 30.0) -> None:
+        if not lock_wait > 0:  # PostgreSQL reads a lock_timeout of 0 as "wait forever"
+            raise ValueError(f"lock_wait must be a positive number of seconds, got {lock_wait!r}")
         self.name = name
         self.url = url
         self.lock_wait = lock_wait

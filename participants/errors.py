@@ -33,6 +33,11 @@ class StatementFailed(ParticipantError):
 class LockWaitTimeout(StatementFailed):
     """A statement waited longer than the lock-wait limit for a row lock."""
 
+    @classmethod
+    def after(cls, message: str, seconds: float, *, code: str) -> LockWaitTimeout:
+        """The error for ``message``, naming the limit (``seconds``) the server applied."""
+        return cls(f"{message} (lock-wait limit {seconds:g}s)", code=code)
+
 
 class PrepareRefused(ParticipantError):
     """The branch voted NO: phase 1 failed on it and nothing stays prepared."""

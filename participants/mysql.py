@@ -52,12 +52,17 @@ class MySQLParticipant(Participant):
 
     outcomes_table_options = " ENGINE=InnoDB"
 
+    @property
+    def lock_wait_seconds(self) -> int:
+        """The ``innodb_lock_wait_timeout`` set on every connection: whole seconds, at least 1."""
+        return max(1, math.ceil(self.lock_wait))
+
     def connect(self) -> pymysql.connections.Connection[Any]:
         """An autocommit connection with this participant's lock-wait limit."""
         kwargs = self.url.pymysql_kwargs()
         with _translated(self, "connect"):
             conn = pymysql.connect(autocommit=True, connect_timeout=5, charset="utf8mb4", **kwargs)
-            seconds = max(1, math.ceil(self.lock_wait))
+            seconds = self.lock_wait_seconds
             conn.cursor().execute("SET SESSION innodb_lock_wait_timeout = %s", (seconds,))
         return conn
 
@@ -263,16 +268,16 @@ class MySQLLocal(LocalTransaction):
             self._conn.close()
 
 
-def _translated(participant: Participant, action: str) -> AbstractContextManager[None]:
+def _translated(participant: MySQLParticipant, action: str) -> AbstractContextManager[None]:
     return translated_errors(pymysql.err.Error, partial(_translate, participant, action))
 
 
-def _translate(participant: Participant, action: str, err: Exception) -> ParticipantError:
+def _translate(participant: MySQLParticipant, action: str, err: Exception) -> ParticipantError:
     errno = err.args[0] if err.args and isinstance(err.args[0], int) else None
     text = str(err.args[1]) if len(err.args) > 1 else str(err)
     message = participant.url.scrub(f"{participant.server}: {action} failed: ({errno}) {text}")
     if errno is None or errno in _UNAVAILABLE_ERRNOS or isinstance(err, pymysql.err.InterfaceError):
         return ParticipantUnavailable(message)
     if errno == _LOCK_WAIT_TIMEOUT:
-        return LockWaitTimeout(message, code=str(errno))
+        return LockWaitTimeout.after(message, participant.lock_wait_seconds, code=str(errno))
     return StatementFailed(message, code=str(errno))

@@ -66,9 +66,14 @@ class PostgresParticipant(Participant):
         kwargs.setdefault("connect_timeout", 5)
         with self._translated("connect"):
             conn = psycopg.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
-            lock_timeout = f"{int(self.lock_wait * 1000)}ms"
+            lock_timeout = f"{self.lock_wait_ms}ms"
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (lock_timeout,))
         return conn
+
+    @property
+    def lock_wait_ms(self) -> int:
+        """The ``lock_timeout`` set on every connection (at least 1 ms: 0 would disable it)."""
+        return max(1, round(self.lock_wait * 1000))
 
     def begin(self, xid: Xid) -> PostgresBranch:
         conn = self.connect()
@@ -232,14 +237,14 @@ class PostgresLocal(LocalTransaction):
         self._conn.close()
 
 
-def _translate(participant: Participant, action: str, err: Exception) -> ParticipantError:
+def _translate(participant: PostgresParticipant, action: str, err: Exception) -> ParticipantError:
     sqlstate = err.sqlstate if isinstance(err, psycopg.Error) else None
     first_line = participant.url.scrub(str(err).strip().splitlines()[0] if str(err) else repr(err))
     message = f"{participant.server}: {action} failed: {first_line}"
     if sqlstate is None or sqlstate.startswith(_UNAVAILABLE_PREFIXES):
         return ParticipantUnavailable(message)
     if sqlstate == _LOCK_NOT_AVAILABLE:
-        return LockWaitTimeout(message, code=sqlstate)
+        return LockWaitTimeout.after(message, participant.lock_wait_ms / 1000, code=sqlstate)
     return StatementFailed(message, code=sqlstate)
 
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import OPENING, Databases
 from psycopg import sql
 
-from participants import FORMAT_ID, Xid
+from participants import FORMAT_ID, DatabaseURL, MySQLParticipant, PostgresParticipant, Xid
 from participants.lockwaits import (
     LockWait,
     mysql_lock_waits,
@@ -376,3 +376,20 @@ def test_no_waiters_means_empty_answers_quickly(
     assert mysql_lock_waits(my_conn, sessions.mysql) == []
     assert mysql_waits_of(my_conn, 12345, sessions.mysql) == []
     assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, float("nan")])
+def test_lock_wait_must_be_positive(seconds: float) -> None:
+    # PostgreSQL reads lock_timeout = 0 as "wait forever": never let 0 reach it.
+    url = DatabaseURL.parse("postgresql://u@127.0.0.1:1/d", expect="pg")
+    with pytest.raises(ValueError, match="lock_wait must be a positive number of seconds"):
+        PostgresParticipant("pg", url, lock_wait=seconds)
+
+
+def test_server_lock_wait_limits_round_to_what_each_server_takes() -> None:
+    pg_url = DatabaseURL.parse("postgresql://u@127.0.0.1:1/d", expect="pg")
+    mysql_url = DatabaseURL.parse("mysql://u@127.0.0.1:1/d", expect="mysql")
+    assert PostgresParticipant("pg", pg_url, lock_wait=0.0001).lock_wait_ms == 1
+    assert PostgresParticipant("pg", pg_url, lock_wait=2.5).lock_wait_ms == 2500
+    assert MySQLParticipant("mysql", mysql_url, lock_wait=0.2).lock_wait_seconds == 1
+    assert MySQLParticipant("mysql", mysql_url, lock_wait=2.5).lock_wait_seconds == 3

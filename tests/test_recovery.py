@@ -324,6 +324,7 @@ def test_blocked_transfer_waits_until_recovery(db: Databases, case: Blocking) ->
     error = [line for line in given_up.stderr.splitlines() if line.startswith("Error:")]
     assert len(error) == 1, given_up.stderr
     assert "lock" in error[0].lower() and "timeout" in error[0].lower(), error
+    assert "(lock-wait limit 2s)" in error[0], error  # says which limit ran out
     assert "nothing was changed" in error[0]
     assert db.balances() == opening
     assert prepared(db) == only(gtrid, *SIDES)
