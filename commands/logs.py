@@ -4,54 +4,115 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from commands.common import Context, emit, json_option, operational_errors
+from commands.common import BadInput, Context, emit, json_option, operational_errors
+from coordinator import InvalidCoordinatorId, check_coordinator_id
+from coordinator.recovery import OPERATOR_LOG, txlog_root
+from saga.ids import check_orchestrator_id
+from saga.logs import orchestrator_ids, saga_root
 from txlog import LogError, Record, is_locked, read_log, verify_log
-
-# -- the decision logs ------------------------------------------------------------------------
 
 
 @click.group("log")
 def log_group() -> None:
-    """Inspect coordinators' decision logs (HOME/txlog/<coordinator-id>/)."""
+    """Inspect the durable logs under HOME: coordinators' decision logs (HOME/txlog/<id>/,
+    and the operator's resolutions in HOME/txlog/_operator/) and saga orchestrators' logs
+    (HOME/sagas/<id>/)."""
 
 
-def _log_paths(obj: Context, coordinator: str | None) -> list[Path]:
-    root = obj.home / "txlog"
+@dataclass(frozen=True)
+class LogDir:
+    """One log directory and whose it is."""
+
+    role: str  # "coordinator", "operator" or "orchestrator"
+    name: str
+    path: Path
+
+    def document(self) -> dict[str, object]:
+        named = {"coordinator": self.name} if self.role == "coordinator" else {}
+        return {"log": self.role, "id": self.name, **named, "alive": is_locked(self.path)}
+
+    def heading(self) -> str:
+        if self.role == "operator":
+            return "== operator's resolutions (twopc resolve)"
+        state = "alive" if is_locked(self.path) else "not running"
+        prefix = "saga orchestrator " if self.role == "orchestrator" else ""
+        return f"== {prefix}{self.name} ({state})"
+
+
+def _log_dirs(obj: Context, coordinator: str | None, orchestrator: str | None) -> list[LogDir]:
+    if coordinator is not None and orchestrator is not None:
+        raise click.UsageError("--coordinator and --orchestrator cannot be combined")
+    root = txlog_root(obj.home)
     if coordinator is not None:
-        path = root / coordinator
-        if not path.is_dir():
-            raise click.ClickException(f"no log for coordinator {coordinator} under {root}")
-        return [path]
-    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        return [_one(root, coordinator, _coordinator_role(coordinator), "coordinator")]
+    if orchestrator is not None:
+        return [
+            _one(
+                saga_root(obj.home),
+                check_orchestrator_id(orchestrator),
+                "orchestrator",
+                "saga orchestrator",
+            )
+        ]
+    coordinators = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    found = [LogDir(_role_of(p.name), p.name, p) for p in coordinators]
+    return found + [
+        LogDir("orchestrator", name, saga_root(obj.home) / name)
+        for name in orchestrator_ids(obj.home)
+    ]
+
+
+def _coordinator_role(name: str) -> str:
+    if name == OPERATOR_LOG:
+        return "operator"
+    try:
+        check_coordinator_id(name)
+    except InvalidCoordinatorId as err:
+        raise BadInput(str(err)) from None
+    return "coordinator"
+
+
+def _role_of(name: str) -> str:
+    return "operator" if name == OPERATOR_LOG else "coordinator"
+
+
+def _one(root: Path, name: str, role: str, what: str) -> LogDir:
+    path = root / name
+    if not path.is_dir():
+        raise click.ClickException(f"no log for {what} {name} under {root}")
+    return LogDir(role, name, path)
+
+
+_COORDINATOR_OPTION = click.option("--coordinator", help="Only this coordinator's log.")
+_ORCHESTRATOR_OPTION = click.option("--orchestrator", help="Only this saga orchestrator's log.")
 
 
 @log_group.command("show")
-@click.option("--coordinator", help="One coordinator's log (default: all).")
+@_COORDINATOR_OPTION
+@_ORCHESTRATOR_OPTION
 @json_option
 @click.pass_obj
 @operational_errors
-def log_show(obj: Context, coordinator: str | None, as_json: bool) -> None:
-    """Print the records of the logs in order: type, gtrid, branches, time."""
+def log_show(
+    obj: Context, coordinator: str | None, orchestrator: str | None, as_json: bool
+) -> None:
+    """Print the records of the logs in order: type, txid (gtrid or saga id), branches or
+    body, time. Default: every log under HOME."""
     documents, lines = [], []
-    for path in _log_paths(obj, coordinator):
+    for log in _log_dirs(obj, coordinator, orchestrator):
         try:
-            contents = read_log(path)
+            contents = read_log(log.path)
         except LogError as err:
             raise click.ClickException(str(err)) from None
-        documents.append(
-            {
-                "coordinator": path.name,
-                "alive": is_locked(path),
-                "torn_tail": contents.torn_tail,
-                "records": [r.to_json() for r in contents.records],
-            }
-        )
-        lines.append(f"== {path.name} ({'alive' if is_locked(path) else 'not running'})")
+        records = [r.to_json() for r in contents.records]
+        documents.append(log.document() | {"torn_tail": contents.torn_tail, "records": records})
+        lines.append(log.heading())
         lines += [_record_line(r) for r in contents.records]
     emit(as_json, documents, "\n".join(lines) or "no logs")
 
@@ -65,14 +126,22 @@ def _record_line(record: Record) -> str:
 
 
 @log_group.command("verify", epilog="Exit status: 0 when every log is whole, 1 on damage.")
-@click.option("--coordinator", help="One coordinator's log (default: all).")
+@_COORDINATOR_OPTION
+@_ORCHESTRATOR_OPTION
 @json_option
 @click.pass_obj
 @operational_errors
-def log_verify(obj: Context, coordinator: str | None, as_json: bool) -> None:
-    """Check every segment and checkpoint of the logs."""
-    reports = [verify_log(path) for path in _log_paths(obj, coordinator)]
+def log_verify(
+    obj: Context, coordinator: str | None, orchestrator: str | None, as_json: bool
+) -> None:
+    """Check every segment and checkpoint of the logs. Default: every log under HOME."""
+    logs = _log_dirs(obj, coordinator, orchestrator)
+    reports = [verify_log(log.path) for log in logs]
     lines = [line for report in reports for line in report.lines()]
-    emit(as_json, [r.to_json() for r in reports], "\n".join(lines) or "no logs")
+    documents = [
+        {"log": log.role, "id": log.name} | report.to_json()
+        for log, report in zip(logs, reports, strict=True)
+    ]
+    emit(as_json, documents, "\n".join(lines) or "no logs")
     if not all(r.ok for r in reports):
         sys.exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import Databases
 
 
@@ -56,3 +57,74 @@ def test_log_verify_reports_damage_with_file_and_offset(db: Databases) -> None:
     assert shown.returncode == 1
     assert segment.name in shown.stderr and "offset" in shown.stderr
     assert len(shown.stderr.splitlines()) == 1
+
+
+def crash_saga(db: Databases, orchestrator: str) -> Path:
+    args = ("transfer", "pg:a3", "mysql:a4", "2", "--mode", "saga", "--saga-id", "s-log")
+    crash = db.twopc(*args, "--coordinator-id", orchestrator, "--crash-at", "after-debit")
+    assert crash.returncode == -9, crash.stderr
+    return db.home / "sagas" / orchestrator
+
+
+def test_log_show_and_verify_cover_saga_orchestrators(db: Databases) -> None:
+    crash_with_decision(db, "both-1")
+    path = crash_saga(db, "orch-1")
+    shown = db.twopc("log", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    logs = {(log["log"], log["id"]): log for log in json.loads(shown.stdout)}
+    assert set(logs) == {("coordinator", "both-1"), ("orchestrator", "orch-1")}
+    saga = logs[("orchestrator", "orch-1")]
+    assert saga["alive"] is False
+    assert {r["txid"] for r in saga["records"]} == {"s-log"}
+    text = db.twopc("log", "show", "--orchestrator", "orch-1").stdout
+    assert text.startswith("== saga orchestrator orch-1 (not running)\n")
+    assert " s-log " in text
+
+    (segment,) = sorted(path.glob("segment-*.log"))
+    data = bytearray(segment.read_bytes())
+    data[data.index(b"s-log")] ^= 0x01
+    segment.write_bytes(bytes(data))
+    verified = db.twopc("log", "verify", "--json")
+    assert verified.returncode == 1
+    reports = {(r["log"], r["id"]): r["ok"] for r in json.loads(verified.stdout)}
+    assert reports == {("coordinator", "both-1"): True, ("orchestrator", "orch-1"): False}
+    assert db.twopc("log", "verify", "--coordinator", "both-1").returncode == 0
+
+
+def test_log_show_includes_the_operators_resolutions(db: Databases) -> None:
+    path = crash_with_decision(db, "op-1")
+    (record,) = json.loads(db.twopc("log", "show", "--json").stdout)[0]["records"]
+    resolved = db.twopc("resolve", record["txid"], "--commit")
+    assert resolved.returncode == 0, resolved.stderr
+    assert path.parent.joinpath("_operator").is_dir()
+    shown = db.twopc("log", "show", "--coordinator", "_operator", "--json")
+    assert shown.returncode == 0, shown.stderr
+    (log,) = json.loads(shown.stdout)
+    assert log["log"] == "operator"
+    assert record["txid"] in {r["txid"] for r in log["records"]}
+    text = db.twopc("log", "show").stdout
+    assert "== operator's resolutions (twopc resolve)" in text
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--coordinator", "../sagas", "coordinator id '../sagas' must be 1-40 letters"),
+        ("--orchestrator", "../txlog", "orchestrator id '../txlog' must be 1-40 letters"),
+    ],
+)
+def test_log_commands_refuse_ids_that_are_paths(
+    db: Databases, option: str, value: str, message: str
+) -> None:
+    crash_with_decision(db, "path-1")
+    for command in ("show", "verify"):
+        result = db.twopc("log", command, option, value)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert message in result.stderr
+
+
+def test_log_commands_refuse_both_filters(db: Databases) -> None:
+    result = db.twopc("log", "show", "--coordinator", "a", "--orchestrator", "b")
+    assert result.returncode == 2
+    assert "--coordinator and --orchestrator cannot be combined" in result.stderr
