@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import click
 
 from bank import SIDES, AccountRef, Balances, parse_amount, read_balances
 from commands.common import Context, emit, json_option, operational_errors
+from coordinator import CoordinatorError
+from coordinator.recovery import RecoveryError, find_in_doubt
+from participants import Participant, ParticipantError
 
 # -- schema and balances ----------------------------------------------------------------------
 
@@ -58,7 +62,8 @@ def balances(obj: Context, accounts: tuple[str, ...], as_json: bool) -> None:
     Totals always cover every account.
     """
     wanted = {AccountRef.parse(text) for text in accounts}
-    result = read_balances(obj.participants(SIDES))
+    participants = obj.participants(SIDES)
+    result = read_balances(participants)
     rows = {
         side: [(i, b) for i, b in side_rows if not wanted or AccountRef(side, i) in wanted]
         for side, side_rows in result.sides.items()
@@ -68,7 +73,40 @@ def balances(obj: Context, accounts: tuple[str, ...], as_json: bool) -> None:
     }
     if missing:
         raise click.ClickException(f"unknown account {', '.join(sorted(map(str, missing)))}")
-    emit(as_json, _balances_document(result, rows), _balances_text(result, rows))
+    in_doubt = _in_doubt(obj, participants)
+    if in_doubt:
+        click.echo(_in_doubt_warning(in_doubt), err=True)
+    document = _balances_document(result, rows) | {"in_doubt": in_doubt}
+    emit(as_json, document, _balances_text(result, rows))
+
+
+def _in_doubt(obj: Context, participants: list[Participant]) -> list[dict[str, object]] | None:
+    """Our prepared transactions, read after the balances; ``None`` if they cannot be read.
+
+    Plain reads do not wait for a prepared branch's row locks: they see the rows as they were
+    before it. Once one branch of a transfer has committed and the other is still prepared,
+    the balances show that transfer half applied.
+    """
+    try:
+        report = find_in_doubt(participants, obj.home, with_blocking=False)
+    except (ParticipantError, CoordinatorError, RecoveryError) as err:
+        click.echo(f"warning: in-doubt transactions unknown: {err}", err=True)
+        return None
+    found: dict[str, dict[str, Any]] = {}
+    for branch in report.branches:
+        entry = found.setdefault(
+            branch.gtrid, {"gtrid": branch.gtrid, "prepared_on": [], "decision": branch.decision}
+        )
+        entry["prepared_on"].append(branch.participant)
+    return list(found.values())
+
+
+def _in_doubt_warning(in_doubt: list[dict[str, object]]) -> str:
+    return (
+        f"warning: {len(in_doubt)} transaction(s) in doubt; until `twopc recover` finishes them "
+        "these balances can show a transfer half applied (committed on one server, prepared "
+        "on the other): see `twopc in-doubt`"
+    )
 
 
 def _balances_document(

@@ -668,3 +668,26 @@ def test_outcome_markers_are_collected(db: Databases) -> None:
     assert report["ended"] == [gtrid]
     assert (markers(db, "pg"), markers(db, "mysql")) == (0, 0)
     assert total(db.balances()) == TOTAL
+
+
+def test_balances_warn_that_a_half_committed_transfer_shows_half_applied(db: Databases) -> None:
+    """Plain reads do not wait for a prepared branch: after a crash between the two commits,
+    balances show the debit without the credit until recovery, and say so."""
+    opening = total(db.balances())
+    gtrid = crash(db, PG_TO_MYSQL, "after-first-commit")
+    assert prepared(db) == only(gtrid, "mysql")
+
+    half = db.twopc("balances", "--json")
+    assert half.returncode == 0, half.stderr
+    document = json.loads(half.stdout)
+    assert Decimal(document["overall"]) == opening - AMOUNT  # the credit is not visible yet
+    assert document["in_doubt"] == [
+        {"gtrid": gtrid, "prepared_on": ["mysql"], "decision": "commit"}
+    ]
+    (warning,) = half.stderr.splitlines()
+    assert warning.startswith("warning: 1 transaction(s) in doubt;") and "twopc recover" in warning
+
+    assert db.twopc("recover").returncode == 0
+    whole = db.twopc("balances", "--json")
+    assert json.loads(whole.stdout)["in_doubt"] == [] and whole.stderr == ""
+    assert Decimal(json.loads(whole.stdout)["overall"]) == opening
