@@ -225,6 +225,11 @@ class Participant(ABC):
         return f"{self.url.backend} {self.url.location()}"
 
     @abstractmethod
+    def connect(self) -> Any:
+        """A new autocommit driver connection (psycopg or PyMySQL) with this participant's
+        settings; the caller closes it."""
+
+    @abstractmethod
     def begin(self, xid: Xid) -> Branch:
         """Open a connection and start a branch of the global transaction ``xid``."""
 
