@@ -42,6 +42,14 @@ class CoordinatorConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     prepare_timeout: float = 30.0
     hooks: ProtocolHooks | None = None
+    #: Threads that run branches' prepares and commits, shared by concurrent transactions:
+    #: each needs one per branch at once, so beyond ``protocol_threads / branches``
+    #: concurrent transactions their phases queue.
+    protocol_threads: int = 64
+
+    def __post_init__(self) -> None:
+        if self.protocol_threads < 2:
+            raise ValueError(f"protocol_threads must be at least 2, got {self.protocol_threads}")
 
 
 class Coordinator:
@@ -62,7 +70,10 @@ class Coordinator:
         self.retry = config.retry
         self.prepare_timeout = config.prepare_timeout
         self.hooks = config.hooks
-        self.executor = ThreadPoolExecutor(max_workers=max(2, len(participants)))
+        self.executor = ThreadPoolExecutor(config.protocol_threads, "twopc-protocol")
+        # Marker garbage collection has its own thread: waiting on a lock there must never
+        # hold up a prepare or a commit (that could be the very commit it waits for).
+        self._collector = ThreadPoolExecutor(1, "twopc-markers")
         self.recovered: RecoveryReport | None = None
         self._participants = {p.name: p for p in participants}
         self._ephemeral = False
@@ -139,7 +150,7 @@ class Coordinator:
         durable, and their markers can go (in the background, in batches)."""
         batch = self._markers.durable(last_end, minimum=self._gc_batch)
         if batch:
-            self.executor.submit(self._markers.forget, batch)
+            self._collector.submit(self._markers.forget, batch)
 
     def keep_log(self) -> None:
         """Keep the log even if nothing is unfinished: some branch may still be prepared, and
@@ -150,6 +161,7 @@ class Coordinator:
         """Release the log (and remove it when one-shot and nothing is unfinished), then
         garbage-collect the outcome markers of transactions that ended."""
         self.executor.shutdown(wait=True)
+        self._collector.shutdown(wait=True)
         if self._ephemeral and not self._keep_log and not self.log.unfinished():
             self.log.destroy()
         else:
