@@ -71,8 +71,13 @@ def all_orchestrators(home: Path) -> list[OrchestratorLog]:
 
 
 def owner_of(home: Path, saga_id: str, *, besides: str) -> OrchestratorLog | None:
-    """The orchestrator other than ``besides`` whose log holds ``saga_id`` unfinished."""
-    for entry in all_orchestrators(home):
-        if entry.orchestrator != besides and any(s.saga_id == saga_id for s in entry.sagas):
+    """The orchestrator other than ``besides`` whose log holds ``saga_id`` unfinished.
+
+    ``besides`` (the caller's own log, which it knows) is not read."""
+    for orchestrator_id in orchestrator_ids(home):
+        if orchestrator_id == besides:
+            continue
+        entry = read_orchestrator(home, orchestrator_id)
+        if any(s.saga_id == saga_id for s in entry.sagas):
             return entry
     return None

@@ -191,10 +191,13 @@ class Orchestrator:
         the saga unfinished (it finishes it, or ``twopc recover`` does).
         """
         started = time.monotonic()
-        saga_id = fresh_saga_id() if saga_id is None else check_saga_id(saga_id)
-        if saga_id in self.log.unfinished():
-            raise SagaBusy(f"saga {saga_id} is unfinished in this orchestrator's own log")
-        self._refuse_if_owned_elsewhere(saga_id)
+        if saga_id is None:
+            saga_id = fresh_saga_id()  # random: no other log can hold it
+        else:
+            saga_id = check_saga_id(saga_id)
+            if saga_id in self.log.unfinished():
+                raise SagaBusy(f"saga {saga_id} is unfinished in this orchestrator's own log")
+            self._refuse_if_owned_elsewhere(saga_id)
         body = {
             "source": str(transfer.source),
             "destination": str(transfer.destination),

@@ -22,6 +22,7 @@ from saga import (
     COMPENSATED,
     COMPLETED,
     Orchestrator,
+    SagaBusy,
     SagaConfig,
     compensation_key,
     prune,
@@ -157,3 +158,26 @@ def test_prune_keeps_unfinished_sagas_and_recent_records(db: Databases, tmp_path
     assert pruned == {"pg": 4, "mysql": 4}  # step 1 + release on pg, step 2 + 3 on mysql, x2
     remaining: list[Any] = db.pg_query("SELECT idempotency_key FROM saga_steps")
     assert remaining == [(step_key("old-3", 1),)]  # an unfinished saga's key is never pruned
+
+
+def test_a_saga_id_unfinished_in_another_log_is_refused(db: Databases, tmp_path: Path) -> None:
+    """A caller-chosen saga id that a dead orchestrator left unfinished is not run again here
+    (recovery finishes it); the same id unfinished in this orchestrator's own log neither."""
+    begin = {"source": "pg:a4", "destination": "mysql:a4", "amount": str(AMOUNT)}
+    _dead_orchestrator_log(tmp_path, "gone", Record(BEGIN, "taken-1", begin))
+    before = db.balances()
+    request = Transfer(AccountRef("pg", "a4"), AccountRef("mysql", "a4"), AMOUNT)
+    config = SagaConfig(tmp_path, "here", retry=QUICK)
+    with Orchestrator.open(participants(db), config) as orchestrator:
+        with pytest.raises(SagaBusy) as refused:
+            orchestrator.transfer(request, "taken-1")
+        assert str(refused.value) == (
+            "saga taken-1 is unfinished in the log of orchestrator gone (dead); "
+            "finish it with `twopc recover`"
+        )
+        orchestrator.log.append(Record(BEGIN, "mine-1", begin), force=True)
+        with pytest.raises(SagaBusy, match="saga mine-1 is unfinished in this orchestrator's"):
+            orchestrator.transfer(request, "mine-1")
+        assert db.balances() == before
+        # A fresh id is never anyone else's, and goes through.
+        assert orchestrator.transfer(request).outcome == COMPLETED
