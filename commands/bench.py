@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import click
 
+from bank import SIDES, read_balances
 from commands.common import BadInput, Context, emit, json_option, operational_errors
-
-# -- benchmarks -------------------------------------------------------------------------------
 
 
 @click.group()
@@ -57,12 +57,7 @@ def bench_log(
     one at a time), in the same run."""
     from benchmarks.bench_log import format_log_benchmark, pin_to_cpu, run_log_benchmark
 
-    try:
-        counts = [int(n) for n in appenders.split(",")]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise BadInput(f"--appenders {appenders!r} must be comma-separated integers >= 1")
+    counts = _counts("--appenders", appenders)
     if pin_cpu is not None:
         try:
             pin_to_cpu(pin_cpu)
@@ -72,3 +67,90 @@ def bench_log(
     with tempfile.TemporaryDirectory(dir=directory or obj.home, prefix="bench-") as scratch:
         result = run_log_benchmark(Path(scratch), counts, records)
     emit(as_json, result, "\n".join(format_log_benchmark(result)))
+
+
+def _counts(option: str, text: str) -> list[int]:
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise BadInput(f"{option} {text!r} must be comma-separated integers >= 1")
+    return counts
+
+
+@bench.command("transfers")
+@click.option("--modes", default="2pc,saga", show_default=True, help="Comma-separated: 2pc, saga.")
+@click.option(
+    "--workers",
+    default="1,8",
+    show_default=True,
+    help="Comma-separated numbers of concurrent transfer threads.",
+)
+@click.option(
+    "--transfers", default=200, show_default=True, type=click.IntRange(1), help="Per run."
+)
+@click.option(
+    "--accounts",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Transfers pick among accounts a1..aN of each side (fewer: hotter rows).",
+)
+@click.option(
+    "--lock-wait",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Seconds a transfer waits for a row lock before it fails.",
+)
+@json_option
+@click.pass_obj
+@operational_errors
+def bench_transfers(
+    obj: Context,
+    modes: str,
+    workers: str,
+    transfers: int,
+    accounts: int,
+    lock_wait: float,
+    as_json: bool,
+) -> None:
+    """2PC against the saga on the configured servers: throughput, latency, failures, and
+    what a concurrent plain reader sees. Moves 0.01 per transfer and leaves it moved."""
+    from benchmarks.bench_transfers import (
+        MODES,
+        format_transfer_benchmark,
+        run_transfer_benchmark,
+    )
+
+    chosen = modes.split(",")
+    if not chosen or not set(chosen) <= set(MODES):
+        raise BadInput(f"--modes {modes!r} must be comma-separated: {', '.join(MODES)}")
+    counts = _counts("--workers", workers)
+    participants = obj.participants(SIDES, lock_wait)
+    _check_accounts(read_balances(participants).sides, accounts)
+    result = run_transfer_benchmark(
+        participants,
+        obj.home,
+        modes=chosen,
+        workers=counts,
+        transfers=transfers,
+        accounts=accounts,
+    )
+    emit(as_json, result, "\n".join(format_transfer_benchmark(result)))
+    if not all(run["conserved"] for run in result["runs"]):
+        raise click.ClickException(
+            "money was not conserved: run `twopc audit` and `twopc in-doubt`"
+        )
+
+
+def _check_accounts(sides: Mapping[str, Sequence[tuple[str, object]]], accounts: int) -> None:
+    for side, rows in sides.items():
+        present = {account for account, _ in rows}
+        missing = [f"a{n}" for n in range(1, accounts + 1) if f"a{n}" not in present]
+        if missing:
+            raise click.ClickException(
+                f"{side} has no account {missing[0]}: run `twopc init --accounts {accounts}` "
+                "or pass a smaller --accounts"
+            )

@@ -1,0 +1,264 @@
+"""Benchmark of the two ways to move money: two-phase commit against the saga, side by side.
+
+For each mode and worker count, ``workers`` threads run ``transfers`` cross-server transfers
+between the first ``accounts`` accounts of each side (fewer accounts: hotter rows), in both
+directions, through one coordinator (2PC) or one orchestrator (saga), while an auditor
+thread keeps reading every balance with plain reads, as any reporting query would. Printed
+per run:
+
+- transfers/s and p50/p99 latency of the transfers that finished;
+- failures by kind (lock timeouts, aborted or compensated sagas, other errors);
+- audit reads, and how many of them saw money missing or doubled: the overall total off,
+  and for the saga also the total counting what its holds show as pending. Neither mode can
+  give a plain reader of two servers one snapshot: 2PC commits the servers one after the
+  other, a saga commits each step at once;
+- whether the money was conserved once the run had finished (it must be).
+
+The servers are the configured ones (``twopc init`` must have made the schema); a run moves
+0.01 at a time and puts nothing back.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bank import AccountRef, Transfer, read_balances, run_transfer
+from coordinator import Coordinator, CoordinatorConfig
+from participants import LockWaitTimeout, Participant
+from saga import COMPLETED, Orchestrator, SagaConfig
+
+MODES = ("2pc", "saga")
+AMOUNT = Decimal("0.01")
+# Pause between two audit reads, so the auditor does not starve the transfers of CPU.
+_AUDIT_PAUSE = 0.005
+
+
+@dataclass
+class Tally:
+    """What one run saw; filled by the workers and the auditor."""
+
+    latencies: list[float] = field(default_factory=list)
+    failures: Counter[str] = field(default_factory=Counter)
+    reads: int = 0
+    total_off: int = 0
+    total_with_pending_off: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def run_transfer_benchmark(
+    participants: Sequence[Participant],
+    home: Path,
+    *,
+    modes: Sequence[str] = MODES,
+    workers: Sequence[int] = (1, 8),
+    transfers: int = 200,
+    accounts: int = 10,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Run every mode at every worker count; return a JSON-ready dict with one entry per run."""
+    if not set(modes) <= set(MODES) or not modes:
+        raise ValueError(f"modes must be among {', '.join(MODES)}, got {list(modes)}")
+    if not workers or min(workers) < 1 or transfers < 1 or accounts < 1:
+        raise ValueError("workers, transfers and accounts must be at least 1")
+    chooser = random.Random(seed)
+    runs = [
+        _run(participants, home, mode, count, transfers, accounts, chooser)
+        for count in workers
+        for mode in modes
+    ]
+    return {"transfers": transfers, "accounts": accounts, "amount": str(AMOUNT), "runs": runs}
+
+
+def _run(
+    participants: Sequence[Participant],
+    home: Path,
+    mode: str,
+    workers: int,
+    transfers: int,
+    accounts: int,
+    chooser: random.Random,
+) -> dict[str, Any]:
+    requests = [_request(chooser, accounts) for _ in range(transfers)]
+    opening = read_balances(list(participants))
+    expected = opening.overall + opening.pending_overall
+    tally = Tally()
+    with _mover(participants, home, mode) as move:
+        stop = threading.Event()
+        auditor = threading.Thread(target=_audit, args=(participants, expected, tally, stop))
+        auditor.start()
+        try:
+            seconds = _drive(requests, workers, move, tally)
+        finally:
+            stop.set()
+            auditor.join()
+    closing = read_balances(list(participants))
+    conserved = closing.overall + closing.pending_overall == expected
+    return _summary(mode, workers, seconds, tally) | {"conserved": conserved}
+
+
+def _request(chooser: random.Random, accounts: int) -> Transfer:
+    pg = AccountRef("pg", f"a{chooser.randint(1, accounts)}")
+    mysql = AccountRef("mysql", f"a{chooser.randint(1, accounts)}")
+    source, destination = (pg, mysql) if chooser.random() < 0.5 else (mysql, pg)
+    return Transfer(source, destination, AMOUNT)
+
+
+Move = Callable[[Transfer], str | None]  # returns a failure kind, or None when it went through
+
+
+@contextmanager
+def _mover(participants: Sequence[Participant], home: Path, mode: str) -> Iterator[Move]:
+    """A thread-safe ``move(transfer)`` for ``mode``. Its coordinator or orchestrator is a
+    one-shot one logging under ``home`` like any other, so ``twopc recover`` can finish
+    whatever an interrupted run leaves behind."""
+    if mode == "2pc":
+        with Coordinator.open(participants, CoordinatorConfig(home)) as coordinator:
+            yield partial(_two_phase, coordinator)
+    else:
+        with Orchestrator.open(participants, SagaConfig(home)) as orchestrator:
+            yield partial(_saga, orchestrator)
+
+
+def _two_phase(coordinator: Coordinator, request: Transfer) -> str | None:
+    try:
+        run_transfer(coordinator, request)
+    except LockWaitTimeout:
+        return "lock timeout"
+    except Exception as err:  # counted and shown: a benchmark reports, it does not stop
+        return type(err).__name__
+    return None
+
+
+def _saga(orchestrator: Orchestrator, request: Transfer) -> str | None:
+    try:
+        outcome = orchestrator.transfer(request)
+    except Exception as err:  # counted and shown, as above
+        return type(err).__name__
+    return None if outcome.outcome == COMPLETED else str(outcome.outcome)
+
+
+def _drive(requests: list[Transfer], workers: int, move: Move, tally: Tally) -> float:
+    queue = iter(requests)
+    take = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with take:
+                request = next(queue, None)
+            if request is None:
+                return
+            started = time.perf_counter()
+            failure = move(request)
+            elapsed = time.perf_counter() - started
+            with tally.lock:
+                if failure is None:
+                    tally.latencies.append(elapsed)
+                else:
+                    tally.failures[failure] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+# Every balance and every saga hold, in one statement (one snapshot) per server.
+_TOTALS = (
+    "SELECT (SELECT COALESCE(SUM(balance), 0) FROM accounts),"
+    " (SELECT COALESCE(SUM(amount), 0) FROM saga_holds)"
+)
+
+
+def _audit(
+    participants: Sequence[Participant], expected: Decimal, tally: Tally, stop: threading.Event
+) -> None:
+    """Read both servers' totals back to back, over and over, on connections kept open (so
+    the reader's own gap between the servers is as short as a plain reader can make it)."""
+    connections: list[Any] = [participant.connect() for participant in participants]
+    try:
+        while not stop.wait(_AUDIT_PAUSE):
+            totals = [_totals(conn) for conn in connections]
+            balance = sum((b for b, _ in totals), Decimal(0))
+            pending = sum((p for _, p in totals), Decimal(0))
+            with tally.lock:
+                tally.reads += 1
+                tally.total_off += balance != expected
+                tally.total_with_pending_off += balance + pending != expected
+    finally:
+        for conn in connections:
+            conn.close()
+
+
+def _totals(conn: Any) -> tuple[Decimal, Decimal]:
+    cursor = conn.cursor()  # psycopg and PyMySQL connections alike (both autocommit)
+    cursor.execute(_TOTALS)
+    balance, pending = cursor.fetchone()
+    cursor.close()
+    return Decimal(balance), Decimal(pending)
+
+
+def _summary(mode: str, workers: int, seconds: float, tally: Tally) -> dict[str, Any]:
+    latencies = sorted(tally.latencies)
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return {
+        "mode": mode,
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "completed": len(latencies),
+        "transfers_per_s": round(len(latencies) / seconds, 1),
+        "p50_ms": round(cuts[49] * 1000, 1) if cuts else None,
+        "p99_ms": round(cuts[98] * 1000, 1) if cuts else None,
+        "failures": dict(tally.failures),
+        "audit_reads": tally.reads,
+        "reads_total_off": tally.total_off,
+        "reads_total_with_pending_off": tally.total_with_pending_off,
+    }
+
+
+def format_transfer_benchmark(result: dict[str, Any]) -> list[str]:
+    """Human-readable lines for :func:`run_transfer_benchmark`'s result."""
+    lines = [
+        f"{result['transfers']} transfers of {result['amount']} per run between the first "
+        f"{result['accounts']} accounts of each side; an auditor reads all balances meanwhile",
+        f"{'mode':<5} {'workers':>7} {'transfers/s':>11} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'failed':>6} {'reads':>6} {'off':>5} {'off+pending':>11}  conserved",
+    ]
+    for run in result["runs"]:
+        failed = sum(run["failures"].values())
+        lines.append(
+            f"{run['mode']:<5} {run['workers']:>7} {run['transfers_per_s']:>11.1f} "
+            f"{_ms(run['p50_ms']):>7} {_ms(run['p99_ms']):>7} {failed:>6} "
+            f"{run['audit_reads']:>6} {_share(run['reads_total_off'], run['audit_reads']):>5} "
+            f"{_share(run['reads_total_with_pending_off'], run['audit_reads']):>11}  "
+            f"{'yes' if run['conserved'] else 'NO'}"
+        )
+        if run["failures"]:
+            kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(run["failures"].items()))
+            lines.append(f"{'':<14}failures: {kinds}")
+    lines.append(
+        "off: audit reads whose overall total was not the opening total (a transfer seen half "
+        "done); off+pending: the same counting saga holds as pending money"
+    )
+    return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _share(count: int, reads: int) -> str:
+    return f"{100 * count / reads:.0f}%" if reads else "-"

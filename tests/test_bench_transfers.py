@@ -1,0 +1,69 @@
+"""``twopc bench transfers``: 2PC and the saga side by side on the real servers."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from conftest import ACCOUNTS, Databases
+
+
+def test_both_modes_run_and_conserve_money(db: Databases) -> None:
+    before = db.balances()
+    result = db.twopc("bench", "transfers", "--transfers", "6", "--workers", "1,2", "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    runs = {(run["mode"], run["workers"]): run for run in figures["runs"]}
+    assert set(runs) == {("2pc", 1), ("saga", 1), ("2pc", 2), ("saga", 2)}
+    for run in runs.values():
+        assert run["completed"] == 6 and run["failures"] == {}, run
+        assert run["conserved"] is True
+        assert run["transfers_per_s"] > 0 and run["p50_ms"] <= run["p99_ms"]
+        assert run["audit_reads"] >= run["reads_total_off"] >= 0
+    after = db.balances()
+    assert sum(after.values()) == sum(before.values())
+    assert after != before  # 24 transfers of 0.01 moved money between the hot accounts
+    # Nothing left behind: no prepared branch, no unfinished saga, no coordinator log.
+    assert db.pg_prepared() == [] and db.mysql_prepared() == []
+    assert db.twopc_json("sagas")["sagas"] == []
+    assert not any((db.home / "txlog").iterdir())
+
+    text = db.twopc("bench", "transfers", "--transfers", "2", "--workers", "1", "--modes", "2pc")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[1].split() == [
+        "mode", "workers", "transfers/s", "p50", "ms", "p99", "ms", "failed", "reads", "off",
+        "off+pending", "conserved",
+    ]  # fmt: skip
+    assert lines[2].split()[:2] == ["2pc", "1"] and lines[2].split()[-1] == "yes"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--modes", "2pc,xa"), "Error: --modes '2pc,xa' must be comma-separated: 2pc, saga"),
+        (("--workers", "0"), "Error: --workers '0' must be comma-separated integers >= 1"),
+        (("--workers", "two"), "Error: --workers 'two' must be comma-separated integers >= 1"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_moves(
+    db: Databases, args: tuple[str, ...], message: str
+) -> None:
+    before = db.balances()
+    result = db.twopc("bench", "transfers", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert db.balances() == before
+
+
+def test_more_accounts_than_exist_is_refused(db: Databases) -> None:
+    before = db.balances()
+    result = db.twopc("bench", "transfers", "--accounts", str(ACCOUNTS + 1))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: pg has no account a{ACCOUNTS + 1}: run `twopc init --accounts {ACCOUNTS + 1}` "
+        "or pass a smaller --accounts"
+    )
+    assert db.balances() == before
+    assert sum(before.values()) == 2 * ACCOUNTS * Decimal("1000.00")
