@@ -46,13 +46,11 @@ class Context:
         text = self.urls[side] or self._dev_url(side)
         if text is None:
             option = "--pg-url / TWOPC_PG_URL" if side == "pg" else "--mysql-url / TWOPC_MYSQL_URL"
-            raise click.UsageError(
-                f"no {side} database configured: set {option} or run `twopc dev up`"
-            )
+            raise BadInput(f"no {side} database configured: set {option} or run `twopc dev up`")
         try:
             return DatabaseURL.parse(text, expect="pg" if side == "pg" else "mysql")
         except InvalidURL as err:
-            raise click.UsageError(f"{side} URL: {err}") from None
+            raise BadInput(f"{side} URL: {err}") from None
 
     def participants(
         self, sides: Iterator[str] | tuple[str, ...], lock_wait: float = 30.0

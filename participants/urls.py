@@ -47,6 +47,8 @@ class DatabaseURL:
             raise InvalidURL(f"expected a {expect} URL, got {url.drivername!r}")
         if not url.database:
             raise InvalidURL(f"URL {url.render_as_string(hide_password=True)} names no database")
+        if backend == "mysql":
+            _mysql_options(url)  # refuse unknown or malformed query options now
         return cls(backend, url)
 
     @property
@@ -67,10 +69,11 @@ class DatabaseURL:
         return kwargs
 
     def pymysql_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for ``pymysql.connect``."""
+        """Keyword arguments for ``pymysql.connect``, TLS options from the query included."""
         kwargs: dict[str, object] = {"database": self.url.database, "user": self.url.username}
         kwargs.update(host=self.url.host or "localhost", port=self.url.port or 3306)
         kwargs["password"] = self.password or ""
+        kwargs.update(_mysql_options(self.url))
         return kwargs
 
     def with_password(self) -> str:
@@ -92,3 +95,34 @@ class DatabaseURL:
 
     def __repr__(self) -> str:
         return f"DatabaseURL({str(self)!r})"
+
+
+# PyMySQL's TLS options, accepted in the query of a mysql:// URL (the names SQLAlchemy's
+# PyMySQL dialect uses too). Anything else is refused rather than silently ignored: a
+# dropped ssl_ca would mean a connection that was asked to verify the server and does not.
+_MYSQL_PATHS = ("ssl_ca", "ssl_cert", "ssl_key")
+_MYSQL_FLAGS = ("ssl_verify_cert", "ssl_verify_identity", "ssl_disabled")
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _mysql_options(url: URL) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for key, value in url.query.items():
+        if not isinstance(value, str):
+            raise InvalidURL(f"query option {key!r} is given more than once")
+        if key in _MYSQL_PATHS:
+            options[key] = value
+        elif key in _MYSQL_FLAGS:
+            options[key] = _flag(key, value)
+        else:
+            supported = ", ".join((*_MYSQL_PATHS, *_MYSQL_FLAGS))
+            raise InvalidURL(f"unsupported query option {key!r} for mysql; supported: {supported}")
+    return options
+
+
+def _flag(key: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise InvalidURL(f"query option {key}={value!r} must be true or false")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 import pymysql
+import pytest
 from conftest import Databases
 
 from participants import DatabaseURL, MySQLParticipant
@@ -23,3 +25,37 @@ def test_preferred_tls_skips_loading_the_ca_store(db: Databases) -> None:
         assert cursor.fetchone() == (1, 30)
     finally:
         conn.close()
+
+
+def test_tls_options_in_the_url_are_enforced_not_dropped(db: Databases) -> None:
+    """A URL that asks for a verified TLS connection gets one or an error: the dev server
+    has no TLS, so asking for it fails, and turning TLS off still connects."""
+    before = db.balances()
+    authorities = ssl.get_default_verify_paths().openssl_cafile  # the system's CA bundle
+    assert Path(authorities).is_file(), authorities
+    asks = f"{db.mysql_url}?ssl_ca={authorities}&ssl_verify_identity=true"
+    refused = db.twopc("balances", TWOPC_MYSQL_URL=asks)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().endswith(
+        "connect failed: (2026) SSL is required but the server doesn't support it"
+    )
+    plain = db.twopc("balances", "--json", TWOPC_MYSQL_URL=f"{db.mysql_url}?ssl_disabled=true")
+    assert plain.returncode == 0, plain.stderr
+    assert db.balances() == before
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ("sslmode=require", "unsupported query option 'sslmode' for mysql; supported: ssl_ca, "),
+        ("ssl_disabled=maybe", "query option ssl_disabled='maybe' must be true or false"),
+        ("ssl_ca=a&ssl_ca=b", "query option 'ssl_ca' is given more than once"),
+    ],
+)
+def test_unknown_or_malformed_url_options_are_refused(
+    db: Databases, query: str, problem: str
+) -> None:
+    result = db.twopc("balances", TWOPC_MYSQL_URL=f"{db.mysql_url}?{query}")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: mysql URL: {problem}")

@@ -111,7 +111,9 @@ def test_init_is_idempotent_and_reset_restores(db: Databases) -> None:
 def test_missing_url_is_a_usage_error(db: Databases) -> None:
     result = db.twopc("--pg-url", "", "balances", TWOPC_PG_URL="")
     assert result.returncode == 2
-    assert "no pg database configured" in result.stderr
+    assert result.stderr == (
+        "Error: no pg database configured: set --pg-url / TWOPC_PG_URL or run `twopc dev up`\n"
+    )
 
 
 def test_transfer_help_lists_crash_points(db: Databases) -> None:
