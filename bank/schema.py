@@ -7,8 +7,11 @@ also creates them before a saga runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
+import psycopg
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -23,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from participants import DatabaseURL, ParticipantError
+from participants.mysql import open_connection
 from saga.tables import saga_ddl, saga_drop_ddl
 
 metadata = MetaData()
@@ -43,7 +47,9 @@ def init_schema(url: DatabaseURL, *, accounts_count: int, balance: Decimal, rese
     Existing accounts keep their balances unless ``reset`` drops and recreates the tables
     (the saga tables included).
     """
-    engine = create_engine(url.sqlalchemy_url(), pool_pre_ping=False)
+    # Connections come from the same code as the participants' (TLS options included);
+    # SQLAlchemy only provides the DDL dialect.
+    engine = create_engine(url.sqlalchemy_url().set(query={}), creator=_connector(url))
     try:
         with engine.begin() as conn:
             if reset:
@@ -64,3 +70,9 @@ def init_schema(url: DatabaseURL, *, accounts_count: int, balance: Decimal, rese
         raise ParticipantError(f"{url.backend} {url.location()}: init failed: {reason}") from err
     finally:
         engine.dispose()
+
+
+def _connector(url: DatabaseURL) -> Callable[[], Any]:
+    if url.backend == "pg":
+        return lambda: psycopg.connect(**url.psycopg_kwargs())  # type: ignore[arg-type]
+    return lambda: open_connection(url, autocommit=False)

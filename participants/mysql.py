@@ -40,6 +40,7 @@ from participants.errors import (
     UnknownXid,
 )
 from participants.lockwaits import LockWait, mysql_lock_waits, mysql_waits_of
+from participants.urls import DatabaseURL
 from participants.xid import Xid
 
 _XAER_NOTA = 1397
@@ -62,6 +63,13 @@ class _Connection(pymysql.connections.Connection):  # type: ignore[misc]  # PyMy
         return context
 
 
+def open_connection(url: DatabaseURL, *, autocommit: bool) -> pymysql.connections.Connection[Any]:
+    """A PyMySQL connection to ``url`` (its TLS options included), utf8mb4, 5 s to connect."""
+    return _Connection(
+        autocommit=autocommit, connect_timeout=5, charset="utf8mb4", **url.pymysql_kwargs()
+    )
+
+
 def unverified_tls_context() -> ssl.SSLContext:
     """What PyMySQL's "preferred" mode uses: TLS if the server offers it, no verification."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -82,9 +90,8 @@ class MySQLParticipant(Participant):
 
     def connect(self) -> pymysql.connections.Connection[Any]:
         """An autocommit connection with this participant's lock-wait limit."""
-        kwargs = self.url.pymysql_kwargs()
         with _translated(self, "connect"):
-            conn = _Connection(autocommit=True, connect_timeout=5, charset="utf8mb4", **kwargs)
+            conn = open_connection(self.url, autocommit=True)
             seconds = self.lock_wait_seconds
             conn.cursor().execute("SET SESSION innodb_lock_wait_timeout = %s", (seconds,))
         return conn

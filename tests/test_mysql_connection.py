@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pymysql
 import pytest
-from conftest import Databases
+from conftest import ACCOUNTS, Databases
 
 from participants import DatabaseURL, MySQLParticipant
 
@@ -39,8 +39,16 @@ def test_tls_options_in_the_url_are_enforced_not_dropped(db: Databases) -> None:
     assert refused.stderr.strip().endswith(
         "connect failed: (2026) SSL is required but the server doesn't support it"
     )
-    plain = db.twopc("balances", "--json", TWOPC_MYSQL_URL=f"{db.mysql_url}?ssl_disabled=true")
+    schema = db.twopc(
+        "init", "--accounts", str(ACCOUNTS), TWOPC_MYSQL_URL=asks
+    )  # init connects the same way
+    assert schema.returncode == 1
+    assert "SSL is required but the server doesn't support it" in schema.stderr
+    plain_url = f"{db.mysql_url}?ssl_disabled=true"
+    plain = db.twopc("balances", "--json", TWOPC_MYSQL_URL=plain_url)
     assert plain.returncode == 0, plain.stderr
+    seeded = db.twopc("init", "--accounts", str(ACCOUNTS), TWOPC_MYSQL_URL=plain_url)
+    assert seeded.returncode == 0, seeded.stderr
     assert db.balances() == before
 
 
