@@ -13,8 +13,6 @@ from coordinator import CoordinatorError
 from coordinator.recovery import RecoveryError, find_in_doubt
 from participants import Participant, ParticipantError
 
-# -- schema and balances ----------------------------------------------------------------------
-
 
 @click.command()
 @click.option(

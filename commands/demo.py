@@ -12,8 +12,6 @@ from bank import SIDES
 from bank.demo import DemoError, blocking_demo
 from commands.common import Context, emit, json_option, operational_errors
 
-# -- demonstrations ---------------------------------------------------------------------------
-
 
 @click.group()
 def demo() -> None:

@@ -8,8 +8,6 @@ from bank import SIDES
 from commands.common import Context, emit, json_option, operational_errors
 from devserver import DevState
 
-# -- dev servers ------------------------------------------------------------------------------
-
 
 @click.group()
 def dev() -> None:

@@ -22,8 +22,6 @@ from coordinator.recovery import recover as run_recovery
 from coordinator.recovery import resolve as resolve_by_hand
 from saga import SagaRecoveryReport, recover_sagas
 
-# -- in-doubt transactions ---------------------------------------------------------------------
-
 
 @click.command("in-doubt")
 @json_option

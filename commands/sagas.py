@@ -37,8 +37,6 @@ from saga import (
 )
 from saga import DEFAULT_RETENTION as DEFAULT_SAGA_RETENTION
 
-# -- the saga path ----------------------------------------------------------------------------
-
 EXIT_FOR_OUTCOME = {COMPLETED: 0, COMPENSATED: 1, ABORTED: 1}
 
 

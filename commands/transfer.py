@@ -46,8 +46,6 @@ from saga import (
 )
 from txlog import is_locked
 
-# -- transfer ---------------------------------------------------------------------------------
-
 _POINTS = [point.value for point in CrashPoint]
 _SAGA_POINTS = [point.value for point in SagaPoint]
 _POINTS_HELP = "; ".join(f"{p.value}: {text}" for p, text in CRASH_POINT_HELP.items())
