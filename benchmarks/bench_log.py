@@ -68,19 +68,33 @@ def pin_to_cpu(cpu: int) -> None:
     os.sched_setaffinity(0, {cpu})
 
 
+#: Measurements per appender count and round: raw parallel, raw serial, log.
+MEASUREMENTS_PER_ROUND = 3
+
+
 def run_log_benchmark(
-    directory: Path, appenders: list[int], records: int, rounds: int = 3
+    directory: Path,
+    appenders: list[int],
+    records: int,
+    rounds: int = 3,
+    on_measured: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """Measure both raw baselines and forced log appends for each appender count.
 
     ``records`` is the total per measurement, split across the appenders and across
     ``rounds`` that alternate the three (so a shared disk's drift hits them alike).
+    ``on_measured`` is called after each of the ``len(appenders) * rounds *
+    MEASUREMENTS_PER_ROUND`` measurements (for progress).
     Returns a JSON-ready dict: ``record_bytes`` and one entry per count under ``runs``.
     """
     if any(count < 1 for count in appenders):
         raise ValueError(f"appender counts must be at least 1, got {appenders}")
     record_bytes = len(encode_record(sample_record(0)))
-    runs = [_compare(Path(directory), count, records, record_bytes, rounds) for count in appenders]
+    measured = on_measured or (lambda: None)
+    runs = [
+        _compare(Path(directory), count, records, record_bytes, rounds, measured)
+        for count in appenders
+    ]
     return {
         "directory": str(directory),
         "record_bytes": record_bytes,
@@ -90,7 +104,12 @@ def run_log_benchmark(
 
 
 def _compare(
-    directory: Path, appenders: int, records: int, record_bytes: int, rounds: int
+    directory: Path,
+    appenders: int,
+    records: int,
+    record_bytes: int,
+    rounds: int,
+    measured: Callable[[], object],
 ) -> dict[str, Any]:
     per_thread = max(1, records // appenders // rounds)
     timings: dict[str, list[Timing]] = {"raw": [], "raw_serial": [], "log": []}
@@ -100,9 +119,11 @@ def _compare(
         for serial, key in ((False, "raw"), (True, "raw_serial")):
             path = directory / f"{key}-{name}"
             timings[key].append(_measure_raw(path, appenders, per_thread, record_bytes, serial))
+            measured()
         timing, log_syncs = _measure_log(directory / f"log-{name}", appenders, per_thread)
         timings["log"].append(timing)
         syncs += log_syncs
+        measured()
     result: dict[str, Any] = {"appenders": appenders}
     result.update((key, _summary(each)) for key, each in timings.items())
     log_rate = result["log"]["records_per_s"]

@@ -65,15 +65,20 @@ def run_transfer_benchmark(
     transfers: int = 200,
     accounts: int = 10,
     seed: int | None = None,
+    on_transfer: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
-    """Run every mode at every worker count; return a JSON-ready dict with one entry per run."""
+    """Run every mode at every worker count; return a JSON-ready dict with one entry per run.
+
+    ``on_transfer`` is called after each transfer (for progress), one call at a time.
+    """
     if not set(modes) <= set(MODES) or not modes:
         raise ValueError(f"modes must be among {', '.join(MODES)}, got {list(modes)}")
     if not workers or min(workers) < 1 or transfers < 1 or accounts < 1:
         raise ValueError("workers, transfers and accounts must be at least 1")
     chooser = random.Random(seed)
+    done = on_transfer or (lambda: None)
     runs = [
-        _run(participants, home, mode, count, transfers, accounts, chooser)
+        _run(participants, home, mode, count, transfers, accounts, chooser, done)
         for count in workers
         for mode in modes
     ]
@@ -88,6 +93,7 @@ def _run(
     transfers: int,
     accounts: int,
     chooser: random.Random,
+    done: Callable[[], object],
 ) -> dict[str, Any]:
     requests = [_request(chooser, accounts) for _ in range(transfers)]
     opening = read_balances(list(participants))
@@ -98,7 +104,7 @@ def _run(
         auditor = threading.Thread(target=_audit, args=(participants, expected, tally, stop))
         auditor.start()
         try:
-            seconds = _drive(requests, workers, move, tally)
+            seconds = _drive(requests, workers, move, tally, done)
         finally:
             stop.set()
             auditor.join()
@@ -148,7 +154,9 @@ def _saga(orchestrator: Orchestrator, request: Transfer) -> str | None:
     return None if outcome.outcome == COMPLETED else str(outcome.outcome)
 
 
-def _drive(requests: list[Transfer], workers: int, move: Move, tally: Tally) -> float:
+def _drive(
+    requests: list[Transfer], workers: int, move: Move, tally: Tally, done: Callable[[], object]
+) -> float:
     queue = iter(requests)
     take = threading.Lock()
 
@@ -166,6 +174,7 @@ def _drive(requests: list[Transfer], workers: int, move: Move, tally: Tally) -> 
                     tally.latencies.append(elapsed)
                 else:
                     tally.failures[failure] += 1
+                done()
 
     threads = [threading.Thread(target=worker) for _ in range(workers)]
     started = time.perf_counter()

@@ -9,7 +9,17 @@ from pathlib import Path
 import click
 
 from bank import SIDES, read_balances
-from commands.common import BadInput, Context, emit, json_option, operational_errors
+from commands.common import (
+    BadInput,
+    Context,
+    emit,
+    json_option,
+    operational_errors,
+    progress,
+    quiet_option,
+)
+
+ROUNDS = 3  # alternating raw/log rounds per appender count
 
 
 @click.group()
@@ -42,6 +52,7 @@ def bench() -> None:
     type=click.IntRange(0),
     help="Run every measurement on this one CPU (no cross-CPU wake-ups between threads).",
 )
+@quiet_option
 @json_option
 @click.pass_obj
 @operational_errors
@@ -51,11 +62,17 @@ def bench_log(
     records: int,
     directory: Path | None,
     pin_cpu: int | None,
+    quiet: bool,
     as_json: bool,
 ) -> None:
     """Group-commit log appends against one raw fdatasync per record (threads racing, and
     one at a time), in the same run."""
-    from benchmarks.bench_log import format_log_benchmark, pin_to_cpu, run_log_benchmark
+    from benchmarks.bench_log import (
+        MEASUREMENTS_PER_ROUND,
+        format_log_benchmark,
+        pin_to_cpu,
+        run_log_benchmark,
+    )
 
     counts = _counts("--appenders", appenders)
     if pin_cpu is not None:
@@ -64,8 +81,12 @@ def bench_log(
         except ValueError as err:
             raise BadInput(f"--pin-cpu: {err}") from None
     (obj.home).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory or obj.home, prefix="bench-") as scratch:
-        result = run_log_benchmark(Path(scratch), counts, records)
+    steps = len(counts) * ROUNDS * MEASUREMENTS_PER_ROUND
+    with (
+        tempfile.TemporaryDirectory(dir=directory or obj.home, prefix="bench-") as scratch,
+        progress(steps, "measuring", quiet=quiet) as measured,
+    ):
+        result = run_log_benchmark(Path(scratch), counts, records, ROUNDS, measured)
     emit(as_json, result, "\n".join(format_log_benchmark(result)))
 
 
@@ -104,6 +125,7 @@ def _counts(option: str, text: str) -> list[int]:
     type=click.FloatRange(min=0.001),
     help="Seconds a transfer waits for a row lock before it fails.",
 )
+@quiet_option
 @json_option
 @click.pass_obj
 @operational_errors
@@ -114,6 +136,7 @@ def bench_transfers(
     transfers: int,
     accounts: int,
     lock_wait: float,
+    quiet: bool,
     as_json: bool,
 ) -> None:
     """2PC against the saga on the configured servers: throughput, latency, failures, and
@@ -130,14 +153,17 @@ def bench_transfers(
     counts = _counts("--workers", workers)
     participants = obj.participants(SIDES, lock_wait)
     _check_accounts(read_balances(participants).sides, accounts)
-    result = run_transfer_benchmark(
-        participants,
-        obj.home,
-        modes=chosen,
-        workers=counts,
-        transfers=transfers,
-        accounts=accounts,
-    )
+    total = transfers * len(chosen) * len(counts)
+    with progress(total, "transferring", quiet=quiet) as transferred:
+        result = run_transfer_benchmark(
+            participants,
+            obj.home,
+            modes=chosen,
+            workers=counts,
+            transfers=transfers,
+            accounts=accounts,
+            on_transfer=transferred,
+        )
     emit(as_json, result, "\n".join(format_transfer_benchmark(result)))
     if not all(run["conserved"] for run in result["runs"]):
         raise click.ClickException(

@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -105,6 +106,22 @@ def operational_errors(command: _F) -> _F:
             raise click.ClickException(str(err)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def quiet_option(command: _F) -> _F:
+    """The shared ``--quiet`` flag: no progress bar (there is none unless stderr is a terminal)."""
+    return click.option("--quiet", "-q", is_flag=True, help="Show no progress bar.")(command)
+
+
+@contextmanager
+def progress(length: int, label: str, *, quiet: bool) -> Iterator[Callable[[], object]]:
+    """A progress bar on stderr for long work, when stderr is a terminal and not ``quiet``;
+    yields the function to call once per unit of work (calls must not overlap)."""
+    if quiet or not sys.stderr.isatty():
+        yield lambda: None
+        return
+    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
+        yield lambda: bar.update(1)
 
 
 def emit(as_json: bool, document: object, text: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 from pathlib import Path
 
@@ -56,3 +57,37 @@ def test_bench_log_rejects_an_unusable_cpu(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("Error: --pin-cpu: CPU 4096 is not usable here; usable CPUs:")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def on_a_terminal(*args: str) -> tuple[int, str, str]:
+    """Run twopc with stderr on a pseudo-terminal (stdout stays a pipe)."""
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        [twopc_executable(), *args], stdout=subprocess.PIPE, stderr=follower, text=True
+    ) as process:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        assert process.stdout is not None
+        out = process.stdout.read()
+        process.wait(timeout=120)
+    return process.returncode, out, b"".join(chunks).decode()
+
+
+def test_bench_log_shows_progress_on_a_terminal_unless_quiet(tmp_path: Path) -> None:
+    args = ("--home", str(tmp_path), "bench", "log", "--appenders", "1", "--records", "6")
+    code, out, err = on_a_terminal(*args, "--json")
+    assert code == 0, err
+    assert json.loads(out)["runs"][0]["appenders"] == 1  # stdout stays clean
+    assert "measuring" in err and "100%" in err
+    code, out, err = on_a_terminal(*args, "--json", "--quiet")
+    assert code == 0 and err == ""
+    assert json.loads(out)["runs"][0]["appenders"] == 1

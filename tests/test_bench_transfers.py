@@ -8,6 +8,9 @@ from decimal import Decimal
 import pytest
 from conftest import ACCOUNTS, Databases
 
+from benchmarks.bench_transfers import run_transfer_benchmark
+from participants import DatabaseURL, MySQLParticipant, PostgresParticipant
+
 
 def test_both_modes_run_and_conserve_money(db: Databases) -> None:
     before = db.balances()
@@ -67,3 +70,22 @@ def test_more_accounts_than_exist_is_refused(db: Databases) -> None:
     )
     assert db.balances() == before
     assert sum(before.values()) == 2 * ACCOUNTS * Decimal("1000.00")
+
+
+def test_progress_is_reported_once_per_transfer(db: Databases) -> None:
+    participants = [
+        PostgresParticipant("pg", DatabaseURL.parse(db.pg_url)),
+        MySQLParticipant("mysql", DatabaseURL.parse(db.mysql_url)),
+    ]
+    calls: list[None] = []
+    result = run_transfer_benchmark(
+        participants,
+        db.home,
+        workers=(2,),
+        transfers=5,
+        accounts=ACCOUNTS,
+        seed=7,
+        on_transfer=lambda: calls.append(None),
+    )
+    assert len(calls) == 2 * 5  # two modes, five transfers each
+    assert [run["completed"] for run in result["runs"]] == [5, 5]
