@@ -214,6 +214,7 @@ class Participant(ABC):
         self.name = name
         self.url = url
         self.lock_wait = lock_wait
+        self._ready = False  # check_ready passed once
         # Told, once per branch, when a statement has waited ``notice_after`` seconds for a
         # lock held by a prepared branch (the CLI prints who blocks it and how to resolve it).
         self.on_lock_wait: Callable[[Participant, list[LockWait]], None] | None = None

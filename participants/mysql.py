@@ -182,8 +182,11 @@ class MySQLParticipant(Participant):
             conn.close()
 
     def check_ready(self) -> None:
-        """MySQL and MariaDB need no setting for XA; reachability is the only check."""
-        self.connect().close()
+        """MySQL and MariaDB need no setting for XA: the check is that the server answers,
+        done once (a server lost later fails the branch's own connect, before any prepare)."""
+        if not self._ready:
+            self.connect().close()
+            self._ready = True
 
     def _open_local(self) -> MySQLLocal:
         conn = self.connect()

@@ -38,7 +38,6 @@ from participants.errors import (
     UnknownXid,
 )
 from participants.lockwaits import LockWait, pg_lock_waits, pg_waits_of
-from participants.urls import DatabaseURL
 from participants.xid import Xid
 
 _UNDEFINED_OBJECT = "42704"
@@ -55,10 +54,6 @@ _PREPARED_SQL = """
 
 class PostgresParticipant(Participant):
     """A PostgreSQL database as a 2PC resource manager."""
-
-    def __init__(self, name: str, url: DatabaseURL, *, lock_wait: float = 30.0) -> None:
-        super().__init__(name, url, lock_wait=lock_wait)
-        self._ready = False
 
     def connect(self) -> psycopg.Connection[Any]:
         """An autocommit connection with this participant's lock-wait limit."""

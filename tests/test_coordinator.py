@@ -11,6 +11,7 @@ import pymysql
 import pytest
 from conftest import OPENING, Databases
 
+from bank import AccountRef, Transfer, run_transfer
 from coordinator import (
     Coordinator,
     CoordinatorBusy,
@@ -21,7 +22,13 @@ from coordinator import (
     TransactionAborted,
     log_directory,
 )
-from participants import FORMAT_ID, MisconfiguredServer, StatementFailed, Xid
+from participants import (
+    FORMAT_ID,
+    MisconfiguredServer,
+    ParticipantUnavailable,
+    StatementFailed,
+    Xid,
+)
 from txlog import read_log
 
 DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s"
@@ -311,3 +318,21 @@ def test_branch_finished_against_the_decision_is_not_taken_as_done(db: Databases
     audit = db.twopc("audit", "--json", TWOPC_HOME=str(db.home))
     assert audit.returncode == 1
     assert '"verdict": "VIOLATION"' in audit.stdout
+
+
+def test_a_server_lost_after_the_first_transfer_fails_the_next_cleanly(db: Databases) -> None:
+    """check_ready runs once per participant; a server that goes away later still fails the
+    next transfer before anything is prepared, and nothing changes on the other server."""
+    request = Transfer(AccountRef("pg", "a1"), AccountRef("mysql", "a1"), Decimal("2"))
+    with open_coordinator(db) as coordinator:
+        run_transfer(coordinator, request)
+        db.servers.stop("mysql")
+        try:
+            with pytest.raises(ParticipantUnavailable, match="connect failed"):
+                run_transfer(coordinator, request)
+            assert db.balance("pg", "a1") == OPENING - 2
+            assert db.pg_prepared() == []
+        finally:
+            db.servers.start("mysql")
+    assert db.mysql_prepared() == []
+    assert db.balance("mysql", "a1") == OPENING + 2
