@@ -49,7 +49,7 @@ def init_schema(url: DatabaseURL, *, accounts_count: int, balance: Decimal, rese
     """
     # Connections come from the same code as the participants' (TLS options included);
     # SQLAlchemy only provides the DDL dialect.
-    engine = create_engine(url.sqlalchemy_url().set(query={}), creator=_connector(url))
+    engine = create_engine(url.sqlalchemy_url(), creator=_connector(url))
     try:
         with engine.begin() as conn:
             if reset:

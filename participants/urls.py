@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import parse_qsl, quote, quote_plus, unquote
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+if TYPE_CHECKING:  # SQLAlchemy is slow to import; only the schema code needs its URL type
+    from sqlalchemy.engine import URL
 
 Backend = Literal["pg", "mysql"]
 
@@ -19,6 +21,28 @@ _BACKENDS: dict[str, Backend] = {
 _DRIVERS: dict[Backend, set[str]] = {"pg": {"", "psycopg"}, "mysql": {"", "pymysql"}}
 _SQLALCHEMY_DRIVER: dict[Backend, str] = {"pg": "postgresql+psycopg", "mysql": "mysql+pymysql"}
 
+# SQLAlchemy's URL grammar (``sqlalchemy.engine.url._parse_url``), so a URL means here what
+# it means to SQLAlchemy; tests check the two agree.
+_URL = re.compile(
+    r"""
+        (?P<scheme>[\w\+]+)://
+        (?:
+            (?P<username>[^:/]*)
+            (?::(?P<password>[^@]*))?
+        @)?
+        (?:
+            (?:
+                \[(?P<ipv6host>[^/\?]+)\] |
+                (?P<ipv4host>[^/:\?]+)
+            )?
+            (?::(?P<port>[^/\?]*))?
+        )?
+        (?:/(?P<database>[^\?]*))?
+        (?:\?(?P<query>.*))?
+    """,
+    re.X,
+)
+
 
 class InvalidURL(ValueError):
     """A database URL that cannot be used; the message never repeats the password."""
@@ -29,72 +53,133 @@ class DatabaseURL:
     """A validated database URL. ``str()`` and ``repr()`` hide the password."""
 
     backend: Backend
-    url: URL
+    scheme: str  # as written, e.g. "postgresql+psycopg"
+    username: str | None
+    password: str | None = field(repr=False)
+    host: str | None
+    port: int | None
+    database: str
+    query: tuple[tuple[str, str], ...]  # sorted by key (as rendered); each key once
 
     @classmethod
     def parse(cls, text: str, expect: Backend | None = None) -> DatabaseURL:
         """Parse ``postgresql://…`` / ``mysql://…`` (``+psycopg`` / ``+pymysql`` accepted)."""
-        try:
-            url = make_url(text)
-        except ArgumentError:
+        found = _URL.match(text)
+        if found is None:
             # The text is not echoed: it may hold a password in a shape we cannot parse.
-            raise InvalidURL("not a database URL (expected postgresql://… or mysql://…)") from None
-        backend_name, _, driver = url.drivername.partition("+")
+            raise InvalidURL("not a database URL (expected postgresql://… or mysql://…)")
+        scheme = found["scheme"]
+        backend_name, _, driver = scheme.partition("+")
         backend = _BACKENDS.get(backend_name)
         if backend is None or driver not in _DRIVERS[backend]:
-            raise InvalidURL(f"unsupported database URL scheme {url.drivername!r}") from None
+            raise InvalidURL(f"unsupported database URL scheme {scheme!r}")
         if expect is not None and backend != expect:
-            raise InvalidURL(f"expected a {expect} URL, got {url.drivername!r}")
+            raise InvalidURL(f"expected a {expect} URL, got {scheme!r}")
+        url = cls(
+            backend,
+            scheme,
+            _unquoted(found["username"]),
+            _unquoted(found["password"]),
+            found["ipv4host"] or found["ipv6host"],
+            _port(found["port"]),
+            _unquoted(found["database"]) or "",
+            _query(found["query"]),
+        )
         if not url.database:
-            raise InvalidURL(f"URL {url.render_as_string(hide_password=True)} names no database")
+            raise InvalidURL(f"URL {url} names no database")
         if backend == "mysql":
-            _mysql_options(url)  # refuse unknown or malformed query options now
-        return cls(backend, url)
-
-    @property
-    def password(self) -> str | None:
-        return None if self.url.password is None else str(self.url.password)
+            _mysql_options(url.query)  # refuse unknown or malformed query options now
+        return url
 
     def sqlalchemy_url(self) -> URL:
-        """The URL with the driver SQLAlchemy should use for this backend."""
-        return self.url.set(drivername=_SQLALCHEMY_DRIVER[self.backend])
+        """The URL (query left out) with the driver SQLAlchemy should use for this backend."""
+        from sqlalchemy.engine import URL
+
+        return URL.create(
+            _SQLALCHEMY_DRIVER[self.backend],
+            self.username,
+            self.password,
+            self.host,
+            self.port,
+            self.database,
+        )
 
     def psycopg_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for ``psycopg.connect``."""
-        kwargs: dict[str, object] = {"dbname": self.url.database, "user": self.url.username}
-        kwargs.update(host=self.url.host or "localhost", port=self.url.port or 5432)
+        """Keyword arguments for ``psycopg.connect`` (the query's libpq parameters included)."""
+        kwargs: dict[str, object] = {"dbname": self.database, "user": self.username}
+        kwargs.update(host=self.host or "localhost", port=self.port or 5432)
         if self.password is not None:
             kwargs["password"] = self.password
-        kwargs.update(self.url.query)
+        kwargs.update(self.query)
         return kwargs
 
     def pymysql_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``pymysql.connect``, TLS options from the query included."""
-        kwargs: dict[str, object] = {"database": self.url.database, "user": self.url.username}
-        kwargs.update(host=self.url.host or "localhost", port=self.url.port or 3306)
+        kwargs: dict[str, object] = {"database": self.database, "user": self.username}
+        kwargs.update(host=self.host or "localhost", port=self.port or 3306)
         kwargs["password"] = self.password or ""
-        kwargs.update(_mysql_options(self.url))
+        kwargs.update(_mysql_options(self.query))
         return kwargs
 
     def with_password(self) -> str:
         """The full URL, password included: only for handing to a child process's
         environment, never for printing."""
-        return self.url.render_as_string(hide_password=False)
+        return self._render(hide_password=False)
 
     def location(self) -> str:
         """``host:port/database`` — for messages and logs; carries no credentials."""
         default_port = 5432 if self.backend == "pg" else 3306
-        return f"{self.url.host or 'localhost'}:{self.url.port or default_port}/{self.url.database}"
+        return f"{self.host or 'localhost'}:{self.port or default_port}/{self.database}"
 
     def scrub(self, message: str) -> str:
         """Remove this URL's password from a message (a driver may echo connection strings)."""
         return message.replace(self.password, "***") if self.password else message
 
     def __str__(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        return self._render(hide_password=True)
 
     def __repr__(self) -> str:
         return f"DatabaseURL({str(self)!r})"
+
+    def _render(self, *, hide_password: bool) -> str:
+        # As SQLAlchemy's URL.render_as_string renders it.
+        text = self.scheme + "://"
+        if self.username is not None:
+            text += quote(self.username, safe=" +")
+            if self.password is not None:
+                text += ":" + ("***" if hide_password else quote(self.password, safe=" +"))
+            text += "@"
+        if self.host is not None:
+            text += f"[{self.host}]" if ":" in self.host else self.host
+        if self.port is not None:
+            text += f":{self.port}"
+        text += "/" + quote(self.database, safe=" +/")
+        if self.query:
+            text += "?" + "&".join(
+                f"{quote_plus(key)}={quote_plus(value)}" for key, value in self.query
+            )
+        return text
+
+
+def _unquoted(part: str | None) -> str | None:
+    return None if part is None else unquote(part)
+
+
+def _port(text: str | None) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise InvalidURL(f"port {text!r} is not a number from 1 to 65535")
+    return int(text)
+
+
+def _query(text: str | None) -> tuple[tuple[str, str], ...]:
+    pairs = parse_qsl(text or "")
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise InvalidURL(f"query option {key!r} is given more than once")
+    return tuple(sorted(pairs))
 
 
 # PyMySQL's TLS options, accepted in the query of a mysql:// URL (the names SQLAlchemy's
@@ -105,11 +190,9 @@ _MYSQL_FLAGS = ("ssl_verify_cert", "ssl_verify_identity", "ssl_disabled")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-def _mysql_options(url: URL) -> dict[str, object]:
+def _mysql_options(query: tuple[tuple[str, str], ...]) -> dict[str, object]:
     options: dict[str, object] = {}
-    for key, value in url.query.items():
-        if not isinstance(value, str):
-            raise InvalidURL(f"query option {key!r} is given more than once")
+    for key, value in query:
         if key in _MYSQL_PATHS:
             options[key] = value
         elif key in _MYSQL_FLAGS:
