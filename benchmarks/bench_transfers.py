@@ -3,8 +3,8 @@
 For each mode and worker count, ``workers`` threads run ``transfers`` cross-server transfers
 between the first ``accounts`` accounts of each side (fewer accounts: hotter rows), in both
 directions, through one coordinator (2PC) or one orchestrator (saga), while an auditor
-thread keeps reading every balance with plain reads, as any reporting query would. Printed
-per run:
+thread keeps reading both servers' totals with plain reads, as any reporting query would.
+Printed per run:
 
 - transfers/s and p50/p99 latency of the transfers that finished;
 - failures by kind (lock timeouts, aborted or compensated sagas, other errors);
@@ -242,7 +242,7 @@ def format_transfer_benchmark(result: dict[str, Any]) -> list[str]:
     """Human-readable lines for :func:`run_transfer_benchmark`'s result."""
     lines = [
         f"{result['transfers']} transfers of {result['amount']} per run between the first "
-        f"{result['accounts']} accounts of each side; an auditor reads all balances meanwhile",
+        f"{result['accounts']} accounts of each side; an auditor reads both totals meanwhile",
         f"{'mode':<5} {'workers':>7} {'transfers/s':>11} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'failed':>6} {'reads':>6} {'off':>5} {'off+pending':>11}  conserved",
     ]
