@@ -66,6 +66,7 @@ def _server_document(state: DevState, kind: str) -> dict[str, object]:
         "port": info.port,
         "datadir": str(info.datadir),
         "log": str(info.logfile),
+        "tls_ca": None if info.tls_ca is None else str(info.tls_ca),
     }
 
 

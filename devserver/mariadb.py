@@ -26,6 +26,7 @@ from devserver.procs import (
     wait_until_gone,
 )
 from devserver.state import Placement, ServerInfo
+from devserver.tls import ensure_tls_files
 
 USER = DEV_USER
 DATABASE = DEV_DATABASE
@@ -49,6 +50,7 @@ class MariaDBServer:
         self.datadir = placement.instance_dir / "data"
         self.logfile = placement.instance_dir / "mariadbd.err"
         self.pidfile = placement.instance_dir / "mariadbd.pid"
+        self.tls_dir = placement.instance_dir / "tls"  # ca.pem verifies this server
 
     def pid(self) -> int | None:
         """The live mariadbd pid, or None."""
@@ -56,8 +58,15 @@ class MariaDBServer:
 
     def info(self) -> ServerInfo:
         """This server as it is right now."""
+        ca = self.tls_dir / "ca.pem"
         return describe_server(
-            "mysql", "mysql", self._place.port, self.datadir, self.logfile, self.pid()
+            "mysql",
+            "mysql",
+            self._place.port,
+            self.datadir,
+            self.logfile,
+            self.pid(),
+            ca if ca.is_file() else None,
         )
 
     def ensure_initialized(self) -> None:
@@ -138,8 +147,13 @@ class MariaDBServer:
             "--innodb-buffer-pool-size=64M",
             "--skip-name-resolve",
             "--max-connections=300",
+            *self._tls_args(),
             *_user_args(),
         ]
+
+    def _tls_args(self) -> list[str]:
+        tls = ensure_tls_files(self.tls_dir)
+        return [f"--ssl-ca={tls.ca}", f"--ssl-cert={tls.cert}", f"--ssl-key={tls.key}"]
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         with self.logfile.open("ab") as log:

@@ -147,7 +147,13 @@ def log_tail(logfile: Path, lines: int = 15) -> str:
 
 
 def describe_server(
-    kind: ServerKind, scheme: str, port: int, datadir: Path, logfile: Path, pid: int | None
+    kind: ServerKind,
+    scheme: str,
+    port: int,
+    datadir: Path,
+    logfile: Path,
+    pid: int | None,
+    tls_ca: Path | None = None,
 ) -> ServerInfo:
     """A dev server as it is right now: running means its pid lives and its port answers.
 
@@ -164,4 +170,5 @@ def describe_server(
         pid=pid,
         running=pid is not None and port_accepting(port),
         url=f"{scheme}://{DEV_USER}@{LOOPBACK}:{port}/{DEV_DATABASE}",
+        tls_ca=tls_ca,
     )

@@ -30,6 +30,7 @@ class ServerInfo:
     pid: int | None
     running: bool
     url: str
+    tls_ca: Path | None = None  # the CA that verifies the server's TLS certificate, if any
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,11 @@ def _mysql_options(query: tuple[tuple[str, str], ...]) -> dict[str, object]:
         else:
             supported = ", ".join((*_MYSQL_PATHS, *_MYSQL_FLAGS))
             raise InvalidURL(f"unsupported query option {key!r} for mysql; supported: {supported}")
+    if "ssl_ca" in options:
+        # A CA is given to verify the server with: do (certificate and host name), as
+        # SQLAlchemy's PyMySQL dialect does. PyMySQL alone would use it without verifying.
+        options.setdefault("ssl_verify_cert", True)
+        options.setdefault("ssl_verify_identity", True)
     return options
 
 

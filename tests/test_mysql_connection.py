@@ -9,7 +9,7 @@ import pymysql
 import pytest
 from conftest import ACCOUNTS, Databases
 
-from participants import DatabaseURL, MySQLParticipant
+from participants import DatabaseURL, MySQLParticipant, ParticipantUnavailable
 
 
 def test_preferred_tls_skips_loading_the_ca_store(db: Databases) -> None:
@@ -27,28 +27,47 @@ def test_preferred_tls_skips_loading_the_ca_store(db: Databases) -> None:
         conn.close()
 
 
-def test_tls_options_in_the_url_are_enforced_not_dropped(db: Databases) -> None:
-    """A URL that asks for a verified TLS connection gets one or an error: the dev server
-    has no TLS, so asking for it fails, and turning TLS off still connects."""
+def cipher(db: Databases, query: str) -> str:
+    """The TLS cipher of a participant connection made from the dev URL plus ``query``."""
+    url = DatabaseURL.parse(f"{db.mysql_url}{query}")
+    conn = MySQLParticipant("mysql", url).connect()
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        (_, name) = cursor.fetchone()
+        return str(name)
+    finally:
+        conn.close()
+
+
+def test_tls_is_used_verified_or_refused_as_the_url_says(db: Databases) -> None:
+    """The dev MariaDB speaks TLS like a stock MySQL 8, with a certificate from its own CA."""
+    authority = db.state.mysql.tls_ca
+    assert authority is not None and authority.is_file()
+    assert cipher(db, "") != ""  # preferred: TLS, unverified (PyMySQL's default)
+    assert cipher(db, f"?ssl_ca={authority}") != ""  # verified: certificate and host name
+    assert cipher(db, "?ssl_disabled=true") == ""
+    # Another CA (the system's) cannot verify this server: refused, never used unverified.
+    system = ssl.get_default_verify_paths().openssl_cafile
+    assert Path(system).is_file(), system
+    with pytest.raises(ParticipantUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        cipher(db, f"?ssl_ca={system}")
+    # ... unless verification is turned off explicitly.
+    assert cipher(db, f"?ssl_ca={system}&ssl_verify_cert=false&ssl_verify_identity=false") != ""
+
+
+def test_the_cli_and_init_take_the_urls_tls_options(db: Databases) -> None:
     before = db.balances()
-    authorities = ssl.get_default_verify_paths().openssl_cafile  # the system's CA bundle
-    assert Path(authorities).is_file(), authorities
-    asks = f"{db.mysql_url}?ssl_ca={authorities}&ssl_verify_identity=true"
-    refused = db.twopc("balances", TWOPC_MYSQL_URL=asks)
-    assert refused.returncode == 1
-    assert refused.stderr.strip().endswith(
-        "connect failed: (2026) SSL is required but the server doesn't support it"
-    )
-    schema = db.twopc(
-        "init", "--accounts", str(ACCOUNTS), TWOPC_MYSQL_URL=asks
-    )  # init connects the same way
-    assert schema.returncode == 1
-    assert "SSL is required but the server doesn't support it" in schema.stderr
-    plain_url = f"{db.mysql_url}?ssl_disabled=true"
-    plain = db.twopc("balances", "--json", TWOPC_MYSQL_URL=plain_url)
-    assert plain.returncode == 0, plain.stderr
-    seeded = db.twopc("init", "--accounts", str(ACCOUNTS), TWOPC_MYSQL_URL=plain_url)
-    assert seeded.returncode == 0, seeded.stderr
+    system = ssl.get_default_verify_paths().openssl_cafile
+    wrong = f"{db.mysql_url}?ssl_ca={system}"
+    for command in (("balances",), ("init", "--accounts", str(ACCOUNTS))):
+        refused = db.twopc(*command, TWOPC_MYSQL_URL=wrong)
+        assert refused.returncode == 1, refused.stderr
+        assert "certificate verify failed" in refused.stderr
+    verified = f"{db.mysql_url}?ssl_ca={db.state.mysql.tls_ca}"
+    for command in (("balances", "--json"), ("init", "--accounts", str(ACCOUNTS))):
+        result = db.twopc(*command, TWOPC_MYSQL_URL=verified)
+        assert result.returncode == 0, result.stderr
     assert db.balances() == before
 
 
