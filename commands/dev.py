@@ -75,4 +75,6 @@ def _dev_status_text(state: DevState) -> str:
     for info in (state.pg, state.mysql):
         running = f"running (pid {info.pid})" if info.running else "stopped"
         lines.append(f"{info.kind:<6} {info.url:<45} {running}  log: {info.logfile}")
+        if info.tls_ca is not None:
+            lines.append(f"{'':<6} TLS: verify the server with ?ssl_ca={info.tls_ca}")
     return "\n".join(lines)

@@ -43,6 +43,9 @@ def test_dev_servers_serve_the_cli_without_urls(home: Path) -> None:
 
     status = json.loads(run(home, "dev", "status", "--json").stdout)
     assert status["pg"]["running"] and status["mysql"]["running"]
+    authority = status["mysql"]["tls_ca"]  # the dev MariaDB speaks TLS, from its own CA
+    assert Path(authority).is_file() and status["pg"]["tls_ca"] is None
+    assert f"TLS: verify the server with ?ssl_ca={authority}" in run(home, "dev", "status").stdout
     env_lines = run(home, "dev", "env").stdout.splitlines()
     assert env_lines == [
         f"export TWOPC_PG_URL={status['pg']['url']}",
