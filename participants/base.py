@@ -15,6 +15,7 @@ of a branch is an explicit state machine held in one field, and every illegal ca
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import socket
@@ -38,6 +39,8 @@ from participants.urls import DatabaseURL
 from participants.xid import Xid
 
 OUTCOMES_TABLE = "twopc_outcomes"
+#: Idle connections a participant keeps for reuse (more are closed when given back).
+MAX_IDLE_CONNECTIONS = 16
 # Every branch inserts its outcome marker just before it prepares, inside the branch: a
 # committed branch has its marker, a rolled-back one has none. That settles "unknown xid".
 MARKER_INSERT = "INSERT INTO twopc_outcomes (gtrid, branch, created_at) VALUES (%s, %s, %s)"
@@ -97,6 +100,10 @@ class Branch(ABC):
         self.state = BranchState.ACTIVE
         self._participant = participant
         self._noticed = False
+        # The connection may serve again only when this branch finished on it normally and
+        # nothing ever cancelled a statement on it or cut its socket.
+        self._finished_cleanly = False
+        self._disturbed = False
 
     def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
         """Run one statement inside the branch (``%s`` placeholders, values bound).
@@ -147,18 +154,21 @@ class Branch(ABC):
         self._require("commit", BranchState.PREPARED)
         self._sql_commit_prepared()
         self.state = BranchState.COMMITTED
+        self._finished_cleanly = True
 
     def commit_one_phase(self) -> None:
         """Commit without phase 1: only for a transaction with this single branch."""
         self._require("commit in one phase", BranchState.ACTIVE)
         self._sql_commit_one_phase()
         self.state = BranchState.COMMITTED
+        self._finished_cleanly = True
 
     def rollback(self) -> None:
         """Roll back an active or prepared branch; harmless when already finished."""
         if self.state in (BranchState.ACTIVE, BranchState.PREPARED):
             self._sql_rollback(prepared=self.state is BranchState.PREPARED)
             self.state = BranchState.ROLLED_BACK
+            self._finished_cleanly = True
 
     def _write_marker(self) -> None:
         """Insert this branch's outcome marker (called by ``_sql_prepare`` before preparing)."""
@@ -168,19 +178,36 @@ class Branch(ABC):
         """Record an outcome reached from another connection (recovery of this branch)."""
         self.state = state
 
-    @abstractmethod
     def close(self) -> None:
-        """Close the connection; an unprepared branch is rolled back by the server."""
+        """Let the connection go: back to the participant's idle connections when this
+        branch finished on it normally, else closed (the server rolls back an unprepared
+        branch when its session ends)."""
+        if self._finished_cleanly and not self._disturbed:
+            self._participant.release(self._connection)
+        else:
+            self._participant.discard(self._connection)
 
-    @abstractmethod
     def interrupt(self) -> None:
         """Ask the server, from another thread, to cancel the statement running on this
-        branch's connection."""
+        branch's connection (which is then never reused)."""
+        self._disturbed = True
+        self._sql_interrupt()
 
-    @abstractmethod
     def sever(self) -> None:
         """Shut this branch's socket down from another thread: a statement blocked on it
         fails even when the server does not answer."""
+        self._disturbed = True
+        self._sql_sever()
+
+    @property
+    @abstractmethod
+    def _connection(self) -> Any: ...
+
+    @abstractmethod
+    def _sql_interrupt(self) -> None: ...
+
+    @abstractmethod
+    def _sql_sever(self) -> None: ...
 
     def _require(self, action: str, *allowed: BranchState) -> None:
         if self.state not in allowed:
@@ -215,6 +242,8 @@ class Participant(ABC):
         self.url = url
         self.lock_wait = lock_wait
         self._ready = False  # check_ready passed once
+        self._idle: list[Any] = []  # connections a finished branch or transaction gave back
+        self._idle_lock = threading.Lock()
         # Told, once per branch, when a statement has waited ``notice_after`` seconds for a
         # lock held by a prepared branch (the CLI prints who blocks it and how to resolve it).
         self.on_lock_wait: Callable[[Participant, list[LockWait]], None] | None = None
@@ -230,9 +259,46 @@ class Participant(ABC):
         """A new autocommit driver connection (psycopg or PyMySQL) with this participant's
         settings; the caller closes it."""
 
+    def checkout(self) -> Any:
+        """A connection for a branch or a local transaction: an idle one that still answers
+        (and is in no transaction), else a new one."""
+        while True:
+            with self._idle_lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self.connect()
+            if self._still_usable(conn):
+                return conn
+            self.discard(conn)
+
+    def release(self, conn: Any) -> None:
+        """Keep a connection whose work ended normally for the next :meth:`checkout`."""
+        with self._idle_lock:
+            if len(self._idle) < MAX_IDLE_CONNECTIONS:
+                self._idle.append(conn)
+                return
+        self.discard(conn)
+
+    @staticmethod
+    def discard(conn: Any) -> None:
+        """Close a connection, whatever state it is in."""
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections (a participant stays usable: it opens new ones)."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self.discard(conn)
+
+    @abstractmethod
+    def _still_usable(self, conn: Any) -> bool:
+        """Whether an idle connection is open, in no transaction, and answers a ping."""
+
     @abstractmethod
     def begin(self, xid: Xid) -> Branch:
-        """Open a connection and start a branch of the global transaction ``xid``."""
+        """Start a branch of the global transaction ``xid`` on a connection of its own."""
 
     @abstractmethod
     def finish_prepared(self, xid: Xid, *, commit: bool) -> None:

@@ -96,8 +96,17 @@ class MySQLParticipant(Participant):
             conn.cursor().execute("SET SESSION innodb_lock_wait_timeout = %s", (seconds,))
         return conn
 
+    def _still_usable(self, conn: pymysql.connections.Connection[Any]) -> bool:
+        if not conn.open:
+            return False
+        try:
+            conn.ping(reconnect=False)
+        except pymysql.err.Error:
+            return False
+        return True
+
     def begin(self, xid: Xid) -> MySQLBranch:
-        conn = self.connect()
+        conn = self.checkout()
         with _translated(self, "xa start"):
             conn.cursor().execute(f"XA START {xid.mysql_literal()}")
         return MySQLBranch(self, conn, xid)
@@ -189,7 +198,7 @@ class MySQLParticipant(Participant):
             self._ready = True
 
     def _open_local(self) -> MySQLLocal:
-        conn = self.connect()
+        conn = self.checkout()
         with _translated(self, "begin"):
             conn.begin()
         return MySQLLocal(self, conn)
@@ -206,15 +215,15 @@ class MySQLBranch(Branch):
         self._conn = conn
         self._ended = False  # XA END sent: the branch is IDLE on the server
 
-    def close(self) -> None:
-        if self._conn.open:
-            self._conn.close()
+    @property
+    def _connection(self) -> pymysql.connections.Connection[Any]:
+        return self._conn
 
     @property
     def session_id(self) -> int:
         return int(self._conn.thread_id())
 
-    def interrupt(self) -> None:
+    def _sql_interrupt(self) -> None:
         try:
             killer = self._participant.connect()
         except ParticipantError:
@@ -227,7 +236,7 @@ class MySQLBranch(Branch):
         finally:
             killer.close()
 
-    def sever(self) -> None:
+    def _sql_sever(self) -> None:
         sock = self._conn._sock  # PyMySQL exposes no public handle on its socket
         if sock is not None:
             shut_down_socket(sock.fileno())
@@ -285,6 +294,7 @@ class MySQLLocal(LocalTransaction):
     ) -> None:
         self._participant = participant
         self._conn = conn
+        self._committed = False
 
     def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
         with _translated(self._participant, "execute"):
@@ -295,10 +305,13 @@ class MySQLLocal(LocalTransaction):
     def commit(self) -> None:
         with _translated(self._participant, "commit"):
             self._conn.commit()
+        self._committed = True
 
     def close(self) -> None:
-        if self._conn.open:
-            self._conn.close()
+        if self._committed:
+            self._participant.release(self._conn)
+        else:
+            self._participant.discard(self._conn)
 
 
 def _translated(participant: MySQLParticipant, action: str) -> AbstractContextManager[None]:

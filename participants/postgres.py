@@ -70,8 +70,17 @@ class PostgresParticipant(Participant):
         """The ``lock_timeout`` set on every connection (at least 1 ms: 0 would disable it)."""
         return max(1, round(self.lock_wait * 1000))
 
+    def _still_usable(self, conn: psycopg.Connection[Any]) -> bool:
+        if conn.closed or conn.info.transaction_status is not TransactionStatus.IDLE:
+            return False
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
     def begin(self, xid: Xid) -> PostgresBranch:
-        conn = self.connect()
+        conn = self.checkout()
         with self._translated("begin"):
             conn.execute("BEGIN")
         return PostgresBranch(self, conn, xid)
@@ -116,7 +125,7 @@ class PostgresParticipant(Participant):
         self._ready = True
 
     def _open_local(self) -> PostgresLocal:
-        conn = self.connect()
+        conn = self.checkout()
         with self._translated("begin"):
             conn.execute("BEGIN")
         return PostgresLocal(self, conn)
@@ -133,20 +142,21 @@ class PostgresBranch(Branch):
         self._participant: PostgresParticipant = participant
         self._conn = conn
 
-    def close(self) -> None:
-        self._conn.close()
+    @property
+    def _connection(self) -> psycopg.Connection[Any]:
+        return self._conn
 
     @property
     def session_id(self) -> int:
         return self._conn.info.backend_pid
 
-    def interrupt(self) -> None:
+    def _sql_interrupt(self) -> None:
         if self._conn.closed:
             return
         with contextlib.suppress(psycopg.Error):  # no answer: the caller escalates to sever()
             self._conn.cancel_safe(timeout=2.0)
 
-    def sever(self) -> None:
+    def _sql_sever(self) -> None:
         if not self._conn.closed:
             shut_down_socket(self._conn.pgconn.socket)
 
@@ -217,6 +227,7 @@ class PostgresLocal(LocalTransaction):
     def __init__(self, participant: PostgresParticipant, conn: psycopg.Connection[Any]) -> None:
         self._participant = participant
         self._conn = conn
+        self._committed = False
 
     def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
         with self._participant._translated("execute"):
@@ -227,9 +238,13 @@ class PostgresLocal(LocalTransaction):
             reply = self._conn.execute("COMMIT").statusmessage
         if reply != "COMMIT":
             raise StatementFailed(f"{self._participant.server}: commit became {reply!r}")
+        self._committed = True
 
     def close(self) -> None:
-        self._conn.close()
+        if self._committed:
+            self._participant.release(self._conn)
+        else:
+            self._participant.discard(self._conn)
 
 
 def _translate(participant: PostgresParticipant, action: str, err: Exception) -> ParticipantError:
