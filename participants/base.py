@@ -320,9 +320,16 @@ class Participant(ABC):
     def waits_of(self, session_id: int) -> list[LockWait]:
         """The prepared branches the session ``session_id`` is waiting for."""
 
-    @abstractmethod
     def check_ready(self) -> None:
-        """Raise :class:`MisconfiguredServer` when the server cannot run 2PC branches."""
+        """Raise :class:`MisconfiguredServer` when the server cannot run 2PC branches (and
+        :class:`ParticipantUnavailable` when it does not answer). Checked once: a server
+        lost later fails the next branch's own connect, before anything is prepared."""
+        if not self._ready:
+            self._check_server()
+            self._ready = True
+
+    @abstractmethod
+    def _check_server(self) -> None: ...
 
     @contextmanager
     def local_transaction(self) -> Iterator[LocalTransaction]:
@@ -370,17 +377,30 @@ class Participant(ABC):
 
 
 class LocalTransaction(ABC):
-    """A plain (one-phase) transaction on one participant."""
+    """A plain (one-phase) transaction on one participant's connection."""
+
+    def __init__(self, participant: Participant, conn: Any) -> None:
+        self._participant = participant
+        self._conn = conn
+        self._committed = False
 
     @abstractmethod
     def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor: ...
 
-    @abstractmethod
-    def commit(self) -> None: ...
+    def commit(self) -> None:
+        self._sql_commit()
+        self._committed = True
+
+    def close(self) -> None:
+        """Give a committed transaction's connection back for reuse; close any other (the
+        server rolls back what was not committed)."""
+        if self._committed:
+            self._participant.release(self._conn)
+        else:
+            self._participant.discard(self._conn)
 
     @abstractmethod
-    def close(self) -> None:
-        """Close; an uncommitted transaction is rolled back."""
+    def _sql_commit(self) -> None: ...
 
 
 @contextmanager

@@ -190,12 +190,8 @@ class MySQLParticipant(Participant):
         finally:
             conn.close()
 
-    def check_ready(self) -> None:
-        """MySQL and MariaDB need no setting for XA: the check is that the server answers,
-        done once (a server lost later fails the branch's own connect, before any prepare)."""
-        if not self._ready:
-            self.connect().close()
-            self._ready = True
+    def _check_server(self) -> None:
+        self.connect().close()  # MySQL and MariaDB need no setting for XA: it answers, enough
 
     def _open_local(self) -> MySQLLocal:
         conn = self.checkout()
@@ -292,9 +288,9 @@ class MySQLLocal(LocalTransaction):
     def __init__(
         self, participant: MySQLParticipant, conn: pymysql.connections.Connection[Any]
     ) -> None:
-        self._participant = participant
-        self._conn = conn
-        self._committed = False
+        super().__init__(participant, conn)
+        self._participant: MySQLParticipant = participant
+        self._conn: pymysql.connections.Connection[Any] = conn
 
     def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
         with _translated(self._participant, "execute"):
@@ -302,16 +298,9 @@ class MySQLLocal(LocalTransaction):
             cursor.execute(query, params)
             return cursor  # type: ignore[no-any-return]
 
-    def commit(self) -> None:
+    def _sql_commit(self) -> None:
         with _translated(self._participant, "commit"):
             self._conn.commit()
-        self._committed = True
-
-    def close(self) -> None:
-        if self._committed:
-            self._participant.release(self._conn)
-        else:
-            self._participant.discard(self._conn)
 
 
 def _translated(participant: MySQLParticipant, action: str) -> AbstractContextManager[None]:

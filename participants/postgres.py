@@ -115,14 +115,11 @@ class PostgresParticipant(Participant):
         with self.connect() as conn, self._translated("read lock waits"):
             return pg_waits_of(conn, session_id)
 
-    def check_ready(self) -> None:
-        if self._ready:
-            return
+    def _check_server(self) -> None:
         with self.connect() as conn, self._translated("check max_prepared_transactions"):
             row = conn.execute("SHOW max_prepared_transactions").fetchone()
         if row is None or int(row[0]) == 0:
             raise MisconfiguredServer(_disabled_message(self.server))
-        self._ready = True
 
     def _open_local(self) -> PostgresLocal:
         conn = self.checkout()
@@ -225,26 +222,19 @@ class PostgresLocal(LocalTransaction):
     """A plain PostgreSQL transaction on its own connection."""
 
     def __init__(self, participant: PostgresParticipant, conn: psycopg.Connection[Any]) -> None:
-        self._participant = participant
-        self._conn = conn
-        self._committed = False
+        super().__init__(participant, conn)
+        self._participant: PostgresParticipant = participant
+        self._conn: psycopg.Connection[Any] = conn
 
     def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
         with self._participant._translated("execute"):
             return self._conn.execute(query, params)
 
-    def commit(self) -> None:
+    def _sql_commit(self) -> None:
         with self._participant._translated("commit"):
             reply = self._conn.execute("COMMIT").statusmessage
         if reply != "COMMIT":
             raise StatementFailed(f"{self._participant.server}: commit became {reply!r}")
-        self._committed = True
-
-    def close(self) -> None:
-        if self._committed:
-            self._participant.release(self._conn)
-        else:
-            self._participant.discard(self._conn)
 
 
 def _translate(participant: PostgresParticipant, action: str, err: Exception) -> ParticipantError:
