@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -114,6 +116,18 @@ def quiet_option(command: _F) -> _F:
 
 
 @contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM is handled like Ctrl-C while the block runs (``KeyboardInterrupt``), so the
+    work inside rolls back or leaves in doubt exactly as it would on Ctrl-C, instead of the
+    process dying wherever it stands."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def progress(length: int, label: str, *, quiet: bool) -> Iterator[Callable[[], object]]:
     """A progress bar on stderr for long work, when stderr is a terminal and not ``quiet``;
     yields the function to call once per unit of work (calls must not overlap)."""
@@ -128,10 +142,37 @@ def emit(as_json: bool, document: object, text: str) -> None:
     click.echo(json.dumps(document, indent=2, default=str) if as_json else text)
 
 
+class Seconds(click.ParamType[float]):
+    """A finite number of seconds in ``[minimum, maximum]``: refuses ``nan``, ``inf`` and
+    values no timer can hold (``1e308``), with a one-line usage error."""
+
+    name = "seconds"
+
+    def __init__(self, minimum: float = 0.0, maximum: float = 7 * 24 * 3600.0) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = float(str(value).strip()) if str(value).isascii() else math.nan
+            except ValueError:
+                number = math.nan
+        if not math.isfinite(number) or not self.minimum <= number <= self.maximum:
+            self.fail(
+                f"{value!r} is not a number of seconds from {self.minimum:g} to {self.maximum:g}",
+                param,
+                ctx,
+            )
+        return number
+
+
 def seconds_option(name: str, default: float, text: str) -> Callable[[_F], _F]:
-    return click.option(
-        name, default=default, show_default=True, type=click.FloatRange(min=0), help=text
-    )
+    return click.option(name, default=default, show_default=True, type=Seconds(), help=text)
 
 
 def parse_retention(value: str | None) -> float | None:

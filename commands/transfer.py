@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +12,10 @@ import click
 
 from bank import AccountRef, Transfer, parse_amount, run_transfer
 from commands.common import (
+    EXIT_IN_DOUBT,
     Context,
     emit,
+    interruptible,
     json_option,
     operational_errors,
     parse_retention,
@@ -24,11 +27,13 @@ from coordinator import (
     Coordinator,
     CoordinatorConfig,
     CrashPoint,
+    GlobalTransaction,
     InvalidCoordinatorId,
     KillAt,
     Outcome,
     PauseAt,
     ProtocolHooks,
+    TxState,
     check_coordinator_id,
     coordinator_of,
 )
@@ -160,11 +165,42 @@ def transfer(
     participants = obj.participants(sides, lock_wait)
     for participant in participants:
         participant.on_lock_wait = functools.partial(_say_blocked, obj.home)
-    with Coordinator.open(participants, config) as coordinator:
+    with interruptible(), Coordinator.open(participants, config) as coordinator:
         _report_recovery(coordinator)
         _warn_in_doubt(obj.home, participants)
-        outcome = run_transfer(coordinator, request)
+        try:
+            outcome = run_transfer(coordinator, request)
+        except KeyboardInterrupt:
+            outcome = _after_interrupt(coordinator)
     emit(as_json, _outcome_document(request, outcome), _outcome_text(request, outcome))
+
+
+def _after_interrupt(coordinator: Coordinator) -> Outcome:
+    """Ctrl-C or SIGTERM stopped the transfer: return its outcome if it committed all the
+    same, else say what it left and exit (3 when anything is in doubt, else 1)."""
+    tx = coordinator.last_begun
+    if tx is not None and tx.outcome is not None and tx.state is TxState.COMMITTED:
+        return tx.outcome
+    unsettled = coordinator.unsettled()
+    if not unsettled:
+        click.echo("Error: interrupted: the transfer was rolled back; nothing changed", err=True)
+        sys.exit(1)
+    for left in unsettled:
+        click.echo(
+            f"Error: interrupted: transaction {left.gtrid} is in doubt "
+            f"({_unsettled_reason(left)}); run `twopc recover` to finish it from its "
+            "coordinator's log",
+            err=True,
+        )
+    sys.exit(EXIT_IN_DOUBT)
+
+
+def _unsettled_reason(tx: GlobalTransaction) -> str:
+    if tx.state is TxState.ABORTED:
+        return "rolled back, but not every branch confirmed it"
+    if tx.participants and len(tx.participants) == 1:
+        return "a one-phase commit was under way: it may or may not have committed"
+    return "branches may still be prepared; the log holds the decision, if one was made"
 
 
 @dataclass(frozen=True)

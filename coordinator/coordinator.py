@@ -79,7 +79,13 @@ class Coordinator:
         self._ephemeral = False
         self._markers = MarkerCollector(participants)
         self._gc_batch = 64
-        self._keep_log = False  # set when an abort could not confirm every rollback
+        # Transactions whose commit started and that are not settled yet (see
+        # GlobalTransaction.settled): while any is, the log must stay, even if it is empty.
+        self._unsettled: dict[str, GlobalTransaction] = {}
+        self._unsettled_lock = threading.Lock()
+        #: The transaction most recently begun (what a one-shot caller reports on after an
+        #: interruption); None before the first.
+        self.last_begun: GlobalTransaction | None = None
 
     @classmethod
     def open(cls, participants: Sequence[Participant], config: CoordinatorConfig) -> Coordinator:
@@ -118,7 +124,8 @@ class Coordinator:
 
     def begin(self) -> GlobalTransaction:
         """Start a global transaction; finish it with ``commit()`` or ``rollback()``."""
-        return GlobalTransaction(self, mint_gtrid(self.id))
+        self.last_begun = GlobalTransaction(self, mint_gtrid(self.id))
+        return self.last_begun
 
     @contextmanager
     def transaction(self) -> Iterator[GlobalTransaction]:
@@ -152,17 +159,29 @@ class Coordinator:
         if batch:
             self._collector.submit(self._markers.forget, batch)
 
-    def keep_log(self) -> None:
-        """Keep the log even if nothing is unfinished: some branch may still be prepared, and
-        recovery presumes abort for it only when it finds this coordinator's (empty) log."""
-        self._keep_log = True
+    def track(self, transaction: GlobalTransaction) -> None:
+        """``transaction`` may leave prepared branches behind until it is settled."""
+        with self._unsettled_lock:
+            self._unsettled[transaction.gtrid] = transaction
+
+    def untrack(self, transaction: GlobalTransaction) -> None:
+        """``transaction`` is settled: nothing of it can still be prepared."""
+        with self._unsettled_lock:
+            self._unsettled.pop(transaction.gtrid, None)
+
+    def unsettled(self) -> list[GlobalTransaction]:
+        """Transactions of this coordinator that may still hold prepared branches, or whose
+        outcome is unknown (an interrupted or in-doubt commit, an unconfirmed rollback).
+        Their log stays: recovery decides them from it."""
+        with self._unsettled_lock:
+            return [tx for tx in self._unsettled.values() if not tx.settled]
 
     def close(self) -> None:
-        """Release the log (and remove it when one-shot and nothing is unfinished), then
-        garbage-collect the outcome markers of transactions that ended."""
+        """Release the log (and remove it when one-shot, nothing is unfinished and nothing
+        unsettled), then garbage-collect the outcome markers of transactions that ended."""
         self.executor.shutdown(wait=True)
         self._collector.shutdown(wait=True)
-        if self._ephemeral and not self._keep_log and not self.log.unfinished():
+        if self._ephemeral and not self.unsettled() and not self.log.unfinished():
             self.log.destroy()
         else:
             self.log.close()

@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Protocol, TextIO
 
+MAX_PAUSE_SECONDS = 1e7  # what time.sleep can hold on every platform, with room to spare
+
 
 class CrashPoint(enum.Enum):
     AFTER_FIRST_PREPARE = "after-first-prepare"
@@ -59,6 +61,8 @@ class PauseAt:
     """Print pid and gtrid, then sleep, when the protocol reaches ``point``."""
 
     def __init__(self, point: CrashPoint, seconds: float, out: TextIO = sys.stderr) -> None:
+        if not 0 <= seconds < MAX_PAUSE_SECONDS:  # also refuses nan
+            raise ValueError(f"pause seconds must be from 0 to {MAX_PAUSE_SECONDS:g}: {seconds!r}")
         self.point = point
         self.seconds = seconds
         self.out = out

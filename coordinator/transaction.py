@@ -3,20 +3,29 @@
 State machine (one field, ``state``)::
 
     ACTIVE ─commit()─▶ PREPARING ─all prepared, COMMIT forced─▶ COMMITTING ─all acked─▶ COMMITTED
-       │                   └─any NO vote / error / timeout─▶ ABORTED
-       └─rollback()─▶ ABORTED                     COMMITTING ─phase 2 deadline─▶ IN_DOUBT
+       │                   └─any NO vote / error / timeout / interrupt─▶ ABORTED
+       └─rollback()─▶ ABORTED              COMMITTING ─phase 2 deadline / interrupt─▶ IN_DOUBT
 
 The COMMIT record's fsync is the commit point. Abort writes nothing (presumed abort): a
 prepared branch whose gtrid has no COMMIT record in its coordinator's log is rolled back by
 recovery once that coordinator is dead.
+
+Anything that interrupts ``commit()`` (an exception from a hook or a bug, ``KeyboardInterrupt``,
+a signal turned into an exception) is handled by where the protocol stands, then re-raised:
+before the decision, every prepared branch is rolled back; while the COMMIT record is being
+forced, or after, the transaction is left IN_DOUBT for recovery (the log decides). Until a
+transaction is settled — committed, or rolled back everywhere — its coordinator keeps its log,
+so recovery can always find the decision or presume abort.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -35,7 +44,6 @@ from participants import (
     ParticipantError,
     ParticipantUnavailable,
     UnknownXid,
-    Vote,
     Xid,
 )
 from participants.xid import FORMAT_ID
@@ -80,7 +88,12 @@ class GlobalTransaction:
         self._coordinator = coordinator
         self._branches: dict[str, tuple[Participant, Branch]] = {}
         self.outcome: Outcome | None = None
+        self._leftover: tuple[str, ...] = ()  # branches an abort could not confirm rolled back
+        self._deciding = False  # the COMMIT record is being forced: its fate is unknown
         self._stuck: set[int] = set()  # branches whose connection a hung worker still holds
+        # Branches a protocol worker is using right now (their connection is not ours to close).
+        self._busy: dict[int, Future[object]] = {}
+        self._stop = threading.Event()  # set when interrupted: phase-2 retries give up
         self._started = time.monotonic()
         self._phases: dict[str, float] = {}
 
@@ -102,8 +115,26 @@ class GlobalTransaction:
         return list(self._branches)
 
     def commit(self) -> Outcome:
-        """Commit every branch atomically; raises TransactionAborted, OutcomeUnknown or InDoubt."""
+        """Commit every branch atomically; raises TransactionAborted, OutcomeUnknown or InDoubt.
+
+        Interrupted (any other exception, ``KeyboardInterrupt`` included), it rolls back what
+        it prepared when no decision was made yet, else leaves the transaction IN_DOUBT, and
+        re-raises; :meth:`Coordinator.unsettled` then lists it while anything may be prepared.
+        """
         self._require("commit", TxState.ACTIVE)
+        self._coordinator.track(self)
+        try:
+            return self._commit()
+        except (TransactionAborted, InDoubt, OutcomeUnknown):
+            raise
+        except BaseException as interruption:
+            self._interrupted(interruption)
+            raise
+        finally:
+            if self.settled:
+                self._coordinator.untrack(self)
+
+    def _commit(self) -> Outcome:
         branches = [branch for _, branch in self._branches.values()]
         if len(branches) <= 1:
             return self._commit_one_phase(branches)
@@ -112,12 +143,19 @@ class GlobalTransaction:
         if not prepared:
             return self._finished(TxState.COMMITTED, "read-only")
         self._log_decision(prepared)
-        self.state = TxState.COMMITTING
         self._timed("commit", lambda: self._phase_two(prepared))
         self._hook(CrashPoint.BEFORE_END)
         self._coordinator.log.append(Record(END, self.gtrid, final=True), force=False)
         self._coordinator.note_ended(self.gtrid)
         return self._finished(TxState.COMMITTED, "2pc")
+
+    @property
+    def settled(self) -> bool:
+        """Whether nothing of this transaction can still be prepared on any server (it
+        committed, or every branch is known to be rolled back)."""
+        return self.state is TxState.COMMITTED or (
+            self.state is TxState.ABORTED and not self._leftover
+        )
 
     def rollback(self) -> None:
         """Roll back every branch of an active transaction."""
@@ -125,10 +163,48 @@ class GlobalTransaction:
         self._abort("rolled back by the application")
 
     def close(self) -> None:
-        """Close every branch's connection (a still-active branch is rolled back by its server)."""
+        """Close every branch's connection (a still-active branch is rolled back by its server).
+
+        A connection a protocol worker still uses is closed by that worker when it returns;
+        one a hung worker holds is left to it (see ``_interrupt``).
+        """
         for _, branch in self._branches.values():
-            if id(branch) not in self._stuck:
+            future = self._busy.get(id(branch))
+            if id(branch) in self._stuck:
+                continue
+            if future is not None and not future.done():
+                future.add_done_callback(lambda _, b=branch: b.close())  # type: ignore[misc]
+            else:
                 branch.close()
+
+    # -- interruption --------------------------------------------------------------------
+
+    def _interrupted(self, interruption: BaseException) -> None:
+        """``commit()`` was interrupted by ``interruption``: make the state safe for recovery.
+
+        Before the decision: roll back (a second interruption leaves the transaction
+        unsettled, so the log stays and recovery presumes abort). From the decision on: in
+        doubt, and phase-2 retries stop; recovery finishes the branches from the log.
+        """
+        if self.state is TxState.PREPARING and not self._deciding:
+            self._settle_workers()
+            self._abort(f"interrupted ({type(interruption).__name__}: {interruption})")
+            return
+        self._stop.set()
+        # ACTIVE here means inside a one-phase commit, which may or may not have happened.
+        if self.state in (TxState.ACTIVE, TxState.PREPARING, TxState.COMMITTING):
+            self.state = TxState.IN_DOUBT
+
+    def _settle_workers(self) -> None:
+        """Wait briefly for the prepares still running, then cancel (and sever) hung ones, so
+        the rollback that follows never shares a connection with a worker."""
+        running = [(b, f) for b, f in self._busy_items() if not f.done()]
+        if running:
+            wait([f for _, f in running], timeout=1.0)
+            self._interrupt([b for b, _ in running], [f for _, f in running])
+
+    def _busy_items(self) -> list[tuple[Branch, Future[object]]]:
+        return [(b, self._busy[id(b)]) for _, b in self._branches.values() if id(b) in self._busy]
 
     # -- one phase -----------------------------------------------------------------------
 
@@ -156,7 +232,7 @@ class GlobalTransaction:
         return [branch for branch in branches if branch.state is BranchState.PREPARED]
 
     def _prepare_all(self, branches: Sequence[Branch]) -> None:
-        futures = [self._executor.submit(branch.prepare) for branch in branches]
+        futures = [self._submit(branch, branch.prepare) for branch in branches]
         done, late = wait(futures, timeout=self._coordinator.prepare_timeout)
         errors = [error for f in done if (error := f.exception()) is not None]
         reasons = [str(error) for error in errors]
@@ -166,7 +242,7 @@ class GlobalTransaction:
         if reasons:
             raise self._abort("; ".join(reasons)) from (errors[0] if errors else None)
 
-    def _interrupt(self, branches: Sequence[Branch], futures: Sequence[Future[Vote]]) -> None:
+    def _interrupt(self, branches: Sequence[Branch], futures: Sequence[Future[_T]]) -> None:
         """Cancel the statements of branches whose prepare hangs; if the server does not
         answer even that, break their connections. A worker that still does not return
         keeps its connection: nothing else may touch it (see ``_roll_back``)."""
@@ -183,10 +259,16 @@ class GlobalTransaction:
     def _log_decision(self, prepared: Sequence[Branch]) -> None:
         body = {"branches": [self._branch_entry(branch) for branch in prepared]}
         last_end = self._coordinator.last_end()
+        self._deciding = True
         try:
             self._coordinator.log.append(Record(COMMIT, self.gtrid, body), force=True)
         except (LogError, OSError) as err:
+            # Not written, or written but not synced: the log rejects the whole append, and
+            # recovery finds no COMMIT it could act on unless the page reached the disk.
+            # Rolling back stays safe only because the record is then not durable; say so.
             raise self._abort(f"could not make the commit decision durable: {err}") from err
+        self._deciding = False
+        self.state = TxState.COMMITTING  # decided: from here on, never roll back
         self._coordinator.note_forced(last_end)
         self._hook(CrashPoint.AFTER_DECISION)
 
@@ -207,7 +289,8 @@ class GlobalTransaction:
     def _finish_all(self, branches: Sequence[Branch], *, commit: bool) -> list[Branch]:
         """Finish branches in parallel; returns those that could not be finished in time."""
         futures = [
-            self._executor.submit(self._finish, branch, commit=commit) for branch in branches
+            self._submit(branch, functools.partial(self._finish, branch, commit=commit))
+            for branch in branches
         ]
         return [b for b, f in zip(branches, futures, strict=True) if not f.result()]
 
@@ -227,6 +310,8 @@ class GlobalTransaction:
             branch.close()
         participant = self._participant_of(branch)
         for _ in self._coordinator.retry.pauses():
+            if self._stop.is_set():
+                return False  # interrupted: recovery finishes it from the log
             try:
                 participant.finish_prepared(branch.xid, commit=commit)
             except UnknownXid:
@@ -259,9 +344,10 @@ class GlobalTransaction:
             if not self._roll_back(participant, branch):
                 leftover.append(participant.name)
         self.state = TxState.ABORTED
-        if leftover:
-            self._coordinator.keep_log()
-        return TransactionAborted(self.gtrid, reason, tuple(leftover))
+        self._leftover = tuple(leftover)
+        if leftover:  # recovery presumes abort for them only if it finds this coordinator's log
+            self._coordinator.track(self)
+        return TransactionAborted(self.gtrid, reason, self._leftover)
 
     def _roll_back(self, participant: Participant, branch: Branch) -> bool:
         if branch.state is BranchState.PREPARED:
@@ -288,9 +374,11 @@ class GlobalTransaction:
 
     # -- helpers -------------------------------------------------------------------------
 
-    @property
-    def _executor(self) -> Executor:
-        return self._coordinator.executor
+    def _submit(self, branch: Branch, work: Callable[[], _T]) -> Future[_T]:
+        """Run ``work`` on a protocol worker; the branch is busy until it returns."""
+        future = self._coordinator.executor.submit(work)
+        self._busy[id(branch)] = future  # type: ignore[assignment]
+        return future
 
     def _participant_of(self, branch: Branch) -> Participant:
         return next(p for p, b in self._branches.values() if b is branch)
