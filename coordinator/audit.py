@@ -3,8 +3,12 @@
 For each COMMIT record: with an END record, every branch acknowledged its commit. Without
 one, each branch is looked up on its server: still prepared (in doubt), committed (its
 outcome marker is there), or rolled back (no marker) — and a COMMIT decision with a
-rolled-back branch is an atomicity violation. Manual resolutions that went against a logged
-decision (heuristic outcomes) are listed from the operator's log.
+rolled-back branch is an atomicity violation.
+
+Manual resolutions are judged from the operator's log, which records the state of every
+branch right after each one: a transaction an operator ended (its END says so) is judged by
+that record, not by markers collected since, and a resolution that left a transaction half
+committed is a violation for good, even once its coordinator's log is gone.
 """
 
 from __future__ import annotations
@@ -13,13 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.recovery import (
-    OPERATOR_LOG,
-    RESOLVE,
-    coordinator_logs,
-    inspect_log,
-    txlog_root,
-)
+from coordinator.facts import OPERATOR_LOG, RESOLVE, coordinator_logs, inspect_log, txlog_root
 from participants import FORMAT_ID, Participant, ParticipantError, Xid
 from txlog import LogError, Record, read_log
 
@@ -73,6 +71,7 @@ def audit(participants: Sequence[Participant], home: Path) -> AuditReport:
     """Check every transaction every log under ``home`` knows about."""
     report = AuditReport()
     by_name = {p.name: p for p in participants}
+    resolutions = _resolutions(home, report)
     for coordinator in coordinator_logs(home):
         state = inspect_log(home, coordinator)
         if state.error is not None:
@@ -80,10 +79,13 @@ def audit(participants: Sequence[Participant], home: Path) -> AuditReport:
             continue
         for gtrid, record in state.commits.items():
             end = state.ended.get(gtrid)
-            # An END written by the operator may follow a heuristic outcome: look, don't trust.
-            ended = end is not None and end.body.get("by") != "operator"
-            report.entries.append(_entry(coordinator, gtrid, record, ended, by_name))
-    report.heuristic = _heuristic_resolutions(home, report)
+            if end is not None and end.body.get("by") == "operator" and gtrid in resolutions:
+                report.entries.append(_resolved(coordinator, resolutions.pop(gtrid)))
+            else:
+                report.entries.append(_entry(coordinator, gtrid, record, end is not None, by_name))
+    # Resolutions of transactions no coordinator's log holds any more (or never held).
+    for body in resolutions.values():
+        report.entries.append(_resolved(str(body.get("coordinator", "?")), body))
     return report
 
 
@@ -103,6 +105,13 @@ def _entry(
     return AuditEntry(gtrid, coordinator, _verdict(list(states.values())), states)
 
 
+def _resolved(coordinator: str, body: dict[str, object]) -> AuditEntry:
+    """A transaction judged by the operator's record of its branches after the resolution."""
+    outcome = body.get("outcome")
+    states = {str(k): str(v) for k, v in outcome.items()} if isinstance(outcome, dict) else {}
+    return AuditEntry(str(body.get("gtrid")), coordinator, _verdict(list(states.values())), states)
+
+
 def _branch_state(participant: Participant | None, xid: Xid) -> str:
     if participant is None:
         return "unknown (server not configured)"
@@ -117,24 +126,31 @@ def _branch_state(participant: Participant | None, xid: Xid) -> str:
 def _verdict(values: list[str]) -> str:
     if "committed" in values and "rolled back" in values:
         return VIOLATION
-    if all(v == "committed" for v in values):
+    if values and all(v == "committed" for v in values):
         return ATOMIC
-    if all(v == "rolled back" for v in values):
+    if values and all(v == "rolled back" for v in values):
         return ROLLED_BACK  # atomic, though against the logged decision (a heuristic outcome)
     return IN_DOUBT
 
 
-def _heuristic_resolutions(home: Path, report: AuditReport) -> list[dict[str, object]]:
+def _resolutions(home: Path, report: AuditReport) -> dict[str, dict[str, object]]:
+    """The latest recorded resolution of each gtrid, with the heuristic ones listed."""
     path = txlog_root(home) / OPERATOR_LOG
     if not path.is_dir():
-        return []
+        return {}
     try:
         records = read_log(path).records
     except LogError as err:
         report.problems.append(f"operator log is unreadable: {err}")
-        return []
-    return [
-        dict(r.body) | {"time": r.time}
-        for r in records
-        if r.kind == RESOLVE and r.body.get("heuristic")
-    ]
+        return {}
+    latest: dict[str, dict[str, object]] = {}
+    for record in records:
+        if record.kind != RESOLVE:
+            continue
+        body = dict(record.body) | {"time": record.time}
+        body.setdefault("coordinator", record.txid.rpartition(".")[0] or "?")
+        if record.body.get("heuristic"):
+            report.heuristic.append(body)
+        if isinstance(body.get("outcome"), dict):  # records written before outcomes had none
+            latest[record.txid] = body
+    return latest

@@ -52,3 +52,7 @@ class OutcomeUnknown(CoordinatorError):
     def __init__(self, gtrid: str, reason: str) -> None:
         super().__init__(f"transaction {gtrid}: commit outcome unknown ({reason})")
         self.gtrid = gtrid
+
+
+class RecoveryError(CoordinatorError):
+    """A recovery command cannot do what was asked; nothing was changed."""

@@ -44,6 +44,7 @@ MAX_IDLE_CONNECTIONS = 16
 # Every branch inserts its outcome marker just before it prepares, inside the branch: a
 # committed branch has its marker, a rolled-back one has none. That settles "unknown xid".
 MARKER_INSERT = "INSERT INTO twopc_outcomes (gtrid, branch, created_at) VALUES (%s, %s, %s)"
+_MARKER_BATCH = 500  # gtrids per marker query
 _MARKER_SELECT = "SELECT 1 FROM twopc_outcomes WHERE gtrid = %s AND branch = %s"
 _OUTCOMES_COLUMNS = (
     "gtrid VARCHAR(64) NOT NULL, branch VARCHAR(64) NOT NULL, "
@@ -366,6 +367,29 @@ class Participant(ABC):
         """Whether the branch ``xid`` committed: its marker is visible to a new transaction."""
         with self.local_transaction() as local:
             return local.execute(_MARKER_SELECT, (xid.gtrid, xid.bqual)).fetchone() is not None
+
+    def committed_markers(self, gtrids: Sequence[str]) -> set[tuple[str, str]]:
+        """``(gtrid, bqual)`` of every branch of ``gtrids`` that committed here: its marker is
+        visible (a prepared or rolled-back branch's marker is not)."""
+        found: set[tuple[str, str]] = set()
+        unique = sorted(set(gtrids))
+        for start in range(0, len(unique), _MARKER_BATCH):
+            batch = unique[start : start + _MARKER_BATCH]
+            placeholders = ", ".join(["%s"] * len(batch))  # placeholders only; values are bound
+            query = f"SELECT gtrid, branch FROM {OUTCOMES_TABLE} WHERE gtrid IN ({placeholders})"
+            with self.local_transaction() as local:
+                found.update((str(g), str(b)) for g, b in local.execute(query, batch).fetchall())
+        return found
+
+    def markers_of_coordinator(self, coordinator: str) -> set[tuple[str, str]]:
+        """``(gtrid, bqual)`` of every committed marker whose gtrid ``coordinator`` minted
+        (``<coordinator>.<random>``), compared case-sensitively whatever the collation."""
+        prefix = coordinator + "."
+        pattern = "".join("!" + c if c in "!%_" else c for c in prefix) + "%"
+        query = f"SELECT gtrid, branch FROM {OUTCOMES_TABLE} WHERE gtrid LIKE %s ESCAPE '!'"
+        with self.local_transaction() as local:
+            rows = local.execute(query, (pattern,)).fetchall()
+        return {(str(g), str(b)) for g, b in rows if str(g).startswith(prefix)}
 
     def forget_markers(self, gtrids: Sequence[str]) -> None:
         """Delete the markers of ended transactions (their END record is durable)."""

@@ -118,6 +118,10 @@ class TransactionLog:
             raise LogError(f"appending to {self._directory} failed: {err}") from err
         return stamped
 
+    def sync(self) -> None:
+        """Make every record appended so far durable (one fdatasync, shared as usual)."""
+        self._sync_then(_nothing)
+
     def stats(self) -> LogStats:
         """Records written and syncs done since open (a snapshot; appends may be running)."""
         return LogStats(self._writer.records_written, self._writer.syncs)
@@ -183,6 +187,10 @@ class TransactionLog:
             self._commit.barrier(action, close=close)
         except OSError as err:
             raise LogError(f"syncing {self._directory} failed: {err}") from err
+
+
+def _nothing() -> None:
+    pass
 
 
 def _scan_existing(directory: Path, *, create: bool) -> LogScan | None:

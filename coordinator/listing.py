@@ -1,0 +1,163 @@
+"""The in-doubt listing: every prepared branch on the servers, ours with what their log says,
+what recovery would do with them and which sessions they block; foreign ones apart."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator.decisions import decide
+from coordinator.facts import (
+    LogState,
+    Prepared,
+    facts_of,
+    gather_evidence,
+    inspect_log,
+    missing_log,
+    prepared_everywhere,
+)
+from participants import Participant, ParticipantError, Xid
+from participants.lockwaits import LockWait
+
+
+@dataclass(frozen=True)
+class InDoubtBranch:
+    """A prepared branch of ours, with what its coordinator's log says about it."""
+
+    gtrid: str
+    participant: str
+    server: str
+    coordinator: str | None
+    coordinator_alive: bool | None  # None: no log found
+    decision: str  # what the log says: a Logged value
+    prepared_seconds: float | None
+    blocking: tuple[dict[str, object], ...] = ()
+    detail: str | None = None
+    evidence: bool = False  # some branch of the gtrid has committed
+    recovery: str = ""  # what `twopc recover` would do (an Action value)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "gtrid": self.gtrid,
+            "server": self.participant,
+            "address": self.server,
+            "coordinator": self.coordinator,
+            "coordinator_alive": self.coordinator_alive,
+            "decision": self.decision,
+            "evidence": self.evidence,
+            "recovery": self.recovery,
+            "prepared_seconds": _rounded(self.prepared_seconds),
+            "blocking": list(self.blocking),
+            "detail": self.detail,
+            "foreign": False,
+        }
+
+
+@dataclass(frozen=True)
+class ForeignBranch:
+    """A prepared transaction that is not ours: listed, never touched."""
+
+    participant: str
+    server: str
+    name: str
+    prepared_seconds: float | None
+
+    def to_json(self) -> dict[str, object]:
+        """The same keys as an in-doubt branch of ours, so one list can hold both."""
+        return {
+            "gtrid": self.name,
+            "server": self.participant,
+            "address": self.server,
+            "coordinator": None,
+            "coordinator_alive": None,
+            "decision": "foreign",
+            "evidence": False,
+            "recovery": "never touched",
+            "prepared_seconds": _rounded(self.prepared_seconds),
+            "blocking": [],
+            "detail": None,
+            "foreign": True,
+        }
+
+
+@dataclass(frozen=True)
+class InDoubtReport:
+    branches: list[InDoubtBranch]
+    foreign: list[ForeignBranch]
+
+
+def find_in_doubt(
+    participants: Sequence[Participant], home: Path, *, with_blocking: bool = True
+) -> InDoubtReport:
+    """Every prepared branch on the servers: ours with their log's verdict, and foreign ones."""
+    prepared = prepared_everywhere(participants)
+    ours = [p for p in prepared if p.ours]
+    evidence = gather_evidence(participants, (p.gtrid for p in ours))
+    logs: dict[str | None, LogState] = {}
+    waits = _lock_waits(participants) if with_blocking and prepared else {}
+    branches = []
+    for each in ours:
+        if each.coordinator not in logs:
+            logs[each.coordinator] = (
+                inspect_log(home, each.coordinator) if each.coordinator else missing_log(home, None)
+            )
+        state = logs[each.coordinator]
+        facts = facts_of(each, state, evidence)
+        branches.append(_in_doubt(each, state, facts.evidence, decide(facts).action.value, waits))
+    foreign = [
+        ForeignBranch(p.participant.name, p.participant.server, p.branch.name, p.prepared_seconds)
+        for p in prepared
+        if not p.ours
+    ]
+    return InDoubtReport(branches, foreign)
+
+
+def _in_doubt(
+    prepared: Prepared,
+    state: LogState,
+    evidence: bool,
+    recovery: str,
+    waits: dict[Xid, list[dict[str, object]]],
+) -> InDoubtBranch:
+    return InDoubtBranch(
+        prepared.gtrid,
+        prepared.participant.name,
+        prepared.participant.server,
+        prepared.coordinator,
+        state.alive if state.exists else None,
+        state.logged(prepared.gtrid).value,
+        prepared.prepared_seconds,
+        tuple(waits.get(prepared.xid, ())),
+        state.error,
+        evidence,
+        recovery,
+    )
+
+
+def _lock_waits(participants: Sequence[Participant]) -> dict[Xid, list[dict[str, object]]]:
+    """Sessions waiting on locks of prepared branches, by the branch they wait for."""
+    waits: dict[Xid, list[dict[str, object]]] = defaultdict(list)
+    for participant in participants:
+        try:
+            found = participant.lock_waits()
+        except ParticipantError:
+            continue  # blocking is extra information; the listing stands without it
+        for wait in found:
+            if wait.blocker is not None:
+                waits[wait.blocker].append(wait_json(wait))
+    return waits
+
+
+def wait_json(wait: LockWait) -> dict[str, object]:
+    query = " ".join(wait.query.split()) if wait.query else wait.query  # one line per waiter
+    return {
+        "waiter": wait.waiter,
+        "query": query,
+        "waited_seconds": _rounded(wait.waited_seconds),
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
