@@ -13,3 +13,7 @@ class SagaBusy(SagaError):
 
 class SagaNotFound(SagaError):
     """No unfinished saga with this id in the logs."""
+
+
+class SagaIdReused(SagaError):
+    """A saga id given again with a different request: refused before anything ran."""

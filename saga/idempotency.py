@@ -1,10 +1,14 @@
 """Run a participant-side change at most once, keyed by an idempotency key.
 
-The key and the change's result are written to ``saga_steps`` in the same local
-transaction as the business change. The key is inserted first: a second run of the same key
-(a replay, a retry after a lost acknowledgement, a racing orchestrator) either waits on the
-first run's uncommitted row and then hits the duplicate key, or finds it committed — either
-way it returns the stored result and changes nothing. The pattern uses only plain
+The key, the request it serves and the change's result are written to ``saga_steps`` in the
+same local transaction as the business change. The key is inserted first: a second run of
+the same key (a replay, a retry after a lost acknowledgement, a racing orchestrator) either
+waits on the first run's uncommitted row and then hits the duplicate key, or finds it
+committed — either way it returns the stored result and changes nothing.
+
+A key is bound to its request: a second run with a *different* request (other accounts,
+another amount) raises :class:`KeyReused`, naming what the key was first used for; it is
+never answered with the stored result of another request. The pattern uses only plain
 ``INSERT``/``SELECT``/``UPDATE``, so it reads the same on PostgreSQL and MySQL/MariaDB.
 """
 
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,10 +27,11 @@ REJECTED = "rejected"  # a business rule refused it; nothing changed, and it nev
 CANCELLED = "cancelled"  # the orchestrator fenced the key before the step ran: it never will
 
 _CLAIM = (
-    "INSERT INTO saga_steps (idempotency_key, saga_id, result, created_at) VALUES (%s, %s, %s, %s)"
+    "INSERT INTO saga_steps (idempotency_key, saga_id, request, result, created_at) "
+    "VALUES (%s, %s, %s, %s, %s)"
 )
 _RECORD = "UPDATE saga_steps SET result = %s WHERE idempotency_key = %s"
-_STORED = "SELECT result FROM saga_steps WHERE idempotency_key = %s"
+_STORED = "SELECT request, result FROM saga_steps WHERE idempotency_key = %s"
 _CLAIMED = json.dumps({"status": "claimed"})  # never visible: replaced before the commit
 
 _DUPLICATE_KEY = {"23505", "1062"}  # PostgreSQL unique_violation, MySQL ER_DUP_ENTRY
@@ -68,6 +73,18 @@ class StepResult:
         return self.detail.get("reason", "")
 
 
+class KeyReused(Exception):
+    """An idempotency key came back with a request other than the one it was first used for:
+    refused, nothing changed (no retry can fix it, so it is not a ParticipantError)."""
+
+    def __init__(self, key: str, request: str, first: str) -> None:
+        super().__init__(
+            f"idempotency key {key} was first used for {first}; refusing to reuse it for {request}"
+        )
+        self.key = key
+        self.first_use = first
+
+
 class CommitUncertain(ParticipantError):
     """The local transaction failed while committing: it may or may not have committed.
 
@@ -78,72 +95,125 @@ class CommitUncertain(ParticipantError):
 Change = Callable[[LocalTransaction], StepResult]
 
 
-def run_once(participant: Participant, saga_id: str, key: str, change: Change) -> StepResult:
-    """Apply ``change`` under ``key`` unless the key is already stored; return the result.
+@dataclass(frozen=True)
+class Keyed:
+    """One use of an idempotency key: the key, its saga, and the request it serves (a
+    canonical description, compared as text)."""
+
+    key: str
+    saga_id: str
+    request: str
+
+
+def run_once(participant: Participant, keyed: Keyed, change: Change) -> StepResult:
+    """Apply ``change`` under ``keyed.key`` unless the key is already stored; return the result.
 
     A permanent statement error (a constraint, an out-of-range value) becomes a stored
     REJECTED result, so a replay gets the same answer. Other participant errors propagate:
-    nothing was applied, except for :class:`CommitUncertain`.
+    nothing was applied, except for :class:`CommitUncertain`. A key stored for another request
+    raises :class:`KeyReused`.
     """
     try:
-        return _apply(participant, saga_id, key, change)
+        return _apply(participant, keyed, change)
     except StatementFailed as err:
         if err.code in _DUPLICATE_KEY:
-            return stored_result(participant, key)
+            return stored_result(participant, keyed)
         if not is_permanent(err):
             raise
         rejected = StepResult(REJECTED, {"reason": _first_line(err)})
-        return claim(participant, saga_id, key, rejected)
+        return claim(participant, keyed, rejected)
 
 
-def _apply(participant: Participant, saga_id: str, key: str, change: Change) -> StepResult:
+def _apply(participant: Participant, keyed: Keyed, change: Change) -> StepResult:
     committing = False
     try:
         with participant.local_transaction() as local:
-            local.execute(_CLAIM, (key, saga_id, _CLAIMED, time.time()))
+            local.execute(_CLAIM, (keyed.key, keyed.saga_id, keyed.request, _CLAIMED, time.time()))
             result = change(local)
-            local.execute(_RECORD, (result.stored(), key))
+            local.execute(_RECORD, (result.stored(), keyed.key))
             committing = True  # the context manager commits on leaving the block
     except ParticipantError as err:
         if committing:
-            raise CommitUncertain(f"{err} (while committing {key}: outcome unknown)") from err
+            raise CommitUncertain(f"{err} (while committing {keyed.key}: outcome unknown)") from err
         raise
     return result
 
 
-def claim(participant: Participant, saga_id: str, key: str, result: StepResult) -> StepResult:
-    """Store ``result`` under ``key`` with no business change (a rejection or a fence);
-    if the key is already stored, return what is stored instead."""
+def claim(participant: Participant, keyed: Keyed, result: StepResult) -> StepResult:
+    """Store ``result`` under the key with no business change (a rejection or a fence);
+    if the key is already stored, return what is stored instead (:class:`KeyReused` if it
+    was stored for another request)."""
     try:
         with participant.local_transaction() as local:
-            local.execute(_CLAIM, (key, saga_id, result.stored(), time.time()))
+            stored = result.stored()
+            local.execute(_CLAIM, (keyed.key, keyed.saga_id, keyed.request, stored, time.time()))
     except StatementFailed as err:
         if err.code in _DUPLICATE_KEY:
-            return stored_result(participant, key)
+            return stored_result(participant, keyed)
         raise
     return result
 
 
-def stored_result(participant: Participant, key: str) -> StepResult:
-    """The result stored under ``key``, marked replayed; ``ParticipantError`` if none."""
-    found = lookup(participant, key)
+def stored_result(participant: Participant, keyed: Keyed) -> StepResult:
+    """The result stored under the key, marked replayed; ``ParticipantError`` if none."""
+    found = lookup(participant, keyed)
     if found is None:
-        raise ParticipantError(f"{participant.server}: key {key} vanished after a duplicate")
+        raise ParticipantError(f"{participant.server}: key {keyed.key} vanished after a duplicate")
     return found
 
 
-def lookup(participant: Participant, key: str) -> StepResult | None:
-    """The result stored under ``key`` (marked replayed), or None when the key is unused."""
+def lookup(participant: Participant, keyed: Keyed) -> StepResult | None:
+    """The result stored under the key (marked replayed), or None when the key is unused;
+    :class:`KeyReused` when it was stored for another request."""
     with participant.local_transaction() as local:
-        row = local.execute(_STORED, (key,)).fetchone()
+        row = local.execute(_STORED, (keyed.key,)).fetchone()
     if row is None:
         return None
+    if row[0] != keyed.request:
+        raise KeyReused(keyed.key, keyed.request, first_use(row[0]))
     try:
-        return replace(StepResult.from_json(json.loads(row[0])), replayed=True)
+        return replace(StepResult.from_json(json.loads(row[1])), replayed=True)
     except ValueError as err:
         raise ParticipantError(
-            f"{participant.server}: stored result of {key} is bad: {err}"
+            f"{participant.server}: stored result of {keyed.key} is bad: {err}"
         ) from err
+
+
+def first_use(stored_request: str | None) -> str:
+    """What a stored request was, for a message: its saga's request and its step."""
+    if stored_request is None:
+        return "a request recorded before keys were bound to requests"
+    described = _parsed(stored_request)
+    if described is None:
+        return stored_request
+    return f"{described['saga']} ({described.get('step', '?')})"
+
+
+def saga_of(stored_request: str | None) -> str | None:
+    """The saga request a stored request belongs to (None when it does not say)."""
+    described = None if stored_request is None else _parsed(stored_request)
+    return None if described is None else str(described["saga"])
+
+
+def _parsed(stored_request: str) -> dict[str, Any] | None:
+    try:
+        described = json.loads(stored_request)
+    except ValueError:
+        return None
+    return described if isinstance(described, dict) and "saga" in described else None
+
+
+_SAGA_ROWS = "SELECT idempotency_key, request FROM saga_steps WHERE idempotency_key IN ({})"
+
+
+def stored_requests(participant: Participant, keys: Sequence[str]) -> dict[str, str | None]:
+    """The request stored under each of ``keys`` that is in use here."""
+    if not keys:
+        return {}
+    placeholders = ", ".join(["%s"] * len(keys))  # placeholders only; values are bound
+    with participant.local_transaction() as local:
+        rows = local.execute(_SAGA_ROWS.format(placeholders), list(keys)).fetchall()
+    return {str(key): (None if request is None else str(request)) for key, request in rows}
 
 
 def is_permanent(err: StatementFailed) -> bool:

@@ -24,15 +24,21 @@ from bank import Transfer
 from coordinator import RetryPolicy
 from participants import Participant, ParticipantError
 from saga.crashpoints import SagaHooks, SagaPoint
-from saga.errors import SagaBusy, SagaError, SagaNotFound
+from saga.errors import SagaBusy, SagaError, SagaIdReused, SagaNotFound
 from saga.idempotency import (
     APPLIED,
     CANCELLED,
+    REJECTED,
     CommitUncertain,
+    Keyed,
+    KeyReused,
     StepResult,
     claim,
+    first_use,
     lookup,
     run_once,
+    saga_of,
+    stored_requests,
 )
 from saga.ids import (
     check_orchestrator_id,
@@ -79,6 +85,7 @@ from saga.steps import (
     CompensationFailed,
     Work,
     compensation,
+    describe_transfer,
     forward_step,
     release,
 )
@@ -104,6 +111,8 @@ class SagaConfig:
     ``retry`` bounds each forward step, fence, hold release and notification; past it a
     forward step fails (the saga compensates) and the others leave the saga unfinished for
     recovery. ``compensation_retry`` bounds each compensation; past it, the dead letter.
+    Both are recorded when a saga begins; a saga resumed later (by recovery, or an operator's
+    retry) keeps to its own run's policies, unless ``recorded_retry`` is False.
     """
 
     home: Path
@@ -112,6 +121,7 @@ class SagaConfig:
     compensation_retry: RetryPolicy = field(default_factory=_default_policy)
     hooks: SagaHooks | None = None
     on_retry: RetryListener | None = None
+    recorded_retry: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,7 +198,8 @@ class Orchestrator:
 
         Running a saga id that already ran replays it: every step finds its stored result
         and nothing changes. Raises :class:`SagaBusy` when another orchestrator's log holds
-        the saga unfinished (it finishes it, or ``twopc recover`` does).
+        the saga unfinished (it finishes it, or ``twopc recover`` does), and
+        :class:`SagaIdReused` when the id already served a different request (nothing runs).
         """
         started = time.monotonic()
         if saga_id is None:
@@ -198,11 +209,14 @@ class Orchestrator:
             if saga_id in self.log.unfinished():
                 raise SagaBusy(f"saga {saga_id} is unfinished in this orchestrator's own log")
             self._refuse_if_owned_elsewhere(saga_id)
+            self._refuse_if_reused(saga_id, transfer)
         body = {
             "source": str(transfer.source),
             "destination": str(transfer.destination),
             "amount": str(transfer.amount),
             "at": time.time(),
+            "retry": policy_json(self.config.retry),
+            "compensation_retry": policy_json(self.config.compensation_retry),
         }
         state = self._append(SagaState(saga_id), Record(BEGIN, saga_id, body))
         return self._drive(state, started, resumed=False)
@@ -240,6 +254,27 @@ class Orchestrator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _refuse_if_reused(self, saga_id: str, transfer: Transfer) -> None:
+        """A saga id is bound to its request: refuse it, before anything runs, when any of
+        its keys on these participants was stored for another request.
+
+        A server that does not answer is skipped here: a step that later runs there checks
+        its own key all the same (:class:`KeyReused`), and one that cannot reach it fails.
+        """
+        request = describe_transfer(transfer)
+        keys = saga_keys(saga_id)
+        for participant in self._participants.values():
+            try:
+                stored = stored_requests(self._ensure_tables(participant), keys)
+            except ParticipantError:
+                continue
+            for key, first in sorted(stored.items()):
+                if saga_of(first) != request:
+                    raise SagaIdReused(
+                        f"saga id {saga_id} was first used for {first_use(first)} (key {key} "
+                        f"on {participant.name}); refusing it for {request}: nothing was changed"
+                    )
 
     def _refuse_if_owned_elsewhere(self, saga_id: str) -> None:
         owner = owner_of(self.config.home, saga_id, besides=self.id)
@@ -284,7 +319,10 @@ class Orchestrator:
             if found is not None:
                 return found
         work = forward_step(state.saga_id, state.transfer, n)
-        outcome = self._attempt(state.saga_id, work, step_key(state.saga_id, n), self.config.retry)
+        try:
+            outcome = self._attempt(state, work, step_key(state.saga_id, n), self._retry(state))
+        except KeyReused as err:
+            return _refused_step(state.saga_id, n, err)
         if isinstance(outcome, StepResult):
             self._commit_gap(state.saga_id, outcome, n)
             return Record(STEP_DONE, state.saga_id, {"n": n, "result": outcome.to_json()})
@@ -304,7 +342,7 @@ class Orchestrator:
             if not state.applied(n):
                 continue
             work = compensation(state.saga_id, state.transfer, n)
-            stored = self._lookup(work, compensation_key(state.saga_id, n))
+            stored = self._lookup(state, work, compensation_key(state.saga_id, n))
             if stored is not None:
                 reason = f"saga {state.saga_id} was compensated by an earlier run"
                 found = {"n": n, "result": stored.to_json(), "reason": reason}
@@ -317,13 +355,16 @@ class Orchestrator:
         assert state.transfer is not None
         work = forward_step(state.saga_id, state.transfer, n)
         cancelled = StepResult(CANCELLED, {"reason": f"fenced after: {state.failures[n].error}"})
-        key = step_key(state.saga_id, n)
-        outcome = self._attempt_with(
-            state.saga_id,
-            f"fence of step {n}",
-            self.config.retry,
-            lambda: claim(self._ready(work), state.saga_id, key, cancelled),
-        )
+        keyed = self._keyed(state, work, step_key(state.saga_id, n))
+        try:
+            outcome = self._attempt_with(
+                state.saga_id,
+                f"fence of step {n}",
+                self._retry(state),
+                lambda: claim(self._ready(work), keyed, cancelled),
+            )
+        except KeyReused as err:  # another request holds the key: this step can never apply
+            return _refused_step(state.saga_id, n, err)
         if isinstance(outcome, StepResult):
             return Record(STEP_DONE, state.saga_id, {"n": n, "result": outcome.to_json()})
         return _blocked(state.saga_id, f"fence of step {n}", outcome)
@@ -332,7 +373,10 @@ class Orchestrator:
         assert state.transfer is not None
         work = compensation(state.saga_id, state.transfer, n)
         key = compensation_key(state.saga_id, n)
-        outcome = self._attempt(state.saga_id, work, key, self.config.compensation_retry)
+        try:
+            outcome = self._attempt(state, work, key, self._compensation_retry(state))
+        except KeyReused as err:  # an operator must look: never answered for another request
+            return Record(DEAD_LETTER, state.saga_id, {"n": n, "error": str(err), "attempts": 1})
         if isinstance(outcome, StepResult):
             return Record(COMP_DONE, state.saga_id, {"n": n, "result": outcome.to_json()})
         body = {"n": n, "error": outcome.error, "attempts": outcome.attempts}
@@ -343,7 +387,10 @@ class Orchestrator:
     ) -> Record:
         """A step that is never compensated: retried until it succeeds (by this run, or by
         later ones: past the retry policy the saga stays unfinished for recovery)."""
-        outcome = self._attempt(state.saga_id, work, key, self.config.retry)
+        try:
+            outcome = self._attempt(state, work, key, self._retry(state))
+        except KeyReused as err:
+            return _blocked(state.saga_id, work.name, _Exhausted(str(err), 1, uncertain=False))
         if not isinstance(outcome, StepResult):
             return _blocked(state.saga_id, work.name, outcome)
         if n:
@@ -353,14 +400,31 @@ class Orchestrator:
     # -- attempts, hooks, the log -------------------------------------------------------------
 
     def _attempt(
-        self, saga_id: str, work: Work, key: str, policy: RetryPolicy
+        self, state: SagaState, work: Work, key: str, policy: RetryPolicy
     ) -> StepResult | _Exhausted:
+        keyed = self._keyed(state, work, key)
         return self._attempt_with(
-            saga_id,
+            state.saga_id,
             work.describe(),
             policy,
-            lambda: run_once(self._ready(work), saga_id, key, work.change),
+            lambda: run_once(self._ready(work), keyed, work.change),
         )
+
+    @staticmethod
+    def _keyed(state: SagaState, work: Work, key: str) -> Keyed:
+        assert state.transfer is not None
+        return Keyed(key, state.saga_id, work.request(describe_transfer(state.transfer)))
+
+    def _retry(self, state: SagaState) -> RetryPolicy:
+        """The policy for forward work: the saga's own run's, unless told otherwise."""
+        if self.config.recorded_retry and state.retry is not None:
+            return state.retry
+        return self.config.retry
+
+    def _compensation_retry(self, state: SagaState) -> RetryPolicy:
+        if self.config.recorded_retry and state.compensation_retry is not None:
+            return state.compensation_retry
+        return self.config.compensation_retry
 
     def _attempt_with(
         self, saga_id: str, what: str, policy: RetryPolicy, once: Callable[[], StepResult]
@@ -380,15 +444,17 @@ class Orchestrator:
             if next(pauses, None) is None:
                 return _Exhausted(error, attempt, uncertain)
 
-    def _lookup(self, work: Work, key: str) -> StepResult | None:
+    def _lookup(self, state: SagaState, work: Work, key: str) -> StepResult | None:
         try:
-            return lookup(self._ready(work), key)
-        except ParticipantError as err:
+            return lookup(self._ready(work), self._keyed(state, work, key))
+        except (ParticipantError, KeyReused) as err:
             raise SagaError(f"cannot tell whether {key} ran: {err}") from err
 
     def _ready(self, work: Work) -> Participant:
         """The participant for ``work``, its saga tables created if missing (once)."""
-        participant = self._participant(work)
+        return self._ensure_tables(self._participant(work))
+
+    def _ensure_tables(self, participant: Participant) -> Participant:
         if participant.name not in self._tables_ready:
             ensure_saga_tables(participant)
             self._tables_ready.add(participant.name)
@@ -437,6 +503,28 @@ def open_log(home: Path, orchestrator_id: str, *, create: bool = True) -> Transa
             f"the log of orchestrator {orchestrator_id} is damaged ({err}); its sagas need an "
             "operator: decisions may be lost, so nothing is guessed"
         ) from err
+
+
+def saga_keys(saga_id: str) -> list[str]:
+    """Every idempotency key a transfer saga ``saga_id`` may store."""
+    steps = [step_key(saga_id, n) for n in (DEBIT, CREDIT, NOTIFY_STEP)]
+    return [*steps, compensation_key(saga_id, DEBIT), release_key(saga_id, HOLDING)]
+
+
+def policy_json(policy: RetryPolicy) -> dict[str, float]:
+    """A retry policy as a saga's BEGIN record keeps it."""
+    return {
+        "initial_interval": policy.initial_interval,
+        "backoff_coefficient": policy.backoff_coefficient,
+        "maximum_interval": policy.maximum_interval,
+        "deadline": policy.deadline,
+    }
+
+
+def _refused_step(saga_id: str, n: int, err: KeyReused) -> Record:
+    """A step whose key another request holds: refused (not stored: the key is not ours)."""
+    result = StepResult(REJECTED, {"reason": str(err)})
+    return Record(STEP_DONE, saga_id, {"n": n, "result": result.to_json()})
 
 
 def _blocked(saga_id: str, what: str, failure: _Exhausted) -> Record:

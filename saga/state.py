@@ -13,12 +13,14 @@ claimed as CANCELLED, or found applied — before anything is compensated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
 from bank import AccountRef, InvalidInput, Transfer, parse_amount
+from coordinator import RetryPolicy
 from saga.idempotency import APPLIED, StepResult
 from saga.steps import COMPENSABLE, FORWARD_STEPS
 from txlog import Record
@@ -68,6 +70,9 @@ class SagaState:
     problems: tuple[str, ...] = ()
     began_at: float = 0.0
     updated_at: float = 0.0
+    #: The retry policies its run began with (None in logs from before they were recorded).
+    retry: RetryPolicy | None = None
+    compensation_retry: RetryPolicy | None = None
 
     @property
     def backward(self) -> bool:
@@ -133,7 +138,26 @@ def _apply_begin(state: SagaState, body: Mapping[str, Any]) -> SagaState:
         AccountRef.parse(body["destination"]),
         parse_amount(body["amount"]),
     )
-    return replace(state, transfer=transfer, began_at=float(body.get("at", 0.0)))
+    return replace(
+        state,
+        transfer=transfer,
+        began_at=float(body.get("at", 0.0)),
+        retry=_policy(body.get("retry")),
+        compensation_retry=_policy(body.get("compensation_retry")),
+    )
+
+
+def _policy(document: Any) -> RetryPolicy | None:
+    """A retry policy recorded in a BEGIN body; ValueError (a problem) when malformed."""
+    if document is None:
+        return None
+    if not isinstance(document, dict):
+        raise ValueError(f"retry policy is not an object: {document!r}")
+    fields = ("initial_interval", "backoff_coefficient", "maximum_interval", "deadline")
+    values = {name: float(document[name]) for name in fields}
+    if not all(math.isfinite(v) for v in values.values()):
+        raise ValueError(f"retry policy is not finite: {document!r}")
+    return RetryPolicy(**values)
 
 
 def _apply_step_done(state: SagaState, body: Mapping[str, Any]) -> SagaState:

@@ -15,6 +15,7 @@ the step's key like any other, so a replay gets the same answer.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -55,6 +56,16 @@ class Work:
 
     def describe(self) -> str:
         return f"{self.name} {self.account} {self.amount}"
+
+    def request(self, saga: str) -> str:
+        """What this work's idempotency key is bound to: the saga's request and this step's,
+        canonically (a key reused for anything else is refused)."""
+        return json.dumps({"saga": saga, "step": self.describe()}, sort_keys=True)
+
+
+def describe_transfer(transfer: Transfer) -> str:
+    """The transfer saga's request, as its idempotency keys record it."""
+    return f"{transfer.source} -> {transfer.destination} {transfer.amount}"
 
 
 def forward_step(saga_id: str, transfer: Transfer, n: int) -> Work:

@@ -1,7 +1,7 @@
 """The saga's tables in each participant's own database, created idempotently.
 
-- ``saga_steps``: one row per idempotency key with the step's stored result, written in the
-  same local transaction as the business change it records;
+- ``saga_steps``: one row per idempotency key with the request it serves and the step's
+  stored result, written in the same local transaction as the business change it records;
 - ``saga_holds``: the semantic lock — funds a debit step took for a saga that is not
   finished yet, so readers can tell committed money from money in flight;
 - ``saga_notifications``: the irreversible last step's output (one line per completed saga).
@@ -22,7 +22,7 @@ SAGA_TABLES = (STEPS_TABLE, HOLDS_TABLE, NOTIFICATIONS_TABLE)
 
 _STEPS = (
     "idempotency_key VARCHAR(150) NOT NULL PRIMARY KEY, saga_id VARCHAR(64) NOT NULL, "
-    "result TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL"
+    "result TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, request TEXT"
 )
 _HOLDS = (
     "saga_id VARCHAR(64) NOT NULL, account_id VARCHAR(64) NOT NULL, "
@@ -61,18 +61,33 @@ def saga_drop_ddl() -> str:
 
 # Takes only the weakest table lock: the DDL below (CREATE INDEX in particular) would queue
 # behind, and then block, every transaction writing these tables, even when nothing is missing.
-_PROBE = f"SELECT 1 FROM {', '.join(SAGA_TABLES)} WHERE 1 = 0"
+# Names saga_steps.request, so a table from before that column is found out by the same probe.
+_PROBE = f"SELECT {STEPS_TABLE}.request FROM {', '.join(SAGA_TABLES)} WHERE 1 = 0"
 _NO_SUCH_TABLE = {"42P01", "1146"}  # PostgreSQL undefined_table, MySQL ER_NO_SUCH_TABLE
+_NO_SUCH_COLUMN = {"42703", "1054"}  # PostgreSQL undefined_column, MySQL ER_BAD_FIELD_ERROR
+_DUPLICATE_COLUMN = {"42701", "1060"}  # PostgreSQL duplicate_column, MySQL ER_DUP_FIELDNAME
+# Tables made before keys were bound to requests lack the column; their rows keep NULL there
+# (a replay of such a key is refused: the request it served cannot be checked).
+_ADD_REQUEST = f"ALTER TABLE {STEPS_TABLE} ADD COLUMN request TEXT"
 
 
 def ensure_saga_tables(participant: Participant) -> None:
-    """Create the saga tables on ``participant`` if missing (before a saga runs there).
+    """Create the saga tables on ``participant`` if missing (before a saga runs there), and
+    bring one made by an older version up to date.
 
     Two processes creating the same table at once can collide in PostgreSQL's catalog; the
     loser tries once more, by which time the table exists.
     """
-    if _tables_exist(participant):
+    try:
+        with participant.local_transaction() as local:
+            local.execute(_PROBE).fetchall()
         return
+    except StatementFailed as err:
+        if err.code in _NO_SUCH_COLUMN:
+            _add_request_column(participant)
+            return
+        if err.code not in _NO_SUCH_TABLE:
+            raise
     for attempt in (1, 2):
         try:
             with participant.local_transaction() as local:
@@ -84,12 +99,10 @@ def ensure_saga_tables(participant: Participant) -> None:
                 raise
 
 
-def _tables_exist(participant: Participant) -> bool:
+def _add_request_column(participant: Participant) -> None:
     try:
         with participant.local_transaction() as local:
-            local.execute(_PROBE).fetchall()
+            local.execute(_ADD_REQUEST)
     except StatementFailed as err:
-        if err.code in _NO_SUCH_TABLE:
-            return False
-        raise
-    return True
+        if err.code not in _DUPLICATE_COLUMN:  # another process added it meanwhile
+            raise

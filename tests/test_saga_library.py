@@ -30,8 +30,9 @@ from saga import (
     run_once,
     step_key,
 )
+from saga.idempotency import Keyed
 from saga.state import APPLIED_UNKNOWN, BEGIN, STEP_DONE, STEP_FAILED
-from saga.steps import compensation
+from saga.steps import compensation, describe_transfer, forward_step
 from txlog import Record, TransactionLog
 
 AMOUNT = Decimal("5.00")
@@ -96,8 +97,9 @@ def test_compensation_run_twice_refunds_once(db: Databases, tmp_path: Path) -> N
     request = Transfer(AccountRef("pg", "a2"), AccountRef("mysql", "nosuch"), AMOUNT)
     db.pg_query("UPDATE accounts SET balance = balance - %s WHERE id = 'a2'", (AMOUNT,))
     refund = compensation("twice", request, 1)
-    first = run_once(pg, "twice", compensation_key("twice", 1), refund.change)
-    second = run_once(pg, "twice", compensation_key("twice", 1), refund.change)
+    keyed = Keyed(compensation_key("twice", 1), "twice", refund.request(describe_transfer(request)))
+    first = run_once(pg, keyed, refund.change)
+    second = run_once(pg, keyed, refund.change)
     assert (first.status, first.replayed) == (APPLIED, False)
     assert (second.status, second.replayed, second.detail) == (APPLIED, True, first.detail)
     assert db.balance("pg", "a2") == OPENING
@@ -115,9 +117,17 @@ def test_unknown_outcome_is_fenced_before_compensating(db: Databases, tmp_path: 
     db.pg_query("UPDATE accounts SET balance = balance - %s WHERE id = 'a3'", (AMOUNT,))
     pg = participants(db)[0]
     debit = {"status": "applied", "detail": {}}
+    transfer = Transfer(AccountRef("pg", "a3"), AccountRef("mysql", "a3"), AMOUNT)
+    saga_request = describe_transfer(transfer)
     db.pg_query(
-        "INSERT INTO saga_steps VALUES (%s, 'f1', %s, %s)",
-        (step_key("f1", 1), json.dumps(debit), time.time()),
+        "INSERT INTO saga_steps (idempotency_key, saga_id, request, result, created_at)"
+        " VALUES (%s, 'f1', %s, %s, %s)",
+        (
+            step_key("f1", 1),
+            forward_step("f1", transfer, 1).request(saga_request),
+            json.dumps(debit),
+            time.time(),
+        ),
     )
     db.pg_query("INSERT INTO saga_holds VALUES ('f1', 'a3', %s, %s)", (AMOUNT, time.time()))
     begin = {"source": "pg:a3", "destination": "mysql:a3", "amount": str(AMOUNT)}
@@ -136,7 +146,8 @@ def test_unknown_outcome_is_fenced_before_compensating(db: Databases, tmp_path: 
     assert json.loads(stored[step_key("f1", 2)])["status"] == CANCELLED
     assert db.balance("pg", "a3") == OPENING and db.balance("mysql", "a3") == OPENING
     # The step itself, run late (a stray retry), finds its key taken and changes nothing.
-    credit = run_once(participants(db)[1], "f1", step_key("f1", 2), lambda tx: pytest.fail())
+    late = Keyed(step_key("f1", 2), "f1", forward_step("f1", transfer, 2).request(saga_request))
+    credit = run_once(participants(db)[1], late, lambda tx: pytest.fail())
     assert credit.status == CANCELLED and db.balance("mysql", "a3") == OPENING
 
 
