@@ -8,10 +8,10 @@ coordinator); its log directory is removed on a clean close when it holds nothin
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,10 +22,15 @@ from coordinator.ids import check_coordinator_id, fresh_coordinator_id, mint_gtr
 from coordinator.recovery import RecoveryReport, forget_markers, recover_own
 from coordinator.retry import RetryPolicy
 from coordinator.transaction import GlobalTransaction, TxState
+from coordinator.workers import Workers
 from participants import Participant
 from txlog import LogCorrupt, LogLocked, TransactionLog
 
 log = logging.getLogger(__name__)
+
+
+#: Seconds :meth:`Coordinator.close` waits for protocol workers that are still running.
+CLOSE_PATIENCE = 5.0
 
 
 def log_directory(home: Path, coordinator_id: str) -> Path:
@@ -70,10 +75,10 @@ class Coordinator:
         self.retry = config.retry
         self.prepare_timeout = config.prepare_timeout
         self.hooks = config.hooks
-        self.executor = ThreadPoolExecutor(config.protocol_threads, "twopc-protocol")
+        self.executor = Workers(config.protocol_threads, "twopc-protocol")
         # Marker garbage collection has its own thread: waiting on a lock there must never
         # hold up a prepare or a commit (that could be the very commit it waits for).
-        self._collector = ThreadPoolExecutor(1, "twopc-markers")
+        self._collector = Workers(1, "twopc-markers")
         self.recovered: RecoveryReport | None = None
         self._participants = {p.name: p for p in participants}
         self._ephemeral = False
@@ -86,6 +91,7 @@ class Coordinator:
         #: The transaction most recently begun (what a one-shot caller reports on after an
         #: interruption); None before the first.
         self.last_begun: GlobalTransaction | None = None
+        self._closed = False
 
     @classmethod
     def open(cls, participants: Sequence[Participant], config: CoordinatorConfig) -> Coordinator:
@@ -157,7 +163,7 @@ class Coordinator:
         durable, and their markers can go (in the background, in batches)."""
         batch = self._markers.durable(last_end, minimum=self._gc_batch)
         if batch:
-            self._collector.submit(self._markers.forget, batch)
+            self._collector.submit(functools.partial(self._markers.forget, batch))
 
     def track(self, transaction: GlobalTransaction) -> None:
         """``transaction`` may leave prepared branches behind until it is settled."""
@@ -178,9 +184,17 @@ class Coordinator:
 
     def close(self) -> None:
         """Release the log (and remove it when one-shot, nothing is unfinished and nothing
-        unsettled), then garbage-collect the outcome markers of transactions that ended."""
-        self.executor.shutdown(wait=True)
-        self._collector.shutdown(wait=True)
+        unsettled), then garbage-collect the outcome markers of transactions that ended.
+
+        Waits at most ``CLOSE_PATIENCE`` seconds for protocol workers still running: one
+        stuck on a server that stopped answering is left behind (its transaction is already
+        reported in doubt, and its decision is in the log).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.executor.close(CLOSE_PATIENCE)
+        self._collector.close(CLOSE_PATIENCE)
         if self._ephemeral and not self.unsettled() and not self.log.unfinished():
             self.log.destroy()
         else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +39,6 @@ from coordinator.errors import (
 )
 from participants import (
     Branch,
-    BranchBusy,
     BranchState,
     Participant,
     ParticipantError,
@@ -53,6 +53,10 @@ if TYPE_CHECKING:
     from coordinator.coordinator import Coordinator
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
+#: Seconds phase 2 waits past the retry deadline for workers to report, before it cuts
+#: their links: the deadline holds even against a server that stopped answering.
+PHASE_TWO_GRACE = 5.0
 
 COMMIT = "COMMIT"
 END = "END"
@@ -287,22 +291,34 @@ class GlobalTransaction:
             raise InDoubt(self.gtrid, names, "phase 2 retry deadline passed")
 
     def _finish_all(self, branches: Sequence[Branch], *, commit: bool) -> list[Branch]:
-        """Finish branches in parallel; returns those that could not be finished in time."""
+        """Finish branches in parallel; returns those not finished (in doubt). Never raises,
+        and never waits past the retry deadline (plus a grace): a worker still blocked then
+        on a server that stopped answering has its statement cancelled and its link cut."""
         futures = [
             self._submit(branch, functools.partial(self._finish, branch, commit=commit))
             for branch in branches
         ]
-        return [b for b, f in zip(branches, futures, strict=True) if not f.result()]
+        _, late = wait(futures, timeout=self._coordinator.retry.deadline + PHASE_TWO_GRACE)
+        if late:
+            self._stop.set()
+            hung = [(b, f) for b, f in zip(branches, futures, strict=True) if f in late]
+            self._interrupt([b for b, _ in hung], [f for _, f in hung])
+        return [b for b, f in zip(branches, futures, strict=True) if not _finished(f)]
 
     def _finish(self, branch: Branch, *, commit: bool) -> bool:
-        """Commit or roll back one prepared branch; False when the retry deadline passed."""
+        """Commit or roll back one prepared branch; False when it could not be finished (it
+        stays in doubt for recovery). Never raises: once the decision is made, no error of a
+        branch — a lost link, "busy", a statement error, a bug — may end as a plain failure."""
         try:
             branch.commit() if commit else branch.rollback()
             return True
         except UnknownXid:
             return self._settle_unknown(branch, commit=commit)
-        except ParticipantUnavailable:
-            return self._finish_elsewhere(branch, commit=commit)
+        except ParticipantError as err:
+            log.info("%s %s: %s; retrying from a new connection", self.gtrid, branch.xid, err)
+        except Exception:  # a bug: say so loudly, and still drive the branch to its end
+            log.exception("%s %s: unexpected error in phase 2", self.gtrid, branch.xid)
+        return self._finish_elsewhere(branch, commit=commit)
 
     def _finish_elsewhere(self, branch: Branch, *, commit: bool) -> bool:
         """Retry from fresh connections with back-off until the server acknowledges."""
@@ -318,8 +334,12 @@ class GlobalTransaction:
                 # Typically a retry after a lost acknowledgement: already finished. Whether it
                 # finished the way we decided is settled by its outcome marker, not assumed.
                 return self._settle_unknown(branch, commit=commit)
-            except (ParticipantUnavailable, BranchBusy):
+            except ParticipantError as err:  # unavailable, busy, or refused: try again
+                log.info("%s %s: %s", self.gtrid, branch.xid, err)
                 continue
+            except Exception:
+                log.exception("%s %s: unexpected error finishing it", self.gtrid, branch.xid)
+                return False
             branch.mark_finished(BranchState.COMMITTED if commit else BranchState.ROLLED_BACK)
             return True
         return False
@@ -358,7 +378,7 @@ class GlobalTransaction:
             if id(branch) not in self._stuck:
                 branch.rollback()
                 return True
-        except ParticipantError:
+        except Exception:  # whatever broke, the branch is not known to be rolled back
             branch.close()
         # The link broke, maybe during a prepare that reached the server: an unprepared
         # branch dies with its connection, a prepared one must be rolled back by xid.
@@ -415,3 +435,8 @@ class GlobalTransaction:
             raise TransactionStateError(
                 f"can't {action} transaction {self.gtrid}: it is {self.state.value}"
             )
+
+
+def _finished(future: Future[bool]) -> bool:
+    """Whether a phase-2 worker returned and said its branch is finished."""
+    return future.done() and future.exception() is None and future.result()
