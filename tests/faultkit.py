@@ -78,8 +78,44 @@ def _missing_table(err: Exception) -> bool:
     return isinstance(err, pymysql.err.ProgrammingError) and err.args[0] == 1146
 
 
+HARNESS_WAIT = 30  # seconds any statement of the harness itself may take
+
+
+def pg_query(db: Databases, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """One statement on PostgreSQL, bounded: the harness must not hang where twopc might."""
+    with psycopg.connect(
+        db.pg_url,
+        autocommit=True,
+        connect_timeout=10,
+        options=f"-c statement_timeout={HARNESS_WAIT}s",
+    ) as conn:
+        cursor = conn.execute(sql, params)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
+
+
+def mysql_query(db: Databases, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """One statement on MariaDB, bounded like :func:`pg_query`."""
+    info = db.state.mysql
+    conn = pymysql.connect(
+        host=info.host,
+        port=info.port,
+        user=info.user,
+        database=info.database,
+        autocommit=True,
+        connect_timeout=10,
+        read_timeout=HARNESS_WAIT,
+        write_timeout=HARNESS_WAIT,
+    )
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params or None)
+            return list(cursor.fetchall())
+    finally:
+        conn.close()
+
+
 def query(db: Databases, side: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    return (db.pg_query if side == "pg" else db.mysql_query)(sql, params)
+    return (pg_query if side == "pg" else mysql_query)(db, sql, params)
 
 
 def count_or_zero(db: Databases, side: str, sql: str) -> Decimal:
@@ -109,14 +145,14 @@ def prepared_branches(db: Databases) -> dict[str, list[str]]:
     """
     ours: list[str] = []
     foreign: list[str] = []
-    for (gid,) in db.pg_query("SELECT gid FROM pg_prepared_xacts ORDER BY prepared"):
+    for (gid,) in pg_query(db, "SELECT gid FROM pg_prepared_xacts ORDER BY prepared"):
         fmt, _, rest = gid.partition("_")
         gtrid, _, bqual = rest.partition("_")
         if fmt == str(FORMAT_ID):
             ours.append(f"pg {_b64(gtrid)}/{_b64(bqual)}")
         else:
             foreign.append(f"pg {gid}")
-    for fmt, glen, _, data in db.mysql_query("XA RECOVER"):
+    for fmt, glen, _, data in mysql_query(db, "XA RECOVER"):
         raw = data.encode("latin-1") if isinstance(data, str) else bytes(data)
         gtrid = raw[: int(glen)].decode("utf-8", "replace")
         bqual = raw[int(glen) :].decode("utf-8", "replace")
@@ -158,18 +194,38 @@ def snapshot(db: Databases) -> Snapshot:
     return Snapshot(balances, holds, markers, branches["ours"], branches["foreign"])
 
 
+def outcome_table_missing(db: Databases) -> bool:
+    pg = pg_query(db, "SELECT to_regclass('twopc_outcomes') IS NULL")[0][0]
+    mysql = mysql_query(
+        db,
+        "SELECT COUNT(*) = 0 FROM information_schema.tables"
+        " WHERE table_schema = DATABASE() AND table_name = 'twopc_outcomes'",
+    )[0][0]
+    return bool(pg) or bool(mysql)
+
+
+def ready(db: Databases) -> None:
+    """The documented set-up before many transfers start at once: ``twopc init`` (which
+    also creates the coordinator's marker table; the db fixture seeds only the accounts)."""
+    if outcome_table_missing(db):
+        done = run(db, "init", "--accounts", str(ACCOUNTS), timeout=60)
+        assert done.code == EXIT_OK, done.describe()
+
+
 def client_sessions(db: Databases) -> dict[str, list[int]]:
     """Client sessions on each server other than the one asking (ids to kill)."""
     pg = [
         pid
-        for (pid,) in db.pg_query(
+        for (pid,) in pg_query(
+            db,
             "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
             " AND pid <> pg_backend_pid() AND datname = current_database()"
         )
     ]
     mysql = [
         int(ident)
-        for (ident,) in db.mysql_query(
+        for (ident,) in mysql_query(
+            db,
             "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID()"
             " AND command NOT IN ('Daemon', 'Binlog Dump') AND user NOT IN"
             " ('system user', 'event_scheduler', 'unauthenticated user')"
@@ -183,10 +239,10 @@ def kill_sessions(db: Databases, side: str) -> list[int]:
     killed = client_sessions(db)[side]
     for ident in killed:
         if side == "pg":
-            db.pg_query("SELECT pg_terminate_backend(%s)", (ident,))
+            pg_query(db, "SELECT pg_terminate_backend(%s)", (ident,))
         else:
             with suppress(pymysql.err.OperationalError):  # 1094: it ended meanwhile
-                db.mysql_query(f"KILL {int(ident)}")
+                mysql_query(db, f"KILL {int(ident)}")
     return killed
 
 
@@ -203,6 +259,10 @@ def wait_sessions_gone(db: Databases, timeout: float = 15) -> list[str]:
         if not any(left.values()):
             return []
         if time.monotonic() > deadline:
+            # Left by a killed client (a backend waiting on a lock does not notice its
+            # client is gone): end them, or they would block everything after them.
+            for side in SIDES:
+                kill_sessions(db, side)
             return [f"client sessions still open {timeout:.0f}s after every process ended: {left}"]
         time.sleep(0.1)
 
@@ -484,7 +544,7 @@ def recover_problems(db: Databases) -> tuple[list[str], Any]:
     return problems, document
 
 
-def invariant_problems(db: Databases, after: Snapshot, total: Decimal = TOTAL) -> list[str]:
+def invariant_problems(db: Databases, after: Snapshot, total: Decimal) -> list[str]:
     """The global invariants once everything is recovered."""
     problems = []
     if after.prepared:
@@ -506,24 +566,48 @@ def settle(
     before: Snapshot,
     runs: Sequence[Ran] = (),
     *,
-    total: Decimal = TOTAL,
     audit_first: bool = True,
 ) -> list[str]:
-    """Recover, then check every invariant and every transfer; returns the problems found."""
+    """Recover, then check every invariant and every transfer; returns the problems found.
+
+    Money is compared with ``before`` (taken when nothing ran: no saga in flight).
+    """
     problems = wait_sessions_gone(db)
     if audit_first:
         problems += audit_problems(db, settled=False)
     recovered, _ = recover_problems(db)
     problems += recovered
     after = snapshot(db)
-    problems += invariant_problems(db, after, total)
+    problems += invariant_problems(db, after, before.money)
     problems += audit_problems(db, settled=True)
     problems += judge_all(runs, before, after)
     return problems
 
 
-def report(problems: list[str]) -> str:
-    return f"{len(problems)} problem(s):\n" + "\n".join(f"- {p}" for p in problems)
+def repair(db: Databases) -> None:
+    """After a failed check, clear what would blame the next round for this one: prepared
+    branches and leftover outcome markers (the problem is already reported)."""
+    db.clear_prepared()
+    for side in SIDES:
+        with suppress(psycopg.Error, pymysql.err.MySQLError):
+            query(db, side, "DELETE FROM twopc_outcomes")
+
+
+def record(scenario: str, problems: Sequence[str], **counts: int) -> None:
+    """Add one test's figures (kills, faults, bad inputs, problems found) to the file named
+    by ``TWOPC_FAULTS_FIGURES``, one JSON line each: scripts/faults-long.sh sums them into
+    the table of RELIABILITY.md."""
+    path = os.environ.get("TWOPC_FAULTS_FIGURES")
+    if path:
+        line = {"scenario": scenario, "cases": 1, "problems": len(problems), **counts}
+        with open(path, "a") as out:
+            out.write(json.dumps(line) + "\n")
+
+
+def report(problems: list[str], limit: int = 60) -> str:
+    shown = "\n".join(f"- {p}" for p in problems[:limit])
+    more = f"\n… and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"{len(problems)} problem(s):\n{shown}{more}"
 
 
 # -- faults on the servers ----------------------------------------------------------------------
