@@ -32,10 +32,13 @@ from participants import Participant, ParticipantError
 @operational_errors
 def init(obj: Context, accounts_count: int, balance: str, reset: bool, as_json: bool) -> None:
     """Create the schema on both servers (idempotent) and seed accounts."""
-    from bank.schema import init_schema  # SQLAlchemy's DDL is slow to import; only init needs it
+    # SQLAlchemy's DDL is slow to import; only init needs it.
+    from bank.schema import check_reset_allowed, init_schema
 
     opening = parse_amount(balance)
     urls = {side: obj.url(side) for side in SIDES}
+    if reset:  # both sides before either: a refusal leaves both as they were
+        check_reset_allowed(urls.values())
     added = {
         side: init_schema(url, accounts_count=accounts_count, balance=opening, reset=reset)
         for side, url in urls.items()

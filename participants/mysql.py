@@ -10,8 +10,11 @@ prepared the branch is still connected. So "unknown xid" is only taken to mean "
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
 import ssl
+import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -19,6 +22,7 @@ from functools import partial
 from typing import Any
 
 import pymysql
+from pymysql.constants import CR
 
 from participants.base import (
     Branch,
@@ -40,7 +44,7 @@ from participants.errors import (
     UnknownXid,
 )
 from participants.lockwaits import LockWait, mysql_lock_waits, mysql_waits_of
-from participants.urls import DatabaseURL
+from participants.urls import DatabaseURL, InvalidURL
 from participants.xid import Xid
 
 _XAER_NOTA = 1397
@@ -49,24 +53,130 @@ _LOCK_WAIT_TIMEOUT = 1205
 _UNAVAILABLE_ERRNOS = {2002, 2003, 2006, 2013, 2014, 2026, 2055, 1053, 1927}
 
 
+#: Seconds a whole connect may take: TCP, the server's greeting, the TLS handshake,
+#: authentication and the session set-up statements (PostgreSQL's libpq bounds its own
+#: connect the same way with ``connect_timeout``).
+CONNECT_TIMEOUT = 5
+
+
 class _Connection(pymysql.connections.Connection):  # type: ignore[misc]  # PyMySQL is untyped
-    """PyMySQL's connection without one cost. Given no TLS options, PyMySQL tries TLS
-    without verifying the server ("preferred"), yet builds that context with
-    ``ssl.create_default_context()``, which loads the system's whole CA store (about 17 ms
-    of CPU per connection) that an unverifying context never consults. This builds the same
-    unverifying context without the store; explicit TLS options go to PyMySQL unchanged."""
+    """PyMySQL's connection with its connect bounded as a whole, and without one cost.
+
+    PyMySQL's ``connect_timeout`` covers the TCP connect only: a server that accepts and
+    then never greets (or stalls the TLS handshake, or dribbles its bytes) holds the client
+    forever. A read timeout would bound each read, not their sum, and would stay on the
+    socket for statements that may rightly wait ``lock_wait`` seconds for a lock. So a
+    watchdog shuts the connection down when the deadline passes, waking the blocked read.
+
+    Given no TLS options, PyMySQL tries TLS without verifying the server ("preferred"), yet
+    builds that context with ``ssl.create_default_context()``, which loads the system's whole
+    CA store (about 17 ms of CPU per connection) that an unverifying context never consults.
+    This builds the same unverifying context without the store; explicit TLS options go to
+    PyMySQL unchanged.
+    """
+
+    _watchdog: _ConnectWatchdog | None = None
+
+    def connect(self, sock: Any = None) -> None:
+        self._watchdog = watchdog = _ConnectWatchdog(self.connect_timeout)
+        try:
+            super().connect(sock)
+        except Exception as err:
+            if watchdog.stop():
+                raise self._not_connected_in_time() from err
+            raise
+        finally:
+            self._watchdog = None
+        if watchdog.stop():  # it connected, but only as the deadline shut the socket
+            self._force_close()
+            raise self._not_connected_in_time()
+
+    def _get_server_information(self) -> None:
+        # PyMySQL's first read of a connect: from here on there is a socket to watch.
+        if self._watchdog is not None:
+            self._watchdog.watch(self._sock)
+        super()._get_server_information()
+
+    def _not_connected_in_time(self) -> pymysql.err.OperationalError:
+        return pymysql.err.OperationalError(
+            CR.CR_CONN_HOST_ERROR,
+            f"Can't connect to MySQL server on {self.host!r} "
+            f"(not connected within {self.connect_timeout:g} s)",
+        )
 
     def _create_ssl_ctx(self, sslp: Any) -> ssl.SSLContext:
         if isinstance(sslp, dict) and not sslp:
             return unverified_tls_context()
-        context: ssl.SSLContext = super()._create_ssl_ctx(sslp)
+        try:
+            context: ssl.SSLContext = super()._create_ssl_ctx(sslp)
+        except (OSError, ValueError) as err:  # e.g. a CA file that holds no certificate
+            raise pymysql.err.OperationalError(
+                CR.CR_SSL_CONNECTION_ERROR, f"unusable TLS options: {err}"
+            ) from err
         return context
 
 
-def open_connection(url: DatabaseURL, *, autocommit: bool) -> pymysql.connections.Connection[Any]:
-    """A PyMySQL connection to ``url`` (its TLS options included), utf8mb4, 5 s to connect."""
+class _ConnectWatchdog:
+    """Shuts a connecting socket down once ``seconds`` have passed, unless :meth:`stop`
+    comes first. One short-lived thread per connect.
+
+    It shuts down a duplicate of the socket it is given: the duplicate stays valid while
+    PyMySQL swaps its socket for a TLS one (same connection, new object) or closes it, so
+    the deadline can never hit a descriptor number that was closed and reused meanwhile.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()  # orders "deadline passed" against "connect finished"
+        self._stopped = threading.Event()
+        self._expired = False
+        self._socket: socket.socket | None = None
+        threading.Thread(target=self._watch, args=(seconds,), daemon=True).start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """The connection to shut down at the deadline (at once if it has passed)."""
+        with self._lock:
+            self._socket = sock.dup()
+            if self._expired:
+                self._shut_down()
+
+    def stop(self) -> bool:
+        """End the watch; whether the deadline passed first (the socket may be shut)."""
+        with self._lock:
+            self._stopped.set()
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
+            return self._expired
+
+    def _watch(self, seconds: float) -> None:
+        if self._stopped.wait(seconds):
+            return
+        with self._lock:
+            if not self._stopped.is_set():
+                self._expired = True
+                self._shut_down()  # none yet: the TCP connect, bounded by itself, still runs
+
+    def _shut_down(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
+
+
+def open_connection(
+    url: DatabaseURL, *, autocommit: bool, init_command: str | None = None
+) -> pymysql.connections.Connection[Any]:
+    """A PyMySQL connection to ``url`` (its TLS options included), utf8mb4, connected (and
+    ``init_command`` run) within :data:`CONNECT_TIMEOUT` seconds."""
+    try:
+        options = url.pymysql_kwargs()
+    except InvalidURL as err:  # a TLS file option naming no file: ours to say, in one line
+        raise ParticipantError(f"mysql {url.location()}: URL: {err}") from None
     return _Connection(
-        autocommit=autocommit, connect_timeout=5, charset="utf8mb4", **url.pymysql_kwargs()
+        autocommit=autocommit,
+        connect_timeout=CONNECT_TIMEOUT,
+        charset="utf8mb4",
+        init_command=init_command,
+        **options,
     )
 
 
@@ -90,10 +200,10 @@ class MySQLParticipant(Participant):
 
     def connect(self) -> pymysql.connections.Connection[Any]:
         """An autocommit connection with this participant's lock-wait limit."""
+        # Set during the connect, so the connect bound covers it too.
+        setting = f"SET SESSION innodb_lock_wait_timeout = {self.lock_wait_seconds:d}"
         with _translated(self, "connect"):
-            conn = open_connection(self.url, autocommit=True)
-            seconds = self.lock_wait_seconds
-            conn.cursor().execute("SET SESSION innodb_lock_wait_timeout = %s", (seconds,))
+            conn = open_connection(self.url, autocommit=True, init_command=setting)
         return conn
 
     def _still_usable(self, conn: pymysql.connections.Connection[Any]) -> bool:
@@ -310,7 +420,9 @@ def _translated(participant: MySQLParticipant, action: str) -> AbstractContextMa
 def _translate(participant: MySQLParticipant, action: str, err: Exception) -> ParticipantError:
     errno = err.args[0] if err.args and isinstance(err.args[0], int) else None
     text = str(err.args[1]) if len(err.args) > 1 else str(err)
-    message = participant.url.scrub(f"{participant.server}: {action} failed: ({errno}) {text}")
+    # The server's texts never hold the password ("Access denied … (using password: YES)"),
+    # and the server part is built from the URL's parts without it: nothing to search for.
+    message = f"{participant.server}: {action} failed: ({errno}) {text}"
     if errno is None or errno in _UNAVAILABLE_ERRNOS or isinstance(err, pymysql.err.InterfaceError):
         return ParticipantUnavailable(message)
     if errno == _LOCK_WAIT_TIMEOUT:

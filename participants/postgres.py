@@ -239,7 +239,10 @@ class PostgresLocal(LocalTransaction):
 
 def _translate(participant: PostgresParticipant, action: str, err: Exception) -> ParticipantError:
     sqlstate = err.sqlstate if isinstance(err, psycopg.Error) else None
-    first_line = participant.url.scrub(str(err).strip().splitlines()[0] if str(err) else repr(err))
+    # libpq's texts never hold the password (psycopg quotes every parameter into the
+    # conninfo it hands libpq, so no password makes that fail to parse and be echoed), and
+    # the server part is built from the URL's parts without it: nothing is searched for.
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
     message = f"{participant.server}: {action} failed: {first_line}"
     if sqlstate is None or sqlstate.startswith(_UNAVAILABLE_PREFIXES):
         return ParticipantUnavailable(message)

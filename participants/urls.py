@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -63,11 +64,15 @@ class DatabaseURL:
 
     @classmethod
     def parse(cls, text: str, expect: Backend | None = None) -> DatabaseURL:
-        """Parse ``postgresql://…`` / ``mysql://…`` (``+psycopg`` / ``+pymysql`` accepted)."""
+        """Parse ``postgresql://…`` / ``mysql://…`` (``+psycopg`` / ``+pymysql`` accepted).
+
+        Errors never repeat the password, nor any text that might be part of it.
+        """
         found = _URL.match(text)
         if found is None:
             # The text is not echoed: it may hold a password in a shape we cannot parse.
             raise InvalidURL("not a database URL (expected postgresql://… or mysql://…)")
+        _check_at_signs(text, found)
         scheme = found["scheme"]
         backend_name, _, driver = scheme.partition("+")
         backend = _BACKENDS.get(backend_name)
@@ -81,12 +86,13 @@ class DatabaseURL:
             _unquoted(found["username"]),
             _unquoted(found["password"]),
             found["ipv4host"] or found["ipv6host"],
-            _port(found["port"]),
+            _port(found["port"], echo=found["username"] is not None),
             _unquoted(found["database"]) or "",
             _query(found["query"]),
         )
         if not url.database:
-            raise InvalidURL(f"URL {url} names no database")
+            # Not rendered: without a user part, a "host:port" may be a user and password.
+            raise InvalidURL("the URL names no database (expected …/database after the host)")
         if backend == "mysql":
             _mysql_options(url.query)  # refuse unknown or malformed query options now
         return url
@@ -114,12 +120,24 @@ class DatabaseURL:
         return kwargs
 
     def pymysql_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for ``pymysql.connect``, TLS options from the query included."""
+        """Keyword arguments for ``pymysql.connect``, TLS options from the query included
+        (:class:`InvalidURL` if one names no file: see :meth:`check_files`)."""
         kwargs: dict[str, object] = {"database": self.database, "user": self.username}
         kwargs.update(host=self.host or "localhost", port=self.port or 3306)
         kwargs["password"] = self.password or ""
+        self.check_files()
         kwargs.update(_mysql_options(self.query))
         return kwargs
+
+    def check_files(self) -> None:
+        """:class:`InvalidURL` unless every file a mysql URL's TLS options name exists.
+
+        Not part of :meth:`parse`, which checks only the text: a URL may be parsed where
+        its files are not (and SQLAlchemy, whose grammar it follows, never looks).
+        """
+        for key, value in self.query:
+            if self.backend == "mysql" and key in _MYSQL_PATHS:
+                _check_file(key, value)
 
     def with_password(self) -> str:
         """The full URL, password included: only for handing to a child process's
@@ -130,10 +148,6 @@ class DatabaseURL:
         """``host:port/database`` — for messages and logs; carries no credentials."""
         default_port = 5432 if self.backend == "pg" else 3306
         return f"{self.host or 'localhost'}:{self.port or default_port}/{self.database}"
-
-    def scrub(self, message: str) -> str:
-        """Remove this URL's password from a message (a driver may echo connection strings)."""
-        return message.replace(self.password, "***") if self.password else message
 
     def __str__(self) -> str:
         return self._render(hide_password=True)
@@ -156,20 +170,45 @@ class DatabaseURL:
         text += "/" + quote(self.database, safe=" +/")
         if self.query:
             text += "?" + "&".join(
-                f"{quote_plus(key)}={quote_plus(value)}" for key, value in self.query
+                f"{quote_plus(key)}={self._shown(key, value, hide_password)}"
+                for key, value in self.query
             )
         return text
+
+    def _shown(self, key: str, value: str, hide_password: bool) -> str:
+        # libpq also takes the password as a connection parameter in the query.
+        secret = hide_password and self.backend == "pg" and key == "password"
+        return "***" if secret else quote_plus(value)
 
 
 def _unquoted(part: str | None) -> str | None:
     return None if part is None else unquote(part)
 
 
-def _port(text: str | None) -> int | None:
+def _check_at_signs(text: str, found: re.Match[str]) -> None:
+    """Refuse a URL whose only sensible reading puts part of a password elsewhere.
+
+    The grammar ends the password at its first ``@``, so a raw ``@`` inside a password
+    (``u:p@ss@host``) would make the rest of the password the host, the port or the
+    database, and errors would print it. Likewise a user name with a raw ``/`` leaves the
+    whole ``user:password`` in the host and database. The text is never echoed.
+    """
+    at_signs = text.count("@")
+    if at_signs > 1 or (at_signs == 1 and found["username"] is None):
+        raise InvalidURL(
+            "a raw '@' may only end the user:password part: percent-encode any other '@' "
+            "(in a password, say), and any ':' or '/' in a user name"
+        )
+
+
+def _port(text: str | None, *, echo: bool) -> int | None:
+    """The port; ``echo`` only when the URL has a user part: without one, ``user:secret``
+    (a URL missing its ``@host``) reads as host and port, and the "port" is a password."""
     if not text:
         return None
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise InvalidURL(f"port {text!r} is not a number from 1 to 65535")
+        shown = f"port {text!r}" if echo else "the port (after the host's ':')"
+        raise InvalidURL(f"{shown} is not a number from 1 to 65535")
     return int(text)
 
 
@@ -206,6 +245,14 @@ def _mysql_options(query: tuple[tuple[str, str], ...]) -> dict[str, object]:
         options.setdefault("ssl_verify_cert", True)
         options.setdefault("ssl_verify_identity", True)
     return options
+
+
+def _check_file(key: str, path: str) -> None:
+    # PyMySQL would fail on these with a bare OSError or ValueError (a traceback).
+    if "\0" in path:
+        raise InvalidURL(f"query option {key} holds a NUL byte")
+    if not os.path.isfile(path):
+        raise InvalidURL(f"query option {key}={path!r} names no file")
 
 
 def _flag(key: str, value: str) -> bool:
