@@ -491,6 +491,31 @@ def judge(ran: Ran, before: Snapshot, after: Snapshot) -> list[str]:
     return problems
 
 
+def ledger_problems(runs: Sequence[Ran], before: Snapshot, after: Snapshot) -> list[str]:
+    """For transfers sharing accounts: when every one has a definite outcome (exit 0 or a 2PC
+    exit 3: applied; exit 1 or 2: not), the balances must be exactly what they add up to."""
+    expected: dict[str, Decimal] = {}
+    for ran in runs:
+        allowed = applied_allowed(ran.move.mode, ran.done.code)
+        if allowed is None or len(allowed) != 1:
+            return []  # some outcome is unknown: conservation is all that can be checked
+        if True in allowed:
+            expected[ran.move.source] = expected.get(ran.move.source, Decimal(0)) - ran.move.amount
+            dst = ran.move.destination
+            expected[dst] = expected.get(dst, Decimal(0)) + ran.move.amount
+        else:
+            expected.setdefault(ran.move.source, Decimal(0))
+            expected.setdefault(ran.move.destination, Decimal(0))
+    wrong = {
+        account: (str(after.delta(before, account)), str(change))
+        for account, change in expected.items()
+        if after.delta(before, account) != change
+    }
+    if not wrong:
+        return []
+    return [f"balances do not add up to the reported outcomes (moved, reported): {wrong}"]
+
+
 def judge_all(runs: Sequence[Ran], before: Snapshot, after: Snapshot) -> list[str]:
     return [problem for ran in runs for problem in judge(ran, before, after)]
 
@@ -608,6 +633,64 @@ def report(problems: list[str], limit: int = 60) -> str:
     shown = "\n".join(f"- {p}" for p in problems[:limit])
     more = f"\n… and {len(problems) - limit} more" if len(problems) > limit else ""
     return f"{len(problems)} problem(s):\n{shown}{more}"
+
+
+# -- holding transfers at every point while something breaks ----------------------------------
+
+HOLD = 4.0  # seconds each transfer stays at its point: long enough for all to get there
+_HELD_AMOUNT = Decimal("4.50")
+
+#: One transfer per point, each on its own account pair; both directions where order matters.
+EVERY_POINT = [
+    (Move("pg:a1", "mysql:a1", _HELD_AMOUNT), "after-first-prepare"),
+    (Move("mysql:a2", "pg:a2", _HELD_AMOUNT), "after-first-prepare"),
+    (Move("pg:a3", "mysql:a3", _HELD_AMOUNT), "after-prepare"),
+    (Move("mysql:a4", "pg:a4", _HELD_AMOUNT), "after-decision"),
+    (Move("pg:a5", "mysql:a5", _HELD_AMOUNT), "after-first-commit"),
+    (Move("mysql:a6", "pg:a6", _HELD_AMOUNT), "after-first-commit"),
+    (Move("pg:a7", "mysql:a7", _HELD_AMOUNT, "saga"), "after-debit"),
+    (Move("mysql:a8", "pg:a8", _HELD_AMOUNT, "saga"), "after-credit"),
+]
+
+
+def documented_exits(move: Move, point: str) -> set[int]:
+    """Before the decision a transfer may commit or abort; after it, commit or be in doubt;
+    a saga may complete, compensate or stay unfinished."""
+    if move.mode == "saga":
+        return {EXIT_OK, EXIT_FAILED, EXIT_IN_DOUBT}
+    return {EXIT_OK, EXIT_FAILED} if point in BEFORE_DECISION else {EXIT_OK, EXIT_IN_DOUBT}
+
+
+def hold_at_every_point(
+    db: Databases,
+    fault: Callable[[], object],
+    label: str,
+    exits: Callable[[Move, str], set[int]] = documented_exits,
+) -> list[str]:
+    """Hold every transfer of EVERY_POINT at its point, run ``fault``, let them carry on
+    (each must end within 60 s of the fault, with an exit status ``exits`` allows), then
+    recover and check every invariant."""
+    ready(db)
+    before = snapshot(db)
+    procs = [
+        Proc(db, *move.args("--pause-at", point, "--pause-seconds", str(HOLD)))
+        for move, point in EVERY_POINT
+    ]
+    problems = []
+    with running(procs):
+        for (move, point), proc in zip(EVERY_POINT, procs, strict=True):
+            if proc.wait_paused(timeout=30) is None:
+                problems.append(f"[{move}] never paused at {point}")
+        fault()
+        faulted = time.monotonic()
+        finished = [proc.finish(timeout=faulted + 60 - time.monotonic()) for proc in procs]
+    runs = [
+        Ran(move, done, f"{label} at {point}")
+        for (move, point), done in zip(EVERY_POINT, finished, strict=True)
+    ]
+    for ran, (move, point) in zip(runs, EVERY_POINT, strict=True):
+        problems += exit_problem(ran, exits(move, point))
+    return problems + settle(db, before, runs)
 
 
 # -- faults on the servers ----------------------------------------------------------------------

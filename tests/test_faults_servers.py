@@ -17,22 +17,22 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
 from conftest import Databases
 from faultkit import (
-    BEFORE_DECISION,
+    EVERY_POINT,
     EXIT_FAILED,
     EXIT_IN_DOUBT,
-    EXIT_OK,
+    HOLD,
     Move,
     Proc,
     Ran,
     crash_and_restart,
     exit_problem,
     frozen,
+    hold_at_every_point,
     ready,
     record,
     report,
@@ -44,56 +44,12 @@ from faultkit import (
 )
 
 AMOUNT = Decimal("4.50")
-HOLD = 4.0  # seconds each transfer stays at its point: long enough for all to get there
-
-# One transfer per point, each on its own pair; both directions where the order matters.
-HELD = [
-    (Move("pg:a1", "mysql:a1", AMOUNT), "after-first-prepare"),
-    (Move("mysql:a2", "pg:a2", AMOUNT), "after-first-prepare"),
-    (Move("pg:a3", "mysql:a3", AMOUNT), "after-prepare"),
-    (Move("mysql:a4", "pg:a4", AMOUNT), "after-decision"),
-    (Move("pg:a5", "mysql:a5", AMOUNT), "after-first-commit"),
-    (Move("mysql:a6", "pg:a6", AMOUNT), "after-first-commit"),
-    (Move("pg:a7", "mysql:a7", AMOUNT, "saga"), "after-debit"),
-    (Move("mysql:a8", "pg:a8", AMOUNT, "saga"), "after-credit"),
-]
-
-
-def allowed_exits(move: Move, point: str) -> set[int]:
-    if move.mode == "saga":
-        return {EXIT_OK, EXIT_FAILED, EXIT_IN_DOUBT}
-    return {EXIT_OK, EXIT_FAILED} if point in BEFORE_DECISION else {EXIT_OK, EXIT_IN_DOUBT}
-
-
-def hold_all_then(db: Databases, fault: Callable[[], None], label: str) -> list[str]:
-    """Hold every transfer of HELD at its point, run ``fault``, let them finish, recover."""
-    ready(db)
-    before = snapshot(db)
-    procs = [
-        Proc(db, *move.args("--pause-at", point, "--pause-seconds", str(HOLD)))
-        for move, point in HELD
-    ]
-    problems = []
-    with running(procs):
-        for (move, point), proc in zip(HELD, procs, strict=True):
-            if proc.wait_paused(timeout=30) is None:
-                problems.append(f"[{move}] never paused at {point}")
-        fault()
-        faulted = time.monotonic()
-        finished = [proc.finish(timeout=faulted + 60 - time.monotonic()) for proc in procs]
-    runs = [
-        Ran(move, done, f"{label} at {point}")
-        for (move, point), done in zip(HELD, finished, strict=True)
-    ]
-    for ran, (move, point) in zip(runs, HELD, strict=True):
-        problems += exit_problem(ran, allowed_exits(move, point))
-    return problems + settle(db, before, runs)
 
 
 @pytest.mark.parametrize("side", ["pg", "mysql"])
 def test_server_crashes_and_restarts_at_every_point(db: Databases, side: str) -> None:
-    problems = hold_all_then(db, lambda: crash_and_restart(db, side), f"{side} SIGKILLed")
-    record("servers: crash and restart", problems, server_faults=1, transfers=len(HELD))
+    problems = hold_at_every_point(db, lambda: crash_and_restart(db, side), f"{side} SIGKILLed")
+    record("servers: crash and restart", problems, server_faults=1, transfers=len(EVERY_POINT))
     assert not problems, report(problems)
 
 
@@ -103,8 +59,8 @@ def test_server_frozen_and_thawed_at_every_point(db: Databases, side: str) -> No
         with frozen(db, side):
             time.sleep(HOLD + 1)  # every transfer runs into the frozen server, then waits
 
-    problems = hold_all_then(db, freeze, f"{side} frozen {HOLD + 1:g}s")
-    record("servers: freeze and thaw", problems, server_faults=1, transfers=len(HELD))
+    problems = hold_at_every_point(db, freeze, f"{side} frozen {HOLD + 1:g}s")
+    record("servers: freeze and thaw", problems, server_faults=1, transfers=len(EVERY_POINT))
     assert not problems, report(problems)
 
 
@@ -157,7 +113,7 @@ def test_init_reset_refuses_while_a_transaction_is_in_doubt(db: Databases) -> No
     problems = exit_problem(crashed, {-signal.SIGKILL})
     in_doubt = snapshot(db).prepared
 
-    reset = run(db, "init", "--reset", "--accounts", "10", timeout=30)
+    reset = run(db, "init", "--reset", "--accounts", "10", timeout=20)
     if reset.code not in (EXIT_FAILED, EXIT_IN_DOUBT):
         problems.append(f"init --reset while in doubt: {reset.describe()} (expected a refusal)")
     lines = reset.stderr.strip().splitlines()
