@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from txlog.errors import LogLocked
-from txlog.files import LOCK_NAME
+from txlog.files import LOCK_NAME, create_private
 
 
 class WriterLock:
@@ -16,7 +16,9 @@ class WriterLock:
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / LOCK_NAME
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Private (0600): whoever can open the file can flock it, and so make a dead
+        # writer look alive to is_locked.
+        self._fd: int | None = create_private(self.path, os.O_RDWR)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
