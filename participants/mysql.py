@@ -82,12 +82,13 @@ class _Connection(pymysql.connections.Connection):  # type: ignore[misc]  # PyMy
         try:
             super().connect(sock)
         except Exception as err:
-            if watchdog.stop():
+            if watchdog.stop():  # whatever PyMySQL made of the shut socket, say what it was
                 raise self._not_connected_in_time() from err
             raise
         finally:
             self._watchdog = None
-        if watchdog.stop():  # it connected, but only as the deadline shut the socket
+            expired = watchdog.stop()  # idempotent; also on KeyboardInterrupt and the like
+        if expired:  # it connected, but only as the deadline shut the socket
             self._force_close()
             raise self._not_connected_in_time()
 
@@ -154,7 +155,8 @@ class _ConnectWatchdog:
         with self._lock:
             if not self._stopped.is_set():
                 self._expired = True
-                self._shut_down()  # none yet: the TCP connect, bounded by itself, still runs
+                # No socket yet while the TCP connect (bounded by itself) runs: watch() shuts it.
+                self._shut_down()
 
     def _shut_down(self) -> None:
         if self._socket is not None:

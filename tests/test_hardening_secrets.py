@@ -206,3 +206,12 @@ def test_tls_file_options_naming_no_file_are_one_line_errors(
     location = f"{info.host}:{info.port}/twopc"
     line = one_line_error(db, 1, TWOPC_MYSQL_URL=f"mysql://twopc@{location}{query}")
     assert line == f"Error: mysql {location}: URL: {problem}"
+
+
+def test_a_tls_file_that_is_no_certificate_is_a_one_line_error(db: Databases) -> None:
+    info = db.state.mysql
+    location = f"{info.host}:{info.port}/twopc"
+    line = one_line_error(db, 1, TWOPC_MYSQL_URL=f"mysql://twopc@{location}?ssl_ca={__file__}")
+    assert line.startswith(
+        f"Error: mysql {location}: connect failed: (2026) unusable TLS options: [X509: "
+    ), line
