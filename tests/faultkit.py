@@ -219,7 +219,7 @@ def client_sessions(db: Databases) -> dict[str, list[int]]:
         for (pid,) in pg_query(
             db,
             "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
-            " AND pid <> pg_backend_pid() AND datname = current_database()"
+            " AND pid <> pg_backend_pid() AND datname = current_database()",
         )
     ]
     mysql = [
@@ -228,7 +228,7 @@ def client_sessions(db: Databases) -> dict[str, list[int]]:
             db,
             "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID()"
             " AND command NOT IN ('Daemon', 'Binlog Dump') AND user NOT IN"
-            " ('system user', 'event_scheduler', 'unauthenticated user')"
+            " ('system user', 'event_scheduler', 'unauthenticated user')",
         )
     ]
     return {"pg": pg, "mysql": mysql}
@@ -314,9 +314,7 @@ class Proc:
     """One running ``twopc`` process. Its output is read on threads, so a full pipe never
     blocks it and a test can wait for one stderr line (the ``paused at`` notice)."""
 
-    def __init__(
-        self, db: Databases, *args: str, env: dict[str, str | None] | None = None
-    ) -> None:
+    def __init__(self, db: Databases, *args: str, env: dict[str, str | None] | None = None) -> None:
         self.args = tuple(args)
         self.started = time.monotonic()
         self.popen = subprocess.Popen(
