@@ -39,6 +39,9 @@ from participants.urls import DatabaseURL
 from participants.xid import Xid
 
 OUTCOMES_TABLE = "twopc_outcomes"
+#: The longest lock wait or I/O timeout a participant accepts (PostgreSQL's lock_timeout is
+#: an int of milliseconds: about 24.8 days).
+MAX_SECONDS = 2_000_000.0
 #: Idle connections a participant keeps for reuse (more are closed when given back).
 MAX_IDLE_CONNECTIONS = 16
 # Every branch inserts its outcome marker just before it prepares, inside the branch: a
@@ -236,12 +239,18 @@ class Participant(ABC):
     ``name`` is the branch qualifier (bqual) of every branch it holds.
     """
 
-    def __init__(self, name: str, url: DatabaseURL, *, lock_wait: float = 30.0) -> None:
-        if not lock_wait > 0:  # PostgreSQL reads a lock_timeout of 0 as "wait forever"
+    def __init__(
+        self, name: str, url: DatabaseURL, *, lock_wait: float = 30.0, io_timeout: float = 30.0
+    ) -> None:
+        # PostgreSQL reads a lock_timeout of 0 as "wait forever"; nan and inf bound nothing.
+        if not 0 < lock_wait < MAX_SECONDS:
             raise ValueError(f"lock_wait must be a positive number of seconds, got {lock_wait!r}")
+        if not 0 < io_timeout < MAX_SECONDS:
+            raise ValueError(f"io_timeout must be a positive number of seconds, got {io_timeout!r}")
         self.name = name
         self.url = url
         self.lock_wait = lock_wait
+        self.io_timeout = io_timeout
         self._ready = False  # check_ready passed once
         self._idle: list[Any] = []  # connections a finished branch or transaction gave back
         self._idle_lock = threading.Lock()
@@ -249,6 +258,13 @@ class Participant(ABC):
         # lock held by a prepared branch (the CLI prints who blocks it and how to resolve it).
         self.on_lock_wait: Callable[[Participant, list[LockWait]], None] | None = None
         self.notice_after = 1.0
+
+    @property
+    def statement_limit(self) -> float:
+        """Seconds any one call on a connection may wait for the server before the link is
+        cut (the call fails as :class:`ParticipantUnavailable`): a statement's own lock wait
+        plus ``io_timeout``, so a server that stops answering never holds a caller forever."""
+        return self.lock_wait + self.io_timeout
 
     @property
     def server(self) -> str:

@@ -206,6 +206,9 @@ class MySQLParticipant(Participant):
         setting = f"SET SESSION innodb_lock_wait_timeout = {self.lock_wait_seconds:d}"
         with _translated(self, "connect"):
             conn = open_connection(self.url, autocommit=True, init_command=setting)
+        # Every read and write from now on gives up after statement_limit (PyMySQL closes
+        # the connection and raises 2013): a server that stops answering holds nobody.
+        conn._read_timeout = conn._write_timeout = self.statement_limit
         return conn
 
     def _still_usable(self, conn: pymysql.connections.Connection[Any]) -> bool:

@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import RV, PQGen
+from psycopg.connection import _WAIT_INTERVAL
 from psycopg.pq import TransactionStatus
 
 from participants.base import (
@@ -52,17 +54,43 @@ _PREPARED_SQL = """
 """
 
 
+class BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection on which no wait for the server lasts longer than ``limit``
+    seconds: past it the wait fails (``_WaitTimeout``, an OperationalError: the participant
+    translates it to ParticipantUnavailable) and the connection is closed, since a statement
+    was left in flight on it."""
+
+    limit: float | None = None
+
+    def wait(
+        self, gen: PQGen[RV], interval: float = _WAIT_INTERVAL, timeout: float | None = None
+    ) -> RV:
+        try:
+            return super().wait(gen, interval, self.limit if timeout is None else timeout)
+        except psycopg.errors._WaitTimeout:
+            self.close()
+            raise
+
+
 class PostgresParticipant(Participant):
     """A PostgreSQL database as a 2PC resource manager."""
 
     def connect(self) -> psycopg.Connection[Any]:
-        """An autocommit connection with this participant's lock-wait limit."""
+        """An autocommit connection with this participant's lock-wait limit, every wait on
+        it bounded by ``statement_limit``.
+
+        The lock wait is a startup option, so it is set inside ``connect_timeout`` (a server
+        that completes the handshake and then stops answering cannot hold a ``SET``) and
+        costs no round trip.
+        """
         kwargs = self.url.psycopg_kwargs()
         kwargs.setdefault("connect_timeout", 5)
+        setting = f"-c lock_timeout={self.lock_wait_ms}"
+        options = kwargs.get("options")
+        kwargs["options"] = f"{options} {setting}" if options else setting
         with self._translated("connect"):
-            conn = psycopg.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
-            lock_timeout = f"{self.lock_wait_ms}ms"
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (lock_timeout,))
+            conn = BoundedConnection.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
+        conn.limit = self.statement_limit
         return conn
 
     @property
