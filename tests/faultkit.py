@@ -754,12 +754,3 @@ class Schedule:
 
     def cents(self, low: int = 1, high: int = 999) -> Decimal:
         return Decimal(self.rng.randint(low, high)) / 100
-
-
-def wait_all(procs: Sequence[Proc], timeout: float, on_each: Callable[[Proc], None]) -> None:
-    """Call ``on_each`` for every process as the deadline allows (helper for fan-out waits)."""
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        with suppress(subprocess.TimeoutExpired):
-            proc.popen.wait(timeout=max(0.01, deadline - time.monotonic()))
-        on_each(proc)

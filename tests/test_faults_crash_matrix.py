@@ -25,6 +25,7 @@ from faultkit import (
     Ran,
     Snapshot,
     exit_problem,
+    record,
     report,
     run,
     running,
@@ -70,6 +71,7 @@ def test_2pc_killed_at_point_then_recovered(db: Databases, point: str) -> None:
     problems += outcome_problems(
         runs, before, snapshot(db), expect_applied=point not in BEFORE_DECISION
     )
+    record("crash matrix: 2PC kill -9", problems, kills=len(runs), transfers=len(runs))
     assert not problems, report(problems)
 
 
@@ -104,6 +106,7 @@ def test_saga_killed_at_point_then_recovered(
     problems = [p for ran in runs for p in exit_problem(ran, {-signal.SIGKILL})]
     problems += settle(db, before, runs)
     problems += outcome_problems(runs, before, snapshot(db), expect_applied=expect_applied)
+    record("crash matrix: saga kill -9", problems, kills=len(runs), transfers=len(runs))
     assert not problems, report(problems)
 
 
@@ -149,6 +152,7 @@ def test_2pc_ctrl_c_at_point(db: Databases, point: str) -> None:
     problems += outcome_problems(
         [ran], before, snapshot(db), expect_applied=point not in BEFORE_DECISION
     )
+    record("crash matrix: 2PC Ctrl-C", problems, signals=1, transfers=1)
     assert not problems, report(problems)
 
 
@@ -160,6 +164,7 @@ def test_saga_ctrl_c_while_paused(db: Databases, point: str) -> None:
     ran = interrupt_at(db, Move("pg:a1", "mysql:a2", AMOUNT, "saga"), point, signal.SIGINT)
     problems = exit_problem(ran, {EXIT_FAILED, EXIT_IN_DOUBT}) + one_line_error(ran)
     problems += settle(db, before, [ran])
+    record("crash matrix: saga Ctrl-C", problems, signals=1, transfers=1)
     assert not problems, report(problems)
 
 
@@ -175,4 +180,5 @@ def test_sigterm_before_and_after_the_decision(db: Databases) -> None:
     after = snapshot(db)
     problems += outcome_problems([early], before, after, expect_applied=False)
     problems += outcome_problems([late], before, after, expect_applied=True)
+    record("crash matrix: SIGTERM", problems, signals=2, transfers=2)
     assert not problems, report(problems)

@@ -28,6 +28,7 @@ from faultkit import (
     Ran,
     Schedule,
     ready,
+    record,
     repair,
     report,
     running,
@@ -55,7 +56,8 @@ def single(schedule: Schedule, pair: int) -> tuple[Move, tuple[str, ...]]:
     return move, ("--pause-at", point, "--pause-seconds", "0.3")
 
 
-def soak_round(db: Databases, schedule: Schedule, number: int) -> list[str]:
+def soak_round(db: Databases, schedule: Schedule, number: int) -> tuple[list[str], int]:
+    """One round; returns its problems and how many processes it SIGKILLed."""
     before = snapshot(db)
     mode = ("2pc", "saga")[number % 2]
     pairs = schedule.rng.sample(list(PAIRS), SINGLES)
@@ -67,22 +69,25 @@ def soak_round(db: Databases, schedule: Schedule, number: int) -> list[str]:
     singles = [Proc(db, *move.args(*extra)) for move, extra in planned]
     started = time.monotonic()
     kills = sorted(
-        [(schedule.between(0.5, 1.5), bench)]
-        + [(schedule.between(0.1, 1.5), p) for p in singles if schedule.chance(0.75)],
+        [(schedule.between(0.4, 1.2), bench)]
+        + [(schedule.between(0.1, 1.2), p) for p in singles if schedule.chance(0.75)],
         key=lambda kill: kill[0],
     )
+    killed: dict[int, float] = {}  # the processes still running when their moment came
     with running([bench, *singles]):
         for at, proc in kills:
             time.sleep(max(0.0, started + at - time.monotonic()))
-            proc.send(signal.SIGKILL)
-        killed = {id(proc): at for at, proc in kills}
+            if proc.running():
+                proc.send(signal.SIGKILL)
+                killed[id(proc)] = at
         runs = [
             Ran(move, proc.finish(timeout=60), _note(extra, killed.get(id(proc))))
             for (move, extra), proc in zip(planned, singles, strict=True)
         ]
         bench.finish(timeout=30)
-    problems = settle(db, before, runs)
-    return [f"round {number + 1}/{ROUNDS}, bench {mode}: {problem}" for problem in problems]
+    problems = settle(db, before, runs, audit_first=number % 2 == 0)
+    found = [f"round {number + 1}/{ROUNDS}, bench {mode}: {problem}" for problem in problems]
+    return found, len(killed)
 
 
 def _note(extra: tuple[str, ...], killed_at: float | None) -> str:
@@ -96,10 +101,11 @@ def test_random_kill_soak(db: Databases) -> None:
     schedule = Schedule(seed())
     problems: list[str] = []
     for number in range(ROUNDS):
-        found = soak_round(db, schedule, number)
+        found, kills = soak_round(db, schedule, number)
         if found:
             # Each round is judged against its own start; clear what it left so the next
             # one is not blamed for it.
             repair(db)
         problems += found
+        record("random-kill soak (rounds)", found, kills=kills, transfers=SINGLES)
     assert not problems, f"TWOPC_FAULTS_SEED={schedule.seed}\n" + report(problems)
