@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import click
 
 from commands.accounts import balances, init
 from commands.bench import bench
-from commands.common import Context
+from commands.common import Context, HomeDirectory, given_url
 from commands.demo import demo
 from commands.dev import dev
 from commands.logs import log_group
@@ -23,13 +25,84 @@ from commands.sagas import sagas
 from commands.transfer import transfer
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineUsageError(click.ClickException):
+    """A usage error shown as one line: the message and where to read the command's help."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError) -> None:
+        path = error.ctx.command_path if error.ctx is not None else "twopc"
+        message = " ".join(error.format_message().split())  # click's can span lines
+        super().__init__(f"{message} (see `{path} --help`)")
+
+
+class TwopcContext(click.Context):
+    """Ties a usage error raised without a context (click's option parser raises some) to
+    the innermost command being parsed or run, so its one-line error names that command."""
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if isinstance(exc_value, click.UsageError) and exc_value.ctx is None:
+            exc_value.ctx = self
+        return super().__exit__(exc_type, exc_value, tb)
+
+
+class TwopcGroup(click.Group):
+    """The ``twopc`` group. Every usage error of every command, whether click raised it
+    while parsing or a command raised it, is one line on stderr, exit 2, instead of click's
+    usage dump. (Running a group with no arguments still prints its help.)"""
+
+    context_class = TwopcContext
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _adopt(cmd)
+        super().add_command(cmd, name)
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            raise _one_line(err) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            raise _one_line(err) from None
+
+
+def _adopt(command: click.Command) -> None:
+    """Give ``command`` and every subcommand under it the :class:`TwopcContext`."""
+    command.context_class = TwopcContext
+    if isinstance(command, click.Group):
+        for subcommand in command.commands.values():
+            _adopt(subcommand)
+
+
+def _one_line(error: click.UsageError) -> click.UsageError | OneLineUsageError:
+    # click shows a group run with no arguments its help, by raising a UsageError whose
+    # message is the help text (click >= 8.2): that one is left alone.
+    no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", ())
+    return error if isinstance(error, no_args_is_help) else OneLineUsageError(error)
+
+
+@click.group("twopc", cls=TwopcGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--home",
     envvar="TWOPC_HOME",
     default=".twopc",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=HomeDirectory(),
     help="Holds coordinator logs and dev servers. Env: TWOPC_HOME.",
 )
 @click.option(
@@ -46,7 +119,11 @@ def main(ctx: click.Context, home: Path, pg_url: str | None, mysql_url: str | No
     Exit codes: 0 ok, 1 failure, 2 misuse, 3 in-doubt transactions or unfinished sagas remain.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    ctx.obj = Context(home, {"pg": pg_url, "mysql": mysql_url})
+    urls = {
+        "pg": given_url(pg_url, "TWOPC_PG_URL"),
+        "mysql": given_url(mysql_url, "TWOPC_MYSQL_URL"),
+    }
+    ctx.obj = Context(home, urls)
 
 
 for _command in (

@@ -9,8 +9,9 @@ from decimal import Decimal, InvalidOperation
 from bank.errors import InvalidInput
 
 SIDES = ("pg", "mysql")
+# Explicit ASCII classes: \d would also match other scripts' digits (Arabic-Indic, fullwidth).
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_AMOUNT = re.compile(r"\d{1,18}(\.\d{1,2})?")
+_AMOUNT = re.compile(r"[0-9]{1,18}(\.[0-9]{1,2})?")
 _NATURAL = re.compile(r"(\D*)(\d*)(.*)")
 
 
@@ -35,13 +36,14 @@ class AccountRef:
 
 
 def parse_amount(text: str) -> Decimal:
-    """An exact decimal amount > 0 with at most 2 places (and that fits DECIMAL(20,2))."""
-    if not _AMOUNT.fullmatch(text.strip()):
+    """An exact decimal amount > 0 with at most 2 places (and that fits DECIMAL(20,2)):
+    ASCII digits only, nothing around them (no spaces, no sign, no exponent)."""
+    if not _AMOUNT.fullmatch(text):
         raise InvalidInput(
             f"amount {text!r} must be a positive decimal with at most 2 places, like 12.50"
         )
     try:
-        amount = Decimal(text.strip())
+        amount = Decimal(text)
     except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
         raise InvalidInput(f"amount {text!r} is not a number") from None
     if amount <= 0:

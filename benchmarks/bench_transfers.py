@@ -20,6 +20,7 @@ The servers are the configured ones (``twopc init`` must have made the schema); 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
 import threading
@@ -44,15 +45,22 @@ AMOUNT = Decimal("0.01")
 _AUDIT_PAUSE = 0.005
 
 
+class BenchmarkFailed(Exception):
+    """A run could not go on (its auditor lost a server): its figures would mean nothing."""
+
+
 @dataclass
 class Tally:
-    """What one run saw; filled by the workers and the auditor."""
+    """What one run saw; filled by the workers and the auditor. ``audit_error`` is set
+    (and ``halt`` with it) when the auditor could not read a server."""
 
     latencies: list[float] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)
     reads: int = 0
     total_off: int = 0
     total_with_pending_off: int = 0
+    audit_error: str | None = None
+    halt: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -70,6 +78,7 @@ def run_transfer_benchmark(
     """Run every mode at every worker count; return a JSON-ready dict with one entry per run.
 
     ``on_transfer`` is called after each transfer (for progress), one call at a time.
+    Raises :class:`BenchmarkFailed` when the auditor loses a server (the run stops then).
     """
     if not set(modes) <= set(MODES) or not modes:
         raise ValueError(f"modes must be among {', '.join(MODES)}, got {list(modes)}")
@@ -108,6 +117,11 @@ def _run(
         finally:
             stop.set()
             auditor.join()
+    if tally.audit_error is not None:
+        raise BenchmarkFailed(
+            f"{mode} run with {workers} worker(s) stopped: the auditor could not read the "
+            f"servers ({tally.audit_error}); see `twopc in-doubt` once they are back"
+        )
     closing = read_balances(list(participants))
     conserved = closing.overall + closing.pending_overall == expected
     return _summary(mode, workers, seconds, tally) | {"conserved": conserved}
@@ -161,7 +175,7 @@ def _drive(
     take = threading.Lock()
 
     def worker() -> None:
-        while True:
+        while not tally.halt.is_set():
             with take:
                 request = next(queue, None)
             if request is None:
@@ -196,20 +210,35 @@ def _audit(
     participants: Sequence[Participant], expected: Decimal, tally: Tally, stop: threading.Event
 ) -> None:
     """Read both servers' totals back to back, over and over, on connections kept open (so
-    the reader's own gap between the servers is as short as a plain reader can make it)."""
-    connections: list[Any] = [participant.connect() for participant in participants]
+    the reader's own gap between the servers is as short as a plain reader can make it).
+
+    A read that fails (a server went away) ends the audit and halts the run: it is
+    recorded in ``tally.audit_error`` for the caller to report, never left to kill the
+    thread with a traceback."""
+    connections: list[Any] = []
     try:
-        while not stop.wait(_AUDIT_PAUSE):
-            totals = [_totals(conn) for conn in connections]
-            balance = sum((b for b, _ in totals), Decimal(0))
-            pending = sum((p for _, p in totals), Decimal(0))
-            with tally.lock:
-                tally.reads += 1
-                tally.total_off += balance != expected
-                tally.total_with_pending_off += balance + pending != expected
+        connections += [participant.connect() for participant in participants]
+        _audit_until(connections, expected, tally, stop)
+    except Exception as err:  # driver errors of either server, as raw as the reads are
+        tally.audit_error = " ".join(str(err).split()) or type(err).__name__
+        tally.halt.set()
     finally:
         for conn in connections:
-            conn.close()
+            with contextlib.suppress(Exception):  # the server may be gone
+                conn.close()
+
+
+def _audit_until(
+    connections: list[Any], expected: Decimal, tally: Tally, stop: threading.Event
+) -> None:
+    while not stop.wait(_AUDIT_PAUSE):
+        totals = [_totals(conn) for conn in connections]
+        balance = sum((b for b, _ in totals), Decimal(0))
+        pending = sum((p for _, p in totals), Decimal(0))
+        with tally.lock:
+            tally.reads += 1
+            tally.total_off += balance != expected
+            tally.total_with_pending_off += balance + pending != expected
 
 
 def _totals(conn: Any) -> tuple[Decimal, Decimal]:

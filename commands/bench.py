@@ -12,8 +12,10 @@ from bank import SIDES, read_balances
 from commands.common import (
     BadInput,
     Context,
+    Failure,
     emit,
     json_option,
+    lock_wait_option,
     operational_errors,
     progress,
     quiet_option,
@@ -118,13 +120,7 @@ def _counts(option: str, text: str) -> list[int]:
     type=click.IntRange(1),
     help="Transfers pick among accounts a1..aN of each side (fewer: hotter rows).",
 )
-@click.option(
-    "--lock-wait",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(min=0.001),
-    help="Seconds a transfer waits for a row lock before it fails.",
-)
+@lock_wait_option(10.0)
 @quiet_option
 @json_option
 @click.pass_obj
@@ -143,6 +139,7 @@ def bench_transfers(
     what a concurrent plain reader sees. Moves 0.01 per transfer and leaves it moved."""
     from benchmarks.bench_transfers import (
         MODES,
+        BenchmarkFailed,
         format_transfer_benchmark,
         run_transfer_benchmark,
     )
@@ -155,15 +152,18 @@ def bench_transfers(
     _check_accounts(read_balances(participants).sides, accounts)
     total = transfers * len(chosen) * len(counts)
     with progress(total, "transferring", quiet=quiet) as transferred:
-        result = run_transfer_benchmark(
-            participants,
-            obj.home,
-            modes=chosen,
-            workers=counts,
-            transfers=transfers,
-            accounts=accounts,
-            on_transfer=transferred,
-        )
+        try:
+            result = run_transfer_benchmark(
+                participants,
+                obj.home,
+                modes=chosen,
+                workers=counts,
+                transfers=transfers,
+                accounts=accounts,
+                on_transfer=transferred,
+            )
+        except BenchmarkFailed as err:
+            raise Failure(str(err)) from None
     emit(as_json, result, "\n".join(format_transfer_benchmark(result)))
     if not all(run["conserved"] for run in result["runs"]):
         raise click.ClickException(

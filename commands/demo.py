@@ -10,7 +10,7 @@ import click
 
 from bank import SIDES
 from bank.demo import DemoError, blocking_demo
-from commands.common import Context, emit, json_option, operational_errors
+from commands.common import Context, emit, json_option, operational_errors, seconds_option
 
 
 @click.group()
@@ -19,12 +19,11 @@ def demo() -> None:
 
 
 @demo.command("blocking")
-@click.option(
+@seconds_option(
     "--hold",
-    default=3.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds to leave the second transfer blocked before recovering.",
+    3.0,
+    "Seconds to leave the second transfer blocked before recovering.",
+    maximum=60.0,  # the blocked transfer waits 120 s for its lock (bank/demo.py)
 )
 @json_option
 @click.pass_obj

@@ -10,12 +10,21 @@ from pathlib import Path
 
 import click
 
-from commands.common import BadInput, Context, emit, json_option, operational_errors
+from commands.common import BadInput, Context, Failure, emit, json_option, operational_errors
 from coordinator import InvalidCoordinatorId, check_coordinator_id
 from coordinator.recovery import OPERATOR_LOG, txlog_root
 from saga.ids import check_orchestrator_id
 from saga.logs import orchestrator_ids, saga_root
-from txlog import LogError, Record, is_locked, read_log, verify_log
+from txlog import (
+    LogContents,
+    LogError,
+    LogMissing,
+    Record,
+    VerifyReport,
+    is_locked,
+    read_log,
+    verify_log,
+)
 
 
 @click.group("log")
@@ -60,8 +69,9 @@ def _log_dirs(obj: Context, coordinator: str | None, orchestrator: str | None) -
                 "saga orchestrator",
             )
         ]
-    coordinators = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    found = [LogDir(_role_of(p.name), p.name, p) for p in coordinators]
+    # As recovery does, a directory whose name no coordinator could have is not a log.
+    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    found = [LogDir(_role_of(name), name, root / name) for name in names if _is_log_name(name)]
     return found + [
         LogDir("orchestrator", name, saga_root(obj.home) / name)
         for name in orchestrator_ids(obj.home)
@@ -80,6 +90,13 @@ def _coordinator_role(name: str) -> str:
 
 def _role_of(name: str) -> str:
     return "operator" if name == OPERATOR_LOG else "coordinator"
+
+
+def _is_log_name(name: str) -> bool:
+    try:
+        return name == OPERATOR_LOG or bool(check_coordinator_id(name))
+    except InvalidCoordinatorId:
+        return False
 
 
 def _one(root: Path, name: str, role: str, what: str) -> LogDir:
@@ -102,27 +119,70 @@ _ORCHESTRATOR_OPTION = click.option("--orchestrator", help="Only this saga orche
 def log_show(
     obj: Context, coordinator: str | None, orchestrator: str | None, as_json: bool
 ) -> None:
-    """Print the records of the logs in order: type, txid (gtrid or saga id), branches or
-    body, time. Default: every log under HOME."""
-    documents, lines = [], []
+    """Print the records of the logs in order: time, type, txid (gtrid or saga id), then
+    the branches, the decision or the body. Default: every log under HOME.
+
+    A damaged log is reported (exit 1) and the others are still listed."""
+    documents, lines, damaged = [], [], []
     for log in _log_dirs(obj, coordinator, orchestrator):
         try:
-            contents = read_log(log.path)
+            contents = _read(log)
         except LogError as err:
-            raise click.ClickException(str(err)) from None
+            damaged.append(str(err))
+            documents.append(log.document() | {"error": str(err), "records": []})
+            lines += [log.heading(), f"DAMAGED: {err}"]
+            continue
+        if contents is None:
+            continue
         records = [r.to_json() for r in contents.records]
         documents.append(log.document() | {"torn_tail": contents.torn_tail, "records": records})
         lines.append(log.heading())
         lines += [_record_line(r) for r in contents.records]
     emit(as_json, documents, "\n".join(lines) or "no logs")
+    if damaged:
+        raise Failure("; ".join(damaged))
+
+
+def _read(log: LogDir) -> LogContents | None:
+    """The log's records; None when it went away since it was listed (a one-shot
+    coordinator removes its log once nothing in it is unfinished)."""
+    try:
+        return read_log(log.path)
+    except LogMissing:
+        if not log.path.is_dir():
+            return None
+        raise LogError(f"{log.path}: no segment and no checkpoint: no log here") from None
 
 
 def _record_line(record: Record) -> str:
     stamp = datetime.fromtimestamp(record.time, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    branches = record.body.get("branches")
-    names = " ".join(b.get("name", "?") for b in branches) if isinstance(branches, list) else ""
-    extra = names or json.dumps(dict(record.body), sort_keys=True) if record.body else names
-    return f"{stamp}  {record.kind:<8} {record.txid}  {extra}".rstrip()
+    return f"{stamp}  {record.kind:<8} {record.txid}  {_record_detail(record)}".rstrip()
+
+
+def _record_detail(record: Record) -> str:
+    """What a record says, briefly: a decision (the operator's) and the branches it names
+    with what happened to each; any other body as JSON."""
+    body = dict(record.body)
+    parts = []
+    if isinstance(body.get("decision"), str):
+        logged = body.get("logged_decision")
+        heuristic = f" (heuristic: the log said {logged})" if body.get("heuristic") else ""
+        parts.append(f"decision: {body['decision']}{heuristic}")
+    branches = body.get("branches")
+    if isinstance(branches, list):
+        parts.append(" ".join(_branch_label(branch) for branch in branches))
+    if parts:
+        return "  ".join(parts)
+    return json.dumps(body, sort_keys=True) if body else ""
+
+
+def _branch_label(branch: object) -> str:
+    """A COMMIT record's branch is named by "name"; a RESOLVE record's by "server", with
+    the action taken on it."""
+    if not isinstance(branch, dict):
+        return str(branch)
+    name = branch.get("name") or branch.get("server") or "?"
+    return f"{name}: {branch['action']}" if "action" in branch else str(name)
 
 
 @log_group.command("verify", epilog="Exit status: 0 when every log is whole, 1 on damage.")
@@ -134,9 +194,12 @@ def _record_line(record: Record) -> str:
 def log_verify(
     obj: Context, coordinator: str | None, orchestrator: str | None, as_json: bool
 ) -> None:
-    """Check every segment and checkpoint of the logs. Default: every log under HOME."""
-    logs = _log_dirs(obj, coordinator, orchestrator)
-    reports = [verify_log(log.path) for log in logs]
+    """Check every segment and checkpoint of the logs. Default: every log under HOME.
+
+    A log directory that holds no segment and no checkpoint is damage too."""
+    checked = [(log, _verify(log)) for log in _log_dirs(obj, coordinator, orchestrator)]
+    logs = [log for log, report in checked if report is not None]
+    reports = [report for _, report in checked if report is not None]
     lines = [line for report in reports for line in report.lines()]
     documents = [
         {"log": log.role, "id": log.name} | report.to_json()
@@ -145,3 +208,11 @@ def log_verify(
     emit(as_json, documents, "\n".join(lines) or "no logs")
     if not all(r.ok for r in reports):
         sys.exit(1)
+
+
+def _verify(log: LogDir) -> VerifyReport | None:
+    """The log's report; None when it went away since it was listed (see :func:`_read`)."""
+    try:
+        return verify_log(log.path)
+    except LogMissing:
+        return None

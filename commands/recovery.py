@@ -7,8 +7,17 @@ import sys
 import click
 
 from bank import SIDES
-from commands.common import EXIT_IN_DOUBT, Context, emit, json_option, operational_errors
+from commands.common import (
+    EXIT_IN_DOUBT,
+    BadInput,
+    Context,
+    emit,
+    json_option,
+    operational_errors,
+    seconds_option,
+)
 from commands.sagas import saga_config
+from coordinator import coordinator_of
 from coordinator.audit import ATOMIC, IN_DOUBT, VIOLATION
 from coordinator.audit import audit as run_audit
 from coordinator.recovery import (
@@ -72,10 +81,10 @@ def _seconds(value: object) -> str:
     "orchestrator's saga, a dead-lettered compensation, a saga still waiting for a server)."
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
-@click.option(
+@seconds_option(
     "--retry-deadline",
-    type=click.FloatRange(min=0),
-    help="Seconds to keep retrying each saga step or compensation [default: 30].",
+    None,
+    "Seconds to keep retrying each saga step or compensation [default: 30].",
 )
 @json_option
 @click.pass_obj
@@ -123,10 +132,14 @@ def _saga_recovery_text(report: SagaRecoveryReport) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+@click.command(
+    epilog="Exit status: 0 every branch finished, 1 refused or failed, 2 bad input (no or "
+    "both decisions, a GTRID not of the form <coordinator-id>.<20 hex digits>), 3 a branch "
+    "is still prepared."
+)
 @click.argument("gtrid")
-@click.option("--commit", "decision", flag_value="commit", help="Commit every branch.")
-@click.option("--rollback", "decision", flag_value="rollback", help="Roll back every branch.")
+@click.option("--commit", is_flag=True, help="Commit every branch.")
+@click.option("--rollback", is_flag=True, help="Roll back every branch.")
 @click.option(
     "--force",
     is_flag=True,
@@ -135,13 +148,21 @@ def _saga_recovery_text(report: SagaRecoveryReport) -> str:
 @json_option
 @click.pass_obj
 @operational_errors
-def resolve(obj: Context, gtrid: str, decision: str | None, force: bool, as_json: bool) -> None:
+def resolve(
+    obj: Context, gtrid: str, commit: bool, rollback: bool, force: bool, as_json: bool
+) -> None:
     """Finish every branch of GTRID by hand, and record it in the operator's log."""
-    if decision is None:
-        raise click.UsageError("say --commit or --rollback")
-    outcome = resolve_by_hand(
-        obj.participants(SIDES), obj.home, gtrid, commit=decision == "commit", force=force
-    )
+    if commit == rollback:
+        raise click.UsageError(
+            "--commit and --rollback cannot be combined" if commit else "say --commit or --rollback"
+        )
+    if coordinator_of(gtrid) is None:  # checked before connecting to anything
+        raise BadInput(
+            f"{gtrid!r} is not a gtrid of ours: they look like <coordinator-id>.<20 hex digits> "
+            "(see `twopc in-doubt`)"
+        )
+    decision = "commit" if commit else "rollback"
+    outcome = resolve_by_hand(obj.participants(SIDES), obj.home, gtrid, commit=commit, force=force)
     heuristic = " (heuristic outcome: against the log's decision)" if outcome.heuristic else ""
     text = "\n".join(
         [f"{b.gtrid}  {b.participant:<5}  {b.action}" for b in outcome.branches]

@@ -12,10 +12,13 @@ from bank import SIDES
 from commands.common import (
     EXIT_IN_DOUBT,
     Context,
+    Failure,
+    InDoubtRemains,
     emit,
     json_option,
     operational_errors,
     parse_retention,
+    seconds_option,
 )
 from coordinator import RetryPolicy
 from participants import Participant, ParticipantError
@@ -126,28 +129,34 @@ def saga_exit(outcome: SagaOutcome, *, finished_is_success: bool = False) -> Non
     if code is not None:
         refunded = outcome.outcome == COMPENSATED and not state.replayed
         money = "the debit was refunded" if refunded else "nothing changed"
-        raise click.ClickException(
-            f"saga {outcome.saga_id} {outcome.outcome}: {state.last_error}; {money}"
+        raise Failure(
+            f"saga {outcome.saga_id} {outcome.outcome}: {state.last_error}; {money}",
+            outcome=outcome.outcome,
         )
     if state.finished:  # refused: another orchestrator owns the saga id
-        raise click.ClickException(f"saga {outcome.saga_id} not run: {_end_reason(outcome)}")
+        raise Failure(
+            f"saga {outcome.saga_id} not run: {_end_reason(outcome)}", outcome=outcome.outcome
+        )
     if state.dead_lettered:
         advice = f"fix the cause, then retry it with `twopc sagas retry {outcome.saga_id}`"
     else:
         advice = "`twopc recover` finishes it once the server is back"
-    click.echo(
-        f"Error: saga {outcome.saga_id} is {outcome.outcome}: "
+    raise InDoubtRemains(
+        f"saga {outcome.saga_id} is {outcome.outcome}: "
         f"{state.last_error or '; '.join(state.problems)}; {advice} (see `twopc sagas`)",
-        err=True,
+        outcome=outcome.outcome,
     )
-    sys.exit(EXIT_IN_DOUBT)
 
 
 def _end_reason(outcome: SagaOutcome) -> str:
     return outcome.state.last_error or "another orchestrator owns it"
 
 
-@click.group(invoke_without_command=True)
+@click.group(
+    invoke_without_command=True,
+    epilog="Exit status (listing): 0 no saga is unfinished, 1 an orchestrator's log is "
+    "damaged, 3 a saga is unfinished or dead-lettered.",
+)
 @json_option
 @click.pass_context
 @operational_errors
@@ -173,6 +182,8 @@ def sagas(ctx: click.Context, as_json: bool) -> None:
     emit(as_json, document, "\n".join(lines) or "no unfinished sagas")
     if damaged:
         sys.exit(1)
+    if entries:  # unfinished or dead-lettered: money is still pending
+        sys.exit(EXIT_IN_DOUBT)
 
 
 def _saga_entry(state: SagaState, orchestrator: str, alive: bool) -> dict[str, Any]:
@@ -212,7 +223,7 @@ def _saga_entry_lines(entry: dict[str, Any]) -> list[str]:
 
 @sagas.command("retry")
 @click.argument("saga_id")
-@click.option("--retry-deadline", type=click.FloatRange(min=0), help="Seconds to keep retrying.")
+@seconds_option("--retry-deadline", None, "Seconds to keep retrying [default: 30].")
 @json_option
 @click.pass_obj
 @operational_errors

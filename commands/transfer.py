@@ -14,9 +14,13 @@ from bank import AccountRef, Transfer, parse_amount, run_transfer
 from commands.common import (
     EXIT_IN_DOUBT,
     Context,
+    Failure,
+    InDoubtRemains,
     emit,
     interruptible,
+    json_failures,
     json_option,
+    lock_wait_option,
     operational_errors,
     parse_retention,
     seconds_option,
@@ -45,10 +49,13 @@ from saga import (
     KillSagaAt,
     Orchestrator,
     PauseSagaAt,
+    SagaConfig,
     SagaHooks,
+    SagaOutcome,
     SagaPoint,
     check_saga_id,
 )
+from saga.logs import read_orchestrator
 from txlog import is_locked
 
 _POINTS = [point.value for point in CrashPoint]
@@ -88,17 +95,11 @@ _MODES_HELP = (
     help="Saga mode: the saga's id, 1-64 of [A-Za-z0-9._:-] (default: a fresh one). Running "
     "an id again replays it: every step finds its stored result and no money moves twice.",
 )
-@click.option(
-    "--lock-wait",
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(min=0.001),
-    help="Seconds to wait for a row lock before aborting.",
-)
-@click.option(
+@lock_wait_option(30.0)
+@seconds_option(
     "--retry-deadline",
-    type=click.FloatRange(min=0),
-    help="Saga mode: seconds to keep retrying a failing step or compensation [default: 30].",
+    None,
+    "Saga mode: seconds to keep retrying a failing step or compensation [default: 30].",
 )
 @click.option(
     "--retention",
@@ -123,6 +124,7 @@ _MODES_HELP = (
 @seconds_option("--pause-seconds", 60.0, "How long --pause-at holds.")
 @json_option
 @click.pass_obj
+@json_failures
 @operational_errors
 def transfer(
     obj: Context,
@@ -146,6 +148,8 @@ def transfer(
     2pc: atomically — across databases with two-phase commit, within one database in one
     local transaction. saga: a debit and a credit as separate local transactions, the debit
     compensated if the credit fails; the output says which steps ran.
+
+    With --json, a failure also prints one JSON document (outcome, error, exit_code).
     """
     request = Transfer(
         AccountRef.parse(source), AccountRef.parse(destination), parse_amount(amount)
@@ -171,8 +175,30 @@ def transfer(
         try:
             outcome = run_transfer(coordinator, request)
         except KeyboardInterrupt:
-            outcome = _after_interrupt(coordinator)
+            outcome = _interrupted(coordinator, as_json)
     emit(as_json, _outcome_document(request, outcome), _outcome_text(request, outcome))
+
+
+def _interrupted(coordinator: Coordinator, as_json: bool) -> Outcome:
+    """:func:`_after_interrupt`; with ``--json``, also the document of what it left."""
+    try:
+        return _after_interrupt(coordinator)
+    except SystemExit as stop:
+        if as_json:
+            emit(True, _interrupted_document(coordinator, stop.code), "")
+        raise
+
+
+def _interrupted_document(coordinator: Coordinator, code: object) -> dict[str, object]:
+    in_doubt = [tx.gtrid for tx in coordinator.unsettled()]
+    if code == EXIT_IN_DOUBT:
+        error = (
+            f"interrupted: transaction(s) {', '.join(in_doubt)} in doubt; run `twopc recover` "
+            "to finish them from their coordinator's log"
+        )
+        return {"outcome": "in doubt", "error": error, "exit_code": code, "in_doubt": in_doubt}
+    error = "interrupted: the transfer was rolled back; nothing changed"
+    return {"outcome": "aborted", "error": error, "exit_code": code}
 
 
 def _after_interrupt(coordinator: Coordinator) -> Outcome:
@@ -278,12 +304,12 @@ def _coordinator_id(value: str | None) -> str | None:
 
 def _hooks(points: Points) -> ProtocolHooks | None:
     point = points.point
+    if points.step is not None:  # refused even with no point: it would be silently ignored
+        raise click.UsageError("--at-step only applies with --mode saga")
     if point is None:
         return None
     if point not in _POINTS:
         raise click.UsageError(f"{point} is a saga point: use it with --mode saga")
-    if points.step is not None:
-        raise click.UsageError("--at-step only applies with --mode saga")
     if points.crash_at:
         return KillAt(CrashPoint(point))
     return PauseAt(CrashPoint(point), points.seconds)
@@ -327,10 +353,8 @@ def _transfer_saga(
     config = saga_config(obj, orchestrator_id, options.retry_deadline, _saga_hooks(points))
     sides = tuple(dict.fromkeys((request.source.side, request.destination.side)))
     participants = obj.participants(sides, lock_wait)
-    with Orchestrator.open(participants, config) as orchestrator:
-        for resumed in orchestrator.resumed:
-            click.echo(f"resumed saga {resumed.saga_id}: {resumed.outcome}", err=True)
-        outcome = orchestrator.transfer(request, options.saga_id)
+    with interruptible():  # SIGTERM stops a saga the way Ctrl-C does
+        outcome = _run_saga(participants, config, request, options.saga_id)
     pruned = (
         prune_after(participants, obj.home, options.retention) if outcome.state.finished else {}
     )
@@ -339,14 +363,56 @@ def _transfer_saga(
     saga_exit(outcome)
 
 
+def _run_saga(
+    participants: list[Participant], config: SagaConfig, request: Transfer, saga_id: str | None
+) -> SagaOutcome:
+    """Run the saga; Ctrl-C or SIGTERM stops it where it stands (its log says where) and
+    leaves it to `twopc recover`, which finishes it forward or backward."""
+    orchestrator_id = config.orchestrator_id  # a fresh one is only known once open
+    try:
+        with Orchestrator.open(participants, config) as orchestrator:
+            orchestrator_id = orchestrator.id
+            for resumed in orchestrator.resumed:
+                click.echo(f"resumed saga {resumed.saga_id}: {resumed.outcome}", err=True)
+            return orchestrator.transfer(request, saga_id)
+    except KeyboardInterrupt:
+        # The orchestrator is closed by now, so its log on disk says what is left.
+        raise _saga_interrupted(config.home, orchestrator_id) from None
+
+
+def _saga_interrupted(home: Path, orchestrator_id: str | None) -> Failure:
+    found = read_orchestrator(home, orchestrator_id) if orchestrator_id else None
+    unfinished = sorted(s.saga_id for s in found.sagas) if found else []
+    details: dict[str, object] = {"mode": "saga", "orchestrator": orchestrator_id}
+    if found and found.error:
+        return InDoubtRemains(
+            f"interrupted: the log of orchestrator {orchestrator_id} is unreadable "
+            f"({found.error}); see `twopc sagas`",
+            details,
+        )
+    if not unfinished:
+        return Failure(
+            "interrupted: no saga was left unfinished (it had not begun, or had just ended); "
+            "see `twopc balances`",
+            details,
+            outcome="interrupted",
+        )
+    return InDoubtRemains(
+        f"interrupted: saga {', '.join(unfinished)} is unfinished (orchestrator "
+        f"{orchestrator_id}); `twopc recover` finishes it",
+        details | {"unfinished": unfinished},
+        outcome="unfinished",
+    )
+
+
 def _saga_hooks(points: Points) -> SagaHooks | None:
     point = points.point
+    if points.step is not None and point != SagaPoint.AFTER_STEP_COMMIT.value:
+        raise click.UsageError("--at-step only applies with after-step-commit")
     if point is None:
         return None
     if point not in _SAGA_POINTS:
         raise click.UsageError(f"{point} is a 2PC point: saga points are {', '.join(_SAGA_POINTS)}")
-    if points.step is not None and point != SagaPoint.AFTER_STEP_COMMIT.value:
-        raise click.UsageError("--at-step only applies with after-step-commit")
     if points.crash_at:
         return KillSagaAt(SagaPoint(point), points.step)
     return PauseSagaAt(SagaPoint(point), points.seconds, points.step)

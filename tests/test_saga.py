@@ -283,7 +283,7 @@ def test_recover_finishes_a_saga_killed_at_each_point(
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert killed.stdout == ""
 
-    listed = run_json(db, "sagas")["sagas"]
+    listed = run_json(db, "sagas", code=EXIT_UNFINISHED)["sagas"]
     assert [(s["saga_id"], s["orchestrator_alive"], s["status"]) for s in listed] == [
         ("k1", False, "unfinished")
     ]
@@ -387,7 +387,7 @@ def test_reader_sees_the_pending_amount_while_the_saga_is_unfinished(db: Databas
         ]
 
         # A live orchestrator's saga is listed and left alone by recovery.
-        (listed,) = run_json(db, "sagas")["sagas"]
+        (listed,) = run_json(db, "sagas", code=EXIT_UNFINISHED)["sagas"]
         assert (listed["saga_id"], listed["orchestrator_alive"], listed["pending"]) == (
             "p1", True, "7.25",
         )  # fmt: skip
@@ -426,7 +426,7 @@ def test_dead_lettered_compensation_is_listed_then_retried_by_hand(db: Databases
         assert result.returncode == EXIT_UNFINISHED, result.stderr
         assert "refund pg:a1 7.25: attempt 1 failed:" in result.stderr
         assert "twopc sagas retry d1" in result.stderr
-        (listed,) = run_json(db, "sagas")["sagas"]
+        (listed,) = run_json(db, "sagas", code=EXIT_UNFINISHED)["sagas"]
         assert listed["status"] == "dead-lettered" and listed["direction"] == "backward"
         assert "lock" in listed["dead_letters"]["1"] and listed["last_error"]
         assert listed["pending"] == "7.25"

@@ -108,11 +108,12 @@ def test_init_is_idempotent_and_reset_restores(db: Databases) -> None:
     assert db.balances() == {f"{s}:a{n}": OPENING for s in ("pg", "mysql") for n in (1, 2, 3)}
 
 
-def test_missing_url_is_a_usage_error(db: Databases) -> None:
+def test_empty_url_is_a_usage_error(db: Databases) -> None:
     result = db.twopc("--pg-url", "", "balances", TWOPC_PG_URL="")
     assert result.returncode == 2
     assert result.stderr == (
-        "Error: no pg database configured: set --pg-url / TWOPC_PG_URL or run `twopc dev up`\n"
+        "Error: pg URL is empty (--pg-url / TWOPC_PG_URL): give a URL, or leave it unset to "
+        "use the servers of `twopc dev up`\n"
     )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from txlog.errors import LogCorrupt, LogMissing
 from txlog.files import CHECKPOINT_NAME, list_segments, segment_path
@@ -14,6 +16,7 @@ from txlog.state import UnfinishedTracker
 
 # A reader racing a live writer's checkpoint retries this often before giving up.
 RACE_RETRIES = 20
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,32 @@ def scan_log(directory: Path) -> LogScan:
     than a torn tail of the last segment, :class:`LogMissing` if there is no log."""
     if not directory.is_dir():
         raise LogMissing(directory)
-    checkpoint = read_checkpoint(directory)
+    checkpoint = readable(directory / CHECKPOINT_NAME, lambda: read_checkpoint(directory))
     numbers = list_segments(directory)
     if checkpoint is None and not numbers:
         raise LogMissing(directory)
     first = checkpoint.first_segment if checkpoint else 1
     live = [n for n in numbers if n >= first]
     _check_contiguous(directory, first, live)
-    scans = [read_segment(directory, n, tail=n == live[-1]) for n in live]
+    scans = [_read_segment(directory, n, tail=n == live[-1]) for n in live]
     return LogScan(checkpoint, scans, [n for n in numbers if n < first])
+
+
+def _read_segment(directory: Path, number: int, *, tail: bool) -> SegmentScan:
+    path = segment_path(directory, number)
+    return readable(path, lambda: read_segment(directory, number, tail=tail))
+
+
+def readable(path: Path, read: Callable[[], _T]) -> _T:
+    """``read()``, with a file of the log that cannot be read (a directory where a segment
+    should be, no permission) reported as :class:`LogCorrupt` at ``path``, like any other
+    damage. A missing file stays ``FileNotFoundError``: a checkpoint race, or no log."""
+    try:
+        return read()
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise LogCorrupt(path, 0, f"cannot be read: {err.strerror or err}") from err
 
 
 def _check_contiguous(directory: Path, first: int, live: list[int]) -> None:

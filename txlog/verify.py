@@ -11,7 +11,7 @@ from typing import Any
 from txlog.errors import LogCorrupt, LogMissing
 from txlog.files import CHECKPOINT_NAME, list_segments, segment_path
 from txlog.locking import is_locked
-from txlog.replay import RACE_RETRIES, checkpoint_identity
+from txlog.replay import RACE_RETRIES, checkpoint_identity, readable
 from txlog.segments import Checkpoint, read_checkpoint, read_segment
 
 
@@ -112,7 +112,8 @@ def _segment_line(segment: SegmentReport) -> str:
 def verify_log(path: Path) -> VerifyReport:
     """Check the checkpoint and every segment of the log at ``path`` without locking it.
 
-    Damage is reported in ``problems`` (never raised); :class:`LogMissing` if no log.
+    Damage is reported in ``problems`` (never raised), and so is a directory that holds
+    no segment and no checkpoint; :class:`LogMissing` if there is no directory at all.
     """
     directory = Path(path)
     for _ in range(RACE_RETRIES):
@@ -137,7 +138,10 @@ def _verify_once(directory: Path) -> VerifyReport:
     checkpoint = _verify_checkpoint(directory, problems)
     numbers = list_segments(directory)
     if checkpoint is None and not numbers and not problems:
-        raise LogMissing(directory)
+        # Only a LOCK file, or a stray directory: whatever it held is gone, and recovery
+        # will not presume abort for its transactions (the log is "missing").
+        problems.append(Problem(str(directory), 0, "no segment and no checkpoint: no log here"))
+        return VerifyReport(str(directory), is_locked(directory), None, [], problems)
     first = checkpoint.first_segment if checkpoint else min(numbers, default=1)
     segments = _verify_segments(directory, numbers, first, problems)
     return VerifyReport(
@@ -151,7 +155,7 @@ def _verify_once(directory: Path) -> VerifyReport:
 
 def _verify_checkpoint(directory: Path, problems: list[Problem]) -> Checkpoint | None:
     try:
-        return read_checkpoint(directory)
+        return readable(directory / CHECKPOINT_NAME, lambda: read_checkpoint(directory))
     except LogCorrupt as err:
         problems.append(Problem(str(err.file), err.offset, err.problem))
         return None
@@ -191,7 +195,7 @@ def _verify_segment(
 ) -> SegmentReport:
     file = segment_path(directory, number)
     try:
-        scan = read_segment(directory, number, tail=tail)
+        scan = readable(file, lambda: read_segment(directory, number, tail=tail))
     except LogCorrupt as err:
         problems.append(Problem(str(err.file), err.offset, err.problem))
         return SegmentReport(str(file), number, os.path.getsize(file), None)
