@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -206,8 +205,9 @@ def log_verify(
         for log, report in zip(logs, reports, strict=True)
     ]
     emit(as_json, documents, "\n".join(lines) or "no logs")
-    if not all(r.ok for r in reports):
-        sys.exit(1)
+    damaged = [f"{r.path} ({len(r.problems)} problem(s))" for r in reports if not r.ok]
+    if damaged:
+        raise Failure(f"{len(damaged)} damaged log(s): {', '.join(damaged)}")
 
 
 def _verify(log: LogDir) -> VerifyReport | None:

@@ -320,6 +320,7 @@ def test_log_commands_on_a_directory_with_only_its_lock(tmp_path: Path) -> None:
     verified = twopc(home, "log", "verify")
     assert verified.exit_code == 1, verified.stderr
     assert f"PROBLEM {problem}" in verified.stdout.splitlines()
+    assert verified.stderr == f"Error: 1 damaged log(s): {home / 'txlog' / 'c1'} (1 problem(s))\n"
     (report,) = json.loads(twopc(home, "log", "verify", "--json").stdout)
     assert report["ok"] is False and report["records"] == 0
     shown = twopc(home, "log", "show", "--coordinator", "c1")
