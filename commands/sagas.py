@@ -181,7 +181,8 @@ def sagas(ctx: click.Context, as_json: bool) -> None:
     document = {"sagas": entries, "damaged_logs": damaged}
     emit(as_json, document, "\n".join(lines) or "no unfinished sagas")
     if damaged:
-        sys.exit(1)
+        names = ", ".join(str(d["orchestrator"]) for d in damaged)
+        raise Failure(f"damaged log of orchestrator(s) {names}: their sagas need an operator")
     if entries:  # unfinished or dead-lettered: money is still pending
         sys.exit(EXIT_IN_DOUBT)
 

@@ -399,3 +399,17 @@ def test_log_show_prints_the_operators_decision(tmp_path: Path) -> None:
         "RESOLVE  c1.0123456789abcdef0123  decision: rollback (heuristic: the log said commit)"
         "  pg: rolled back mysql: rolled back"
     )
+
+
+def test_sagas_reports_a_damaged_orchestrator_log_in_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "sagas").mkdir(parents=True)
+    (home / "sagas" / "o1").mkdir()
+    for file in (DATA / "mid-corrupt").iterdir():
+        (home / "sagas" / "o1" / file.name).write_bytes(file.read_bytes())
+    result = twopc(home, "sagas")
+    assert result.exit_code == 1
+    assert result.stdout.startswith("damaged log of orchestrator o1: ")
+    assert result.stderr == (
+        "Error: damaged log of orchestrator(s) o1: their sagas need an operator\n"
+    )
