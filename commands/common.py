@@ -164,6 +164,8 @@ def operational_errors(command: _F) -> _F:
             SagaError,
         ) as err:
             raise Failure(str(err)) from None
+        except BrokenPipeError:  # stdout closed by its reader (`| head`): click exits quietly
+            raise
         except OSError as err:  # a file or directory under HOME we cannot create or read
             raise Failure(str(err)) from None
 
