@@ -22,7 +22,6 @@ from devserver.state import (
     load_state,
     save_state,
 )
-from txlog.files import make_directories
 
 _KINDS: tuple[ServerKind, ...] = ("pg", "mysql")
 
@@ -95,9 +94,8 @@ class DevServers:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        # Two `twopc dev up` at once must not both run initdb or pick ports. HOME and
-        # HOME/dev are private, like everything else twopc keeps under HOME.
-        make_directories(self.root)
+        # Two `twopc dev up` at once must not both run initdb or pick ports.
+        self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / ".lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
