@@ -20,7 +20,7 @@ COLUMNS = [
     ("cases", "cases"), ("transfers", "transfers"), ("kills", "coordinators killed"),
     ("signals", "Ctrl-C/SIGTERM"), ("server_faults", "server faults"),
     ("connection_kills", "sessions killed"), ("bad_inputs", "bad inputs"),
-    ("problems", "violations found"),
+    ("failed", "cases failing"), ("problems", "violations found"),
 ]
 rows: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 with open(sys.argv[1]) as lines:

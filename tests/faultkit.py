@@ -36,16 +36,14 @@ from typing import Any
 
 import psycopg
 import pymysql
-from conftest import ACCOUNTS, OPENING, Databases, twopc_executable
+from conftest import ACCOUNTS, Databases, twopc_executable
 
 from devserver.procs import pids_in_dir
 
 FORMAT_ID = 0x74706331  # "tpc1": every branch of ours carries it
-TOTAL = 2 * ACCOUNTS * OPENING  # every account on both servers, as the db fixture seeds them
 SIDES = ("pg", "mysql")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_IN_DOUBT = 0, 1, 2, 3
-DOCUMENTED_EXITS = frozenset({EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_IN_DOUBT})
 
 #: ``TWOPC_FAULTS_LONG=1`` turns the short form (part of the normal suite) into the long one.
 LONG = os.environ.get("TWOPC_FAULTS_LONG") == "1"
@@ -53,7 +51,6 @@ LONG = os.environ.get("TWOPC_FAULTS_LONG") == "1"
 POINTS_2PC = ("after-first-prepare", "after-prepare", "after-decision", "after-first-commit",
               "before-end")  # fmt: skip
 BEFORE_DECISION = frozenset(POINTS_2PC[:2])
-POINTS_SAGA = ("after-debit", "after-credit", "after-compensation", "after-step-commit")
 
 PAUSED = re.compile(r"paused at (\S+): pid (\d+) (gtrid|saga) (\S+)")
 
@@ -622,7 +619,13 @@ def record(scenario: str, problems: Sequence[str], **counts: int) -> None:
     the table of RELIABILITY.md."""
     path = os.environ.get("TWOPC_FAULTS_FIGURES")
     if path:
-        line = {"scenario": scenario, "cases": 1, "problems": len(problems), **counts}
+        line = {
+            "scenario": scenario,
+            "cases": 1,
+            "failed": int(bool(problems)),
+            "problems": len(problems),
+            **counts,
+        }
         with open(path, "a") as out:
             out.write(json.dumps(line) + "\n")
 

@@ -74,7 +74,12 @@ def test_replayed_saga_id_with_another_request_is_refused(db: Databases) -> None
         if snapshot(db).balances != after_first.balances:
             problems.append(f"the refused replay {replay} moved money")
     problems += settle(db, before, [Ran(first, done, "first use of rep-2")])
-    record("issue: saga id replayed with another request", problems, bad_inputs=len(REPLAYS))
+    record(
+        "issue: saga id replayed with another request",
+        problems,
+        bad_inputs=len(REPLAYS),
+        transfers=1,
+    )
     assert not problems, report(problems)
 
 
@@ -98,7 +103,7 @@ def test_stable_coordinator_crashing_again_keeps_the_evidence(db: Databases) -> 
     after = snapshot(db)
     if after.delta(before, first.source) != -AMOUNT:
         problems.append(f"[{first}] decided before the second crash, but not applied")
-    record("issue: stable coordinator id crashing twice", problems, kills=2)
+    record("issue: stable coordinator id crashing twice", problems, kills=2, transfers=2)
     assert not problems, report(problems)
 
 
@@ -122,7 +127,7 @@ def test_forced_rollback_after_first_commit_is_an_audit_violation(db: Databases)
         run(db, "recover", "--json")
     if snapshot(db).prepared:
         problems.append(f"still prepared: {snapshot(db).prepared}")
-    record("issue: forced rollback after the first commit", problems, kills=1)
+    record("issue: forced rollback after the first commit", problems, kills=1, transfers=1)
     assert not problems, report(problems)
 
 
@@ -144,7 +149,7 @@ def test_log_lost_after_first_commit_recovers_by_evidence(db: Databases, keep: i
     problems += settle(db, before, [crashed])
     if snapshot(db).delta(before, move.destination) != AMOUNT:
         problems.append(f"[{move}] committed on {move.source} but not finished on the other side")
-    record("issue: log segment lost after the first commit", problems, kills=1)
+    record("issue: log segment lost after the first commit", problems, kills=1, transfers=1)
     assert not problems, report(problems)
 
 
@@ -176,7 +181,7 @@ def test_dead_lettered_saga_makes_sagas_exit_3(db: Databases) -> None:
     if listed.code != EXIT_OK:
         problems.append(f"sagas once nothing is dead-lettered: {listed.describe()}")
     problems += settle(db, before, [Ran(move, done, "refund made to fail, then retried")])
-    record("issue: dead-lettered saga", problems)
+    record("issue: dead-lettered saga", problems, transfers=1)
     assert not problems, report(problems)
 
 
@@ -200,5 +205,5 @@ def test_log_directories_are_0700_and_files_0600(db: Databases) -> None:
     if not found:
         problems.append("the crashes left no log to look at")
     problems += settle(db, before, runs)
-    record("issue: log permissions", problems, kills=2)
+    record("issue: log permissions", problems, kills=2, transfers=2)
     assert not problems, report(problems)

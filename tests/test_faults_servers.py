@@ -128,5 +128,5 @@ def test_init_reset_refuses_while_a_transaction_is_in_doubt(db: Databases) -> No
             f"{'same' if now.balances == before.balances else 'changed'}"
         )
     problems += settle(db, before, [crashed])
-    record("servers: init --reset while in doubt", problems, kills=1)
+    record("servers: init --reset while in doubt", problems, kills=1, transfers=1)
     assert not problems, report(problems)
