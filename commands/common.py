@@ -65,9 +65,11 @@ class Context:
                 f"no {side} database configured: set {_URL_OPTIONS[side]} or run `twopc dev up`"
             )
         try:
-            return DatabaseURL.parse(text, expect="pg" if side == "pg" else "mysql")
+            url = DatabaseURL.parse(text, expect="pg" if side == "pg" else "mysql")
+            url.check_files()  # a TLS file option naming no file is bad input, not a failure
         except InvalidURL as err:
             raise BadInput(f"{side} URL: {err}") from None
+        return url
 
     def participants(
         self, sides: Iterator[str] | tuple[str, ...], lock_wait: float = 30.0

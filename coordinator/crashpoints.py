@@ -11,7 +11,10 @@ import enum
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol, TextIO
 
 MAX_PAUSE_SECONDS = 1e7  # what time.sleep can hold on every platform, with room to spare
@@ -79,4 +82,24 @@ class PauseAt:
             file=self.out,
             flush=True,
         )
-        time.sleep(self.seconds)
+        with sigint_interrupts():
+            time.sleep(self.seconds)
+
+
+@contextmanager
+def sigint_interrupts() -> Iterator[None]:
+    """SIGINT raises ``KeyboardInterrupt`` while the block runs.
+
+    A pause is there to be interrupted, but a shell script's background job (``twopc … &``)
+    starts with SIGINT ignored, and Python keeps an ignored SIGINT ignored: ``kill -INT``
+    would do nothing until the pause ran out. Only the main thread may set handlers.
+    """
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if not ignored or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ class RetryPolicy:
     deadline: float = 60.0
 
     def __post_init__(self) -> None:
+        values = (self.initial_interval, self.backoff_coefficient, self.maximum_interval)
+        if not all(math.isfinite(v) for v in (*values, self.deadline)):
+            raise ValueError("retry policy values must be finite numbers")
         if self.initial_interval <= 0:
             raise ValueError("initial_interval must be > 0")
         if self.backoff_coefficient < 1:

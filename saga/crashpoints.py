@@ -11,11 +11,10 @@ import enum
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Protocol, TextIO
+
+from coordinator.crashpoints import sigint_interrupts
 
 
 class SagaPoint(enum.Enum):
@@ -75,24 +74,5 @@ class PauseSagaAt:
             file=self.out,
             flush=True,
         )
-        with _sigint_interrupts():
+        with sigint_interrupts():
             time.sleep(self.seconds)
-
-
-@contextmanager
-def _sigint_interrupts() -> Iterator[None]:
-    """SIGINT raises ``KeyboardInterrupt`` while the block runs.
-
-    A pause is there to be interrupted, but a shell script's background job (``twopc … &``)
-    starts with SIGINT ignored, and Python keeps an ignored SIGINT ignored: ``kill -INT``
-    would do nothing until the pause ran out. Only the main thread may set handlers.
-    """
-    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    if not ignored or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -204,8 +204,8 @@ def test_tls_file_options_naming_no_file_are_one_line_errors(
     """PyMySQL fails on these with a bare OSError or ValueError: a traceback, before."""
     info = db.state.mysql
     location = f"{info.host}:{info.port}/twopc"
-    line = one_line_error(db, 1, TWOPC_MYSQL_URL=f"mysql://twopc@{location}{query}")
-    assert line == f"Error: mysql {location}: URL: {problem}"
+    line = one_line_error(db, 2, TWOPC_MYSQL_URL=f"mysql://twopc@{location}{query}")
+    assert line == f"Error: mysql URL: {problem}"
 
 
 def test_a_tls_file_that_is_no_certificate_is_a_one_line_error(db: Databases) -> None:
