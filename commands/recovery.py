@@ -84,7 +84,8 @@ def _seconds(value: object) -> str:
 @seconds_option(
     "--retry-deadline",
     None,
-    "Seconds to keep retrying each saga step or compensation [default: 30].",
+    "Seconds to keep retrying each saga step or compensation [default: the deadline each "
+    "saga's own run was given].",
 )
 @json_option
 @click.pass_obj

@@ -49,6 +49,8 @@ def saga_config(
     retry_deadline: float | None,
     hooks: SagaHooks | None = None,
 ) -> SagaConfig:
+    """Sagas begun with it retry for ``retry_deadline`` (default 30 s); sagas it resumes
+    keep to their own run's deadline unless ``retry_deadline`` is given."""
     policy = RetryPolicy(deadline=30.0 if retry_deadline is None else retry_deadline)
     return SagaConfig(
         obj.home,
@@ -57,6 +59,7 @@ def saga_config(
         compensation_retry=policy,
         hooks=hooks,
         on_retry=say_retry,
+        recorded_retry=retry_deadline is None,
     )
 
 
@@ -224,7 +227,11 @@ def _saga_entry_lines(entry: dict[str, Any]) -> list[str]:
 
 @sagas.command("retry")
 @click.argument("saga_id")
-@seconds_option("--retry-deadline", None, "Seconds to keep retrying [default: 30].")
+@seconds_option(
+    "--retry-deadline",
+    None,
+    "Seconds to keep retrying [default: the deadline the saga's own run was given].",
+)
 @json_option
 @click.pass_obj
 @operational_errors
