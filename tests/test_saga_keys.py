@@ -167,3 +167,14 @@ def test_a_resumed_saga_keeps_its_own_run_retry_policy(tmp_path: Any) -> None:
 def test_a_malformed_recorded_policy_is_a_problem_not_a_guess(policy: object) -> None:
     state = replay_records("s1", [begin(retry=policy)])
     assert state.problems and "malformed" in state.problems[0]
+
+
+def test_the_cli_resumes_sagas_with_their_own_deadline_unless_given_one(tmp_path: Any) -> None:
+    """`twopc sagas retry` and `twopc recover` build their orchestrator with this."""
+    from commands.common import Context
+    from commands.sagas import saga_config
+
+    obj = Context(tmp_path, {"pg": None, "mysql": None})
+    assert saga_config(obj, None, None).recorded_retry is True
+    told = saga_config(obj, None, 2.5)
+    assert told.recorded_retry is False and told.retry.deadline == 2.5
