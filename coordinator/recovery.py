@@ -50,7 +50,7 @@ from coordinator.listing import InDoubtBranch, InDoubtReport, find_in_doubt
 from coordinator.resolve import ManualResolution, resolve
 from coordinator.transaction import COMMIT, END
 from participants import FORMAT_ID, Participant, ParticipantError, Xid
-from txlog import LogCorrupt, LogLocked, LogMissing, Record, TransactionLog
+from txlog import LogCorrupt, LogError, LogLocked, LogMissing, Record, TransactionLog
 
 __all__ = [
     "DECISION_NONE",
@@ -198,6 +198,7 @@ def _recover_coordinator(
         # Listed before we had our turn: another recovery may have finished them since.
         fresh = prepared_of(participants, coordinator)
         _without_log(missing_log(home, coordinator), fresh, participants, report)
+        _collect_orphan_markers(home, coordinator, participants, report)
         return
     except LogCorrupt as err:
         state = LogState(coordinator, txlog_root(home) / coordinator, True, False, error=str(err))
@@ -209,6 +210,24 @@ def _recover_coordinator(
     else:
         txlog.destroy()
         report.removed_logs.append(coordinator)
+
+
+def _collect_orphan_markers(
+    home: Path, coordinator: str, participants: Sequence[Participant], report: RecoveryReport
+) -> None:
+    """A coordinator with no log: once nothing of it is prepared any more, its markers are
+    evidence for nothing, so they go. Its (new, empty) log is held meanwhile, so no
+    coordinator can start with its id and commit something whose marker this would take."""
+    try:
+        if prepared_of(participants, coordinator):
+            return  # still evidence for what is left: an operator resolves it first
+        held = TransactionLog.open(txlog_root(home) / coordinator)
+    except (ParticipantError, LogError):
+        return
+    try:
+        LogResolver(held, participants).collect_markers(report)
+    finally:
+        held.destroy()
 
 
 def _without_log(

@@ -247,15 +247,15 @@ class GlobalTransaction:
             raise self._abort("; ".join(reasons)) from (errors[0] if errors else None)
 
     def _interrupt(self, branches: Sequence[Branch], futures: Sequence[Future[_T]]) -> None:
-        """Cancel the statements of branches whose prepare hangs; if the server does not
-        answer even that, break their connections. A worker that still does not return
-        keeps its connection: nothing else may touch it (see ``_roll_back``)."""
+        """Cancel the statements of branches whose call hangs; if the server does not answer
+        even that soon, break their connections. A worker that still does not return keeps
+        its connection: nothing else may touch it (see ``_roll_back``)."""
         hung = [(b, f) for b, f in zip(branches, futures, strict=True) if not f.done()]
-        for escalate in ("interrupt", "sever"):
+        for escalate, patience in (("interrupt", 2.0), ("sever", 5.0)):
             for branch, future in hung:
                 if not future.done():
                     getattr(branch, escalate)()
-            wait([f for _, f in hung], timeout=5)
+            wait([f for _, f in hung], timeout=patience)
         self._stuck.update(id(b) for b, f in hung if not f.done())
 
     # -- decision and phase 2 ------------------------------------------------------------
@@ -381,16 +381,20 @@ class GlobalTransaction:
         except Exception:  # whatever broke, the branch is not known to be rolled back
             branch.close()
         # The link broke, maybe during a prepare that reached the server: an unprepared
-        # branch dies with its connection, a prepared one must be rolled back by xid.
-        if not self._maybe_prepared(participant, branch):
-            return True
-        return self._finish_elsewhere(branch, commit=False)
+        # branch dies with its connection, a prepared one must be rolled back by xid. When
+        # the server cannot even be asked, the branch is left to recovery (which presumes
+        # abort: no COMMIT record was written) instead of retrying against a dead server.
+        prepared = self._maybe_prepared(participant, branch)
+        if prepared is None:
+            return False
+        return not prepared or self._finish_elsewhere(branch, commit=False)
 
-    def _maybe_prepared(self, participant: Participant, branch: Branch) -> bool:
+    def _maybe_prepared(self, participant: Participant, branch: Branch) -> bool | None:
+        """Whether the server holds ``branch`` prepared; None when it does not answer."""
         try:
             return any(p.xid == branch.xid for p in participant.prepared_branches())
         except ParticipantError:
-            return True
+            return None
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -369,15 +369,25 @@ class Participant(ABC):
         Looks first, so an application user without CREATE rights works once the table is
         there (PostgreSQL checks the schema privilege even for ``IF NOT EXISTS``).
         """
+        if self._outcome_table_exists():
+            return
+        ddl = f"CREATE TABLE IF NOT EXISTS {OUTCOMES_TABLE} ({_OUTCOMES_COLUMNS})"
+        try:
+            with self.local_transaction() as local:
+                local.execute(ddl + self.outcomes_table_options)
+        except StatementFailed:
+            # Two first transactions at once: PostgreSQL's IF NOT EXISTS is not atomic and
+            # the loser fails in its catalog (a duplicate pg_type row). The table is there.
+            if not self._outcome_table_exists():
+                raise
+
+    def _outcome_table_exists(self) -> bool:
         try:
             with self.local_transaction() as local:
                 local.execute(f"SELECT 1 FROM {OUTCOMES_TABLE} WHERE 1 = 0")
-            return
         except StatementFailed:
-            pass  # missing: create it
-        ddl = f"CREATE TABLE IF NOT EXISTS {OUTCOMES_TABLE} ({_OUTCOMES_COLUMNS})"
-        with self.local_transaction() as local:
-            local.execute(ddl + self.outcomes_table_options)
+            return False
+        return True
 
     def has_marker(self, xid: Xid) -> bool:
         """Whether the branch ``xid`` committed: its marker is visible to a new transaction."""

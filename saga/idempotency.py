@@ -105,20 +105,23 @@ class Keyed:
     request: str
 
 
-def run_once(participant: Participant, keyed: Keyed, change: Change) -> StepResult:
+def run_once(
+    participant: Participant, keyed: Keyed, change: Change, *, refusals: bool = True
+) -> StepResult:
     """Apply ``change`` under ``keyed.key`` unless the key is already stored; return the result.
 
-    A permanent statement error (a constraint, an out-of-range value) becomes a stored
-    REJECTED result, so a replay gets the same answer. Other participant errors propagate:
-    nothing was applied, except for :class:`CommitUncertain`. A key stored for another request
-    raises :class:`KeyReused`.
+    With ``refusals`` (forward steps), a permanent statement error (a constraint, an
+    out-of-range value) becomes a stored REJECTED result, so a replay gets the same answer.
+    Without (compensations, which must not be refused: an operator fixes the cause and
+    retries), it propagates like any other participant error: nothing was applied, except
+    for :class:`CommitUncertain`. A key stored for another request raises :class:`KeyReused`.
     """
     try:
         return _apply(participant, keyed, change)
     except StatementFailed as err:
         if err.code in _DUPLICATE_KEY:
             return stored_result(participant, keyed)
-        if not is_permanent(err):
+        if not refusals or not is_permanent(err):
             raise
         rejected = StepResult(REJECTED, {"reason": _first_line(err)})
         return claim(participant, keyed, rejected)

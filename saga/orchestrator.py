@@ -374,7 +374,8 @@ class Orchestrator:
         work = compensation(state.saga_id, state.transfer, n)
         key = compensation_key(state.saga_id, n)
         try:
-            outcome = self._attempt(state, work, key, self._compensation_retry(state))
+            policy = self._compensation_retry(state)
+            outcome = self._attempt(state, work, key, policy, refusals=False)
         except KeyReused as err:  # an operator must look: never answered for another request
             return Record(DEAD_LETTER, state.saga_id, {"n": n, "error": str(err), "attempts": 1})
         if isinstance(outcome, StepResult):
@@ -400,14 +401,20 @@ class Orchestrator:
     # -- attempts, hooks, the log -------------------------------------------------------------
 
     def _attempt(
-        self, state: SagaState, work: Work, key: str, policy: RetryPolicy
+        self,
+        state: SagaState,
+        work: Work,
+        key: str,
+        policy: RetryPolicy,
+        *,
+        refusals: bool = True,
     ) -> StepResult | _Exhausted:
         keyed = self._keyed(state, work, key)
         return self._attempt_with(
             state.saga_id,
             work.describe(),
             policy,
-            lambda: run_once(self._ready(work), keyed, work.change),
+            lambda: run_once(self._ready(work), keyed, work.change, refusals=refusals),
         )
 
     @staticmethod

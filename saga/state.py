@@ -175,6 +175,10 @@ def _apply_step_failed(state: SagaState, body: Mapping[str, Any]) -> SagaState:
 
 def _apply_comp_done(state: SagaState, body: Mapping[str, Any]) -> SagaState:
     n, result = _step(body), StepResult.from_json(body["result"])
+    if result.status != APPLIED:  # a compensation cannot be refused: it needs an operator
+        failure = Failure(f"compensation {result.status}: {result.reason or 'no reason given'}")
+        dead = {**state.dead_letters, n: failure}
+        return replace(state, dead_letters=dead, last_error=failure.error)
     dead = {k: v for k, v in state.dead_letters.items() if k != n}
     error = str(body.get("reason", "")) or state.last_error
     compensations = {**state.compensations, n: result}

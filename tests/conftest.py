@@ -119,6 +119,14 @@ class Databases:
                         raise
             time.sleep(0.1)
 
+    def clear_markers(self) -> None:
+        """Delete every outcome marker on both servers (when the table exists)."""
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            if conn.execute("SELECT to_regclass('twopc_outcomes')").fetchone() != (None,):
+                conn.execute("DELETE FROM twopc_outcomes")
+        if self.mysql_query("SHOW TABLES LIKE 'twopc_outcomes'"):
+            self.mysql_query("DELETE FROM twopc_outcomes")
+
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -159,6 +167,7 @@ def db(dev_servers: DevServers, tmp_path: Path) -> Iterator[Databases]:
     state = dev_servers.up()  # a test before may have stopped or killed a server
     databases = Databases(dev_servers, state, tmp_path / "home")
     databases.clear_prepared()
+    databases.clear_markers()  # another test's home (and its coordinators' logs) is gone
     for url in (state.pg.url, state.mysql.url):
         init_schema(DatabaseURL.parse(url), accounts_count=ACCOUNTS, balance=OPENING, reset=True)
     yield databases

@@ -120,6 +120,9 @@ def test_orphan_with_a_committed_branch_is_committed(db: Databases) -> None:
     report = run_json(db, "recover", code=0)
     assert actions(report) == {(gtrid, "pg"): "committed"}
     assert db.balances() == MYSQL_TO_PG.moved(before)
+    # Nothing of it is prepared any more: its markers are evidence for nothing, and go.
+    assert markers_of(db, coordinator) == {"pg": 0, "mysql": 0}
+    assert not log_dir(db, coordinator).exists()
 
 
 def test_lost_decision_without_evidence_is_presumed_abort(db: Databases) -> None:
