@@ -329,6 +329,8 @@ class Proc:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        self.paused_at: float | None = None  # when its ``paused at`` line came (monotonic)
+        self.paused_id = ""  # the gtrid (saga id) that line names
         self._stdout: list[str] = []
         self._stderr: list[str] = []
         self._stderr_lines: queue.Queue[str | None] = queue.Queue()
@@ -347,6 +349,8 @@ class Proc:
             for line in stream:
                 into.append(line)
                 if lines is not None:
+                    if self.paused_at is None and (match := PAUSED.match(line)):
+                        self.paused_at, self.paused_id = time.monotonic(), match.group(4)
                     lines.put(line)
         if lines is not None:
             lines.put(None)

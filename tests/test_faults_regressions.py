@@ -6,16 +6,19 @@
 4. a forced rollback of a half-committed transaction stays an audit violation (exit 1);
 5. the log segment lost after the first commit: the committed branch's marker proves the
    decision, so recovery commits the other branch;
+6. a coordinator killed right after its END record (while it collects its markers): no
+   marker outlives recovery;
 12. ``twopc sagas`` exits 3 while a saga is dead-lettered, and 0 once it is retried;
 14. log directories are 0700 and log files 0600.
-(2, 6 and 7-13 are covered by the crash matrix, the invariants everywhere, the server
-faults and the bad-input battery.)
+(2 and 7-13 are covered by the crash matrix, the server faults and the bad-input battery;
+every test checks 6.)
 """
 
 from __future__ import annotations
 
 import signal
 import stat
+import time
 from decimal import Decimal
 
 import pytest
@@ -30,6 +33,7 @@ from faultkit import (
     Ran,
     exit_problem,
     pg_query,
+    ready,
     record,
     report,
     run,
@@ -150,6 +154,50 @@ def test_log_lost_after_first_commit_recovers_by_evidence(db: Databases, keep: i
     if snapshot(db).delta(before, move.destination) != AMOUNT:
         problems.append(f"[{move}] committed on {move.source} but not finished on the other side")
     record("issue: log segment lost after the first commit", problems, kills=1, transfers=1)
+    assert not problems, report(problems)
+
+
+# -- 6. killed while collecting its markers -------------------------------------------------------
+
+PAUSE_BEFORE_END = 0.3
+STAGGER = 0.0015  # kills 0-13.5 ms after the pause ends: where the END record and GC happen
+
+
+def test_markers_do_not_outlive_a_kill_right_after_the_end_record(db: Databases) -> None:
+    """Ten transfers held at before-end are killed 0-14 ms after they carry on: between their
+    END record, the collection of their markers and the removal of their log. Whatever
+    moment it was, recovery must leave no marker behind (and every transfer applied)."""
+    ready(db)
+    before = snapshot(db)
+    moves = [Move(f"pg:a{n}", f"mysql:a{n}", Decimal("0.01")) for n in range(1, 11)]
+    hold = ("--pause-at", "before-end", "--pause-seconds", str(PAUSE_BEFORE_END))
+    problems = []
+    with running([Proc(db, *move.args(*hold)) for move in moves]) as procs:
+        for move, proc in zip(moves, procs, strict=True):
+            if proc.wait_paused(timeout=30) is None:
+                problems.append(f"[{move}] never paused at before-end")
+        kills = sorted(
+            ((proc.paused_at or 0) + PAUSE_BEFORE_END + STAGGER * n, proc)
+            for n, proc in enumerate(procs)
+        )
+        for at, proc in kills:
+            time.sleep(max(0.0, at - time.monotonic()))
+            proc.send(signal.SIGKILL)
+        runs = [
+            Ran(move, proc.finish(timeout=30), f"{proc.paused_id} SIGKILLed +{STAGGER * n:.4f}s")
+            for n, (move, proc) in enumerate(zip(moves, procs, strict=True))
+        ]
+    problems += settle(db, before, runs)
+    after = snapshot(db)
+    leaked = {marker.split("/")[0] for markers in after.markers.values() for marker in markers}
+    leaked -= {m.split("/")[0] for markers in before.markers.values() for m in markers}
+    problems += [f"markers left by: {ran.note}" for ran in runs if ran.note.split()[0] in leaked]
+    problems += [
+        f"[{ran.move}; {ran.note}] committed on both servers before the kill, but not applied"
+        for ran in runs
+        if after.delta(before, ran.move.source) != -ran.move.amount
+    ]
+    record("issue: killed while collecting markers", problems, kills=len(runs), transfers=10)
     assert not problems, report(problems)
 
 
