@@ -24,7 +24,7 @@ from coordinator.retry import RetryPolicy
 from coordinator.transaction import GlobalTransaction, TxState
 from coordinator.workers import Workers
 from participants import Participant
-from txlog import LogCorrupt, LogLocked, TransactionLog
+from txlog import LogCorrupt, LogError, LogLocked, TransactionLog
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +195,18 @@ class Coordinator:
         self._closed = True
         self.executor.close(CLOSE_PATIENCE)
         self._collector.close(CLOSE_PATIENCE)
+        # ENDs durable, then their markers, then the log: killed anywhere in between, the
+        # log is still there for recovery to finish the collection from.
+        try:
+            self.log.sync()
+        except LogError:
+            self.log.close()  # raises the same failure; nothing is collected past it
+            raise
+        self._markers.forget(self._markers.durable(self._markers.last, minimum=1))
         if self._ephemeral and not self.unsettled() and not self.log.unfinished():
             self.log.destroy()
         else:
             self.log.close()
-        self._markers.forget(self._markers.durable(self._markers.last, minimum=1))
 
     def __enter__(self) -> Coordinator:
         return self
