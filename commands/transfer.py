@@ -37,6 +37,7 @@ from coordinator import (
     Outcome,
     PauseAt,
     ProtocolHooks,
+    RetryPolicy,
     TxState,
     check_coordinator_id,
     coordinator_of,
@@ -99,7 +100,14 @@ _MODES_HELP = (
 @seconds_option(
     "--retry-deadline",
     None,
-    "Saga mode: seconds to keep retrying a failing step or compensation [default: 30].",
+    "Seconds to keep retrying: saga mode, a failing step or compensation [default: 30]; "
+    "2pc, phase 2's commits before the transfer is reported in doubt [default: 60].",
+)
+@seconds_option(
+    "--prepare-timeout",
+    None,
+    "2pc: seconds phase 1 may take before the transfer is aborted [default: 30].",
+    minimum=0.001,
 )
 @click.option(
     "--retention",
@@ -136,6 +144,7 @@ def transfer(
     saga_id: str | None,
     lock_wait: float,
     retry_deadline: float | None,
+    prepare_timeout: float | None,
     retention: str | None,
     crash_at: str | None,
     pause_at: str | None,
@@ -156,15 +165,23 @@ def transfer(
     )
     points = Points(crash_at, pause_at, at_step, pause_seconds)
     if mode == "saga":
+        if prepare_timeout is not None:
+            raise click.UsageError("--prepare-timeout only applies with --mode 2pc")
         checked = None if saga_id is None else check_saga_id(saga_id)  # before any connection
         options = SagaOptions(checked, retry_deadline, parse_retention(retention))
         orchestrator_id = _coordinator_id(coordinator_id)
         _transfer_saga(obj, request, orchestrator_id, lock_wait, points, options, as_json)
         return
-    extra = {"--saga-id": saga_id, "--retry-deadline": retry_deadline, "--retention": retention}
+    extra = {"--saga-id": saga_id, "--retention": retention}
     if given := [name for name, value in extra.items() if value is not None]:
         raise click.UsageError(f"{', '.join(given)} only apply with --mode saga")
-    config = CoordinatorConfig(obj.home, _coordinator_id(coordinator_id), hooks=_hooks(points))
+    config = CoordinatorConfig(
+        obj.home,
+        _coordinator_id(coordinator_id),
+        retry=RetryPolicy() if retry_deadline is None else RetryPolicy(deadline=retry_deadline),
+        prepare_timeout=30.0 if prepare_timeout is None else prepare_timeout,
+        hooks=_hooks(points),
+    )
     sides = tuple(dict.fromkeys((request.source.side, request.destination.side)))
     participants = obj.participants(sides, lock_wait)
     for participant in participants:

@@ -276,6 +276,10 @@ def test_plain_amounts_still_parse() -> None:
         (["pg:a1", "pg:a1", "1"], "source and destination are the same account (pg:a1)"),
         (["pg:a1", "mysql:a2", "1", "--at-step", "2"], "--at-step only applies with --mode saga"),
         (["pg:a1", "mysql:a2", "1", "--saga-id", "s"], "--saga-id only apply with --mode saga"),
+        (
+            ["pg:a1", "mysql:a2", "1", "--mode", "saga", "--prepare-timeout", "5"],
+            "--prepare-timeout only applies with --mode 2pc",
+        ),
     ],
 )
 def test_transfer_json_reports_bad_input(tmp_path: Path, args: list[str], error: str) -> None:

@@ -66,8 +66,8 @@ def test_server_frozen_and_thawed_at_every_point(db: Databases, side: str) -> No
 
 # -- a server that stays frozen: every wait is bounded ---------------------------------------
 
-PREPARE_TIMEOUT = 30  # CoordinatorConfig's default
-RETRY_DEADLINE = 60  # RetryPolicy's default for phase 2
+PREPARE_TIMEOUT = 5  # --prepare-timeout (30 by default)
+RETRY_DEADLINE = 10  # --retry-deadline of phase 2 (60 by default)
 SLACK = 15
 
 
@@ -80,7 +80,10 @@ def test_mariadb_frozen_in_phase_1_and_phase_2(db: Databases) -> None:
     phase_1 = Move("pg:a1", "mysql:a1", AMOUNT)  # MariaDB's branch is prepared second
     phase_2 = Move("pg:a2", "mysql:a2", AMOUNT)
     held = [(phase_1, "after-first-prepare"), (phase_2, "after-decision")]
-    procs = [Proc(db, *m.args("--pause-at", p, "--pause-seconds", "3")) for m, p in held]
+    deadlines = ("--prepare-timeout", str(PREPARE_TIMEOUT), "--retry-deadline", str(RETRY_DEADLINE))
+    procs = [
+        Proc(db, *m.args("--pause-at", p, "--pause-seconds", "3", *deadlines)) for m, p in held
+    ]
     problems = []
     with running(procs):
         for (move, point), proc in zip(held, procs, strict=True):
