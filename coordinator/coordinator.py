@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,10 +28,6 @@ from participants import Participant
 from txlog import LogCorrupt, LogError, LogLocked, TransactionLog
 
 log = logging.getLogger(__name__)
-
-
-#: Seconds :meth:`Coordinator.close` waits for protocol workers that are still running.
-CLOSE_PATIENCE = 5.0
 
 
 def log_directory(home: Path, coordinator_id: str) -> Path:
@@ -51,10 +48,19 @@ class CoordinatorConfig:
     #: each needs one per branch at once, so beyond ``protocol_threads / branches``
     #: concurrent transactions their phases queue.
     protocol_threads: int = 64
+    #: Seconds phase 2 waits past the retry deadline for its workers before it cuts their
+    #: links (the deadline holds even against a server that stopped answering).
+    phase_two_grace: float = 5.0
+    #: Seconds :meth:`Coordinator.close` waits for protocol workers still running.
+    close_patience: float = 5.0
 
     def __post_init__(self) -> None:
         if self.protocol_threads < 2:
             raise ValueError(f"protocol_threads must be at least 2, got {self.protocol_threads}")
+        for name in ("prepare_timeout", "phase_two_grace", "close_patience"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:  # also refuses nan
+                raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
 
 
 class Coordinator:
@@ -71,6 +77,7 @@ class Coordinator:
         self, participants: Sequence[Participant], config: CoordinatorConfig, txlog: TransactionLog
     ) -> None:
         self.id = config.coordinator_id or ""
+        self.config = config
         self.log = txlog
         self.retry = config.retry
         self.prepare_timeout = config.prepare_timeout
@@ -186,15 +193,15 @@ class Coordinator:
         """Release the log (and remove it when one-shot, nothing is unfinished and nothing
         unsettled), then garbage-collect the outcome markers of transactions that ended.
 
-        Waits at most ``CLOSE_PATIENCE`` seconds for protocol workers still running: one
+        Waits at most ``close_patience`` seconds for protocol workers still running: one
         stuck on a server that stopped answering is left behind (its transaction is already
         reported in doubt, and its decision is in the log).
         """
         if self._closed:
             return
         self._closed = True
-        self.executor.close(CLOSE_PATIENCE)
-        self._collector.close(CLOSE_PATIENCE)
+        self.executor.close(self.config.close_patience)
+        self._collector.close(self.config.close_patience)
         # ENDs durable, then their markers, then the log: killed anywhere in between, the
         # log is still there for recovery to finish the collection from.
         try:

@@ -298,7 +298,8 @@ class GlobalTransaction:
             self._submit(branch, functools.partial(self._finish, branch, commit=commit))
             for branch in branches
         ]
-        _, late = wait(futures, timeout=self._coordinator.retry.deadline + PHASE_TWO_GRACE)
+        config = self._coordinator.config
+        _, late = wait(futures, timeout=config.retry.deadline + config.phase_two_grace)
         if late:
             self._stop.set()
             hung = [(b, f) for b, f in zip(branches, futures, strict=True) if f in late]

@@ -41,7 +41,14 @@ def two_fakes() -> tuple[FakeParticipant, FakeParticipant]:
 
 def run(home: Path, a: FakeParticipant, b: FakeParticipant, **config: object):  # type: ignore[no-untyped-def]
     """Open a coordinator over the fakes and commit one transaction touching both."""
-    settings = CoordinatorConfig(home, coordinator_id="fake", retry=QUICK, **config)  # type: ignore[arg-type]
+    settings = CoordinatorConfig(
+        home,
+        coordinator_id="fake",
+        retry=QUICK,
+        phase_two_grace=0.5,
+        close_patience=0.5,
+        **config,  # type: ignore[arg-type]
+    )
     coordinator = Coordinator.open([a, b], settings)
     tx = coordinator.begin()
     tx["a"].execute("UPDATE")
