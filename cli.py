@@ -14,15 +14,15 @@ from typing import Any
 
 import click
 
-from commands.accounts import balances, init
-from commands.bench import bench
-from commands.common import Context, HomeDirectory, given_url
-from commands.demo import demo
-from commands.dev import dev
-from commands.logs import log_group
-from commands.recovery import audit_command, in_doubt, recover, resolve
-from commands.sagas import sagas
-from commands.transfer import transfer
+from twopc.commands.accounts import balances, init
+from twopc.commands.bench import bench
+from twopc.commands.common import Context, HomeDirectory, given_url
+from twopc.commands.demo import demo
+from twopc.commands.dev import dev
+from twopc.commands.logs import log_group
+from twopc.commands.recovery import audit_command, in_doubt, recover, resolve
+from twopc.commands.sagas import sagas
+from twopc.commands.transfer import transfer
 
 
 class OneLineUsageError(click.ClickException):

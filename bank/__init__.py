@@ -6,9 +6,9 @@ also shows what unfinished sagas hold as pending (see :mod:`saga`). The schema l
 ``bank.schema`` (imported on demand: it pulls in SQLAlchemy's DDL machinery).
 """
 
-from bank.accounts import SIDES, AccountRef, natural_key, parse_amount
-from bank.errors import InvalidInput, TransferRejected
-from bank.transfer import Balances, Transfer, read_balances, run_transfer
+from twopc.bank.accounts import SIDES, AccountRef, natural_key, parse_amount
+from twopc.bank.errors import InvalidInput, TransferRejected
+from twopc.bank.transfer import Balances, Transfer, read_balances, run_transfer
 
 __all__ = [
     "SIDES",

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from bank.errors import InvalidInput
+from twopc.bank.errors import InvalidInput
 
 SIDES = ("pg", "mysql")
 # Explicit ASCII classes: \d would also match other scripts' digits (Arabic-Indic, fullwidth).

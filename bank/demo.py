@@ -22,9 +22,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
-from bank.transfer import Balances, read_balances
-from coordinator.recovery import find_in_doubt, recover
-from participants import Participant
+from twopc.bank.transfer import Balances, read_balances
+from twopc.coordinator.recovery import find_in_doubt, recover
+from twopc.participants import Participant
 
 _PAUSED = re.compile(r"paused at after-prepare: pid (\d+) gtrid (\S+)")
 _WAITING = "waiting for a row lock"
@@ -107,7 +107,7 @@ def blocking_demo(
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "cli", "transfer", *args]
+    command = [sys.executable, "-m", "twopc", "transfer", *args]
     return subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

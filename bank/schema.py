@@ -26,9 +26,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from participants import DatabaseURL, ParticipantError, PreparedBranch, participant_for
-from participants.mysql import CONNECT_TIMEOUT, open_connection
-from saga.tables import saga_ddl, saga_drop_ddl
+from twopc.participants import DatabaseURL, ParticipantError, PreparedBranch, participant_for
+from twopc.participants.mysql import CONNECT_TIMEOUT, open_connection
+from twopc.saga.tables import saga_ddl, saga_drop_ddl
 
 #: Seconds any statement of :func:`init_schema` waits for a lock before it fails: a DROP
 #: or CREATE queued behind another transaction's locks would otherwise wait forever (and,
@@ -38,6 +38,7 @@ LOCK_WAIT = 10
 
 class ResetRefused(ParticipantError):
     """A reset was refused: prepared transactions hold, or may hold, locks on the tables."""
+
 
 metadata = MetaData()
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from bank.accounts import SIDES, AccountRef, natural_key
-from bank.errors import InvalidInput, TransferRejected
-from coordinator import Coordinator, GlobalTransaction, Outcome
-from participants import Branch, Participant, StatementFailed
+from twopc.bank.accounts import SIDES, AccountRef, natural_key
+from twopc.bank.errors import InvalidInput, TransferRejected
+from twopc.coordinator import Coordinator, GlobalTransaction, Outcome
+from twopc.participants import Branch, Participant, StatementFailed
 
 _DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s AND balance >= %s"
 _CREDIT = "UPDATE accounts SET balance = balance + %s WHERE id = %s"

@@ -1,6 +1,6 @@
 """Benchmark of ``txlog``: group commit against raw fdatasync, and bounded disk use.
 
-``python -m benchmarks.bench_log --appenders 1 8 64 --records 2000 [--json]`` runs, for each
+``python -m twopc.benchmarks.bench_log --appenders 1 8 64 --records 2000 [--json]`` runs, for each
 appender count and in alternating rounds, three measurements of the same record size with
 the same number of threads, and prints records/s and p50/p99 latency for each:
 
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from txlog import DEFAULT_SEGMENT_BYTES, Record, TransactionLog
-from txlog.files import disk_usage
-from txlog.segments import encode_record
+from twopc.txlog import DEFAULT_SEGMENT_BYTES, Record, TransactionLog
+from twopc.txlog.files import disk_usage
+from twopc.txlog.segments import encode_record
 
 DEFAULT_APPENDERS = (1, 8, 64)
 _BODY = {"branches": ["postgres", "mysql"], "decision": "commit"}
@@ -285,7 +285,9 @@ def format_cycle_benchmark(result: dict[str, Any]) -> list[str]:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_log", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m twopc.benchmarks.bench_log", description=__doc__
+    )
     parser.add_argument("--appenders", type=int, nargs="+", default=list(DEFAULT_APPENDERS))
     parser.add_argument("--records", type=int, default=3000, help="records per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating raw/log rounds")

@@ -34,10 +34,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bank import AccountRef, Transfer, read_balances, run_transfer
-from coordinator import Coordinator, CoordinatorConfig
-from participants import LockWaitTimeout, Participant
-from saga import COMPLETED, Orchestrator, SagaConfig
+from twopc.bank import AccountRef, Transfer, read_balances, run_transfer
+from twopc.coordinator import Coordinator, CoordinatorConfig
+from twopc.participants import LockWaitTimeout, Participant
+from twopc.saga import COMPLETED, Orchestrator, SagaConfig
 
 MODES = ("2pc", "saga")
 AMOUNT = Decimal("0.01")

@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from bank import SIDES, AccountRef, Balances, parse_amount, read_balances
-from commands.common import Context, emit, json_option, operational_errors
-from coordinator import CoordinatorError
-from coordinator.recovery import RecoveryError, find_in_doubt
-from participants import Participant, ParticipantError
+from twopc.bank import SIDES, AccountRef, Balances, parse_amount, read_balances
+from twopc.commands.common import Context, emit, json_option, operational_errors
+from twopc.coordinator import CoordinatorError
+from twopc.coordinator.recovery import RecoveryError, find_in_doubt
+from twopc.participants import Participant, ParticipantError
 
 
 @click.command()
@@ -33,7 +33,7 @@ from participants import Participant, ParticipantError
 def init(obj: Context, accounts_count: int, balance: str, reset: bool, as_json: bool) -> None:
     """Create the schema on both servers (idempotent) and seed accounts."""
     # SQLAlchemy's DDL is slow to import; only init needs it.
-    from bank.schema import check_reset_allowed, init_schema
+    from twopc.bank.schema import check_reset_allowed, init_schema
 
     opening = parse_amount(balance)
     urls = {side: obj.url(side) for side in SIDES}

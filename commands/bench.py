@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from bank import SIDES, read_balances
-from commands.common import (
+from twopc.bank import SIDES, read_balances
+from twopc.commands.common import (
     BadInput,
     Context,
     Failure,
@@ -69,7 +69,7 @@ def bench_log(
 ) -> None:
     """Group-commit log appends against one raw fdatasync per record (threads racing, and
     one at a time), in the same run."""
-    from benchmarks.bench_log import (
+    from twopc.benchmarks.bench_log import (
         MEASUREMENTS_PER_ROUND,
         format_log_benchmark,
         pin_to_cpu,
@@ -137,7 +137,7 @@ def bench_transfers(
 ) -> None:
     """2PC against the saga on the configured servers: throughput, latency, failures, and
     what a concurrent plain reader sees. Moves 0.01 per transfer and leaves it moved."""
-    from benchmarks.bench_transfers import (
+    from twopc.benchmarks.bench_transfers import (
         MODES,
         BenchmarkFailed,
         format_transfer_benchmark,

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import click
 
-from bank import InvalidInput, TransferRejected
-from coordinator import CoordinatorError, InDoubt, TransactionAborted
-from coordinator.recovery import RecoveryError
-from devserver import DevServerError, DevServers
-from participants import (
+from twopc.bank import InvalidInput, TransferRejected
+from twopc.coordinator import CoordinatorError, InDoubt, TransactionAborted
+from twopc.coordinator.recovery import RecoveryError
+from twopc.devserver import DevServerError, DevServers
+from twopc.participants import (
     DatabaseURL,
     InvalidURL,
     LockWaitTimeout,
@@ -28,7 +28,7 @@ from participants import (
     ParticipantError,
     participant_for,
 )
-from saga import InvalidSagaId, SagaError, parse_duration
+from twopc.saga import InvalidSagaId, SagaError, parse_duration
 
 EXIT_IN_DOUBT = 3
 MAX_LOCK_WAIT = 24 * 3600.0  # one day; PostgreSQL's lock_timeout tops out near 24.8 days

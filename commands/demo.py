@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import click
 
-from bank import SIDES
-from bank.demo import DemoError, blocking_demo
-from commands.common import Context, emit, json_option, operational_errors, seconds_option
+from twopc.bank import SIDES
+from twopc.bank.demo import DemoError, blocking_demo
+from twopc.commands.common import Context, emit, json_option, operational_errors, seconds_option
 
 
 @click.group()
@@ -33,7 +33,7 @@ def demo_blocking(obj: Context, hold: float, as_json: bool) -> None:
 
     Uses accounts a1 and a2 on both sides (created with 1000.00 if missing).
     """
-    from bank.schema import init_schema
+    from twopc.bank.schema import init_schema
 
     participants = obj.participants(SIDES)
     for participant in participants:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from bank import SIDES
-from commands.common import Context, emit, json_option, operational_errors
-from devserver import DevState
+from twopc.bank import SIDES
+from twopc.commands.common import Context, emit, json_option, operational_errors
+from twopc.devserver import DevState
 
 
 @click.group()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
-from commands.common import BadInput, Context, Failure, emit, json_option, operational_errors
-from coordinator import InvalidCoordinatorId, check_coordinator_id
-from coordinator.recovery import OPERATOR_LOG, txlog_root
-from saga.ids import check_orchestrator_id
-from saga.logs import orchestrator_ids, saga_root
-from txlog import (
+from twopc.commands.common import BadInput, Context, Failure, emit, json_option, operational_errors
+from twopc.coordinator import InvalidCoordinatorId, check_coordinator_id
+from twopc.coordinator.recovery import OPERATOR_LOG, txlog_root
+from twopc.saga.ids import check_orchestrator_id
+from twopc.saga.logs import orchestrator_ids, saga_root
+from twopc.txlog import (
     LogContents,
     LogError,
     LogMissing,

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from bank import SIDES
-from commands.common import (
+from twopc.bank import SIDES
+from twopc.commands.common import (
     EXIT_IN_DOUBT,
     BadInput,
     Context,
@@ -16,20 +16,20 @@ from commands.common import (
     operational_errors,
     seconds_option,
 )
-from commands.sagas import saga_config
-from coordinator import coordinator_of
-from coordinator.audit import ATOMIC, IN_DOUBT, VIOLATION
-from coordinator.audit import audit as run_audit
-from coordinator.recovery import (
+from twopc.commands.sagas import saga_config
+from twopc.coordinator import coordinator_of
+from twopc.coordinator.audit import ATOMIC, IN_DOUBT, VIOLATION
+from twopc.coordinator.audit import audit as run_audit
+from twopc.coordinator.recovery import (
     DECISION_NONE,
     InDoubtBranch,
     InDoubtReport,
     RecoveryReport,
     find_in_doubt,
 )
-from coordinator.recovery import recover as run_recovery
-from coordinator.recovery import resolve as resolve_by_hand
-from saga import SagaRecoveryReport, recover_sagas
+from twopc.coordinator.recovery import recover as run_recovery
+from twopc.coordinator.recovery import resolve as resolve_by_hand
+from twopc.saga import SagaRecoveryReport, recover_sagas
 
 
 @click.command("in-doubt")

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from bank import SIDES
-from commands.common import (
+from twopc.bank import SIDES
+from twopc.commands.common import (
     EXIT_IN_DOUBT,
     Context,
     Failure,
@@ -20,9 +20,9 @@ from commands.common import (
     parse_retention,
     seconds_option,
 )
-from coordinator import RetryPolicy
-from participants import Participant, ParticipantError
-from saga import (
+from twopc.coordinator import RetryPolicy
+from twopc.participants import Participant, ParticipantError
+from twopc.saga import (
     ABORTED,
     COMPENSATED,
     COMPLETED,
@@ -38,7 +38,7 @@ from saga import (
     retry_saga,
     step_reports,
 )
-from saga import DEFAULT_RETENTION as DEFAULT_SAGA_RETENTION
+from twopc.saga import DEFAULT_RETENTION as DEFAULT_SAGA_RETENTION
 
 EXIT_FOR_OUTCOME = {COMPLETED: 0, COMPENSATED: 1, ABORTED: 1}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from bank import AccountRef, Transfer, parse_amount, run_transfer
-from commands.common import (
+from twopc.bank import AccountRef, Transfer, parse_amount, run_transfer
+from twopc.commands.common import (
     EXIT_IN_DOUBT,
     Context,
     Failure,
@@ -25,8 +25,8 @@ from commands.common import (
     parse_retention,
     seconds_option,
 )
-from commands.sagas import prune_after, saga_config, saga_document, saga_exit, saga_text
-from coordinator import (
+from twopc.commands.sagas import prune_after, saga_config, saga_document, saga_exit, saga_text
+from twopc.coordinator import (
     CRASH_POINT_HELP,
     Coordinator,
     CoordinatorConfig,
@@ -42,10 +42,10 @@ from coordinator import (
     check_coordinator_id,
     coordinator_of,
 )
-from coordinator.recovery import find_in_doubt
-from participants import Participant
-from participants.lockwaits import LockWait
-from saga import (
+from twopc.coordinator.recovery import find_in_doubt
+from twopc.participants import Participant
+from twopc.participants.lockwaits import LockWait
+from twopc.saga import (
     SAGA_POINT_HELP,
     KillSagaAt,
     Orchestrator,
@@ -56,8 +56,8 @@ from saga import (
     SagaPoint,
     check_saga_id,
 )
-from saga.logs import read_orchestrator
-from txlog import is_locked
+from twopc.saga.logs import read_orchestrator
+from twopc.txlog import is_locked
 
 _POINTS = [point.value for point in CrashPoint]
 _SAGA_POINTS = [point.value for point in SagaPoint]

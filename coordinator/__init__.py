@@ -6,9 +6,15 @@ reconnect, an END record last. Crash points (:class:`CrashPoint`) let tests and 
 stop it at each step of the protocol.
 """
 
-from coordinator.coordinator import Coordinator, CoordinatorConfig, log_directory
-from coordinator.crashpoints import CRASH_POINT_HELP, CrashPoint, KillAt, PauseAt, ProtocolHooks
-from coordinator.errors import (
+from twopc.coordinator.coordinator import Coordinator, CoordinatorConfig, log_directory
+from twopc.coordinator.crashpoints import (
+    CRASH_POINT_HELP,
+    CrashPoint,
+    KillAt,
+    PauseAt,
+    ProtocolHooks,
+)
+from twopc.coordinator.errors import (
     CoordinatorBusy,
     CoordinatorError,
     InDoubt,
@@ -16,15 +22,15 @@ from coordinator.errors import (
     TransactionAborted,
     TransactionStateError,
 )
-from coordinator.ids import (
+from twopc.coordinator.ids import (
     InvalidCoordinatorId,
     check_coordinator_id,
     coordinator_of,
     fresh_coordinator_id,
     mint_gtrid,
 )
-from coordinator.retry import RetryPolicy
-from coordinator.transaction import COMMIT, END, GlobalTransaction, Outcome, TxState
+from twopc.coordinator.retry import RetryPolicy
+from twopc.coordinator.transaction import COMMIT, END, GlobalTransaction, Outcome, TxState
 
 __all__ = [
     "COMMIT",

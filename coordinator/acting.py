@@ -9,13 +9,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.decisions import Action, BranchFacts, decide
-from coordinator.errors import RecoveryError
-from coordinator.facts import Prepared
-from participants import BranchBusy, Participant, ParticipantError, UnknownXid, Xid
-from txlog import LogLocked
-from txlog.files import make_directories
-from txlog.locking import WriterLock
+from twopc.coordinator.decisions import Action, BranchFacts, decide
+from twopc.coordinator.errors import RecoveryError
+from twopc.coordinator.facts import Prepared
+from twopc.participants import BranchBusy, Participant, ParticipantError, UnknownXid, Xid
+from twopc.txlog import LogLocked
+from twopc.txlog.files import make_directories
+from twopc.txlog.locking import WriterLock
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.facts import OPERATOR_LOG, RESOLVE, coordinator_logs, inspect_log, txlog_root
-from participants import FORMAT_ID, Participant, ParticipantError, Xid
-from txlog import LogError, Record, read_log
+from twopc.coordinator.facts import OPERATOR_LOG, RESOLVE, coordinator_logs, inspect_log, txlog_root
+from twopc.participants import FORMAT_ID, Participant, ParticipantError, Xid
+from twopc.txlog import LogError, Record, read_log
 
 ATOMIC = "committed"
 IN_DOUBT = "in doubt"

@@ -17,15 +17,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from coordinator.crashpoints import ProtocolHooks
-from coordinator.errors import CoordinatorBusy, CoordinatorError
-from coordinator.ids import check_coordinator_id, fresh_coordinator_id, mint_gtrid
-from coordinator.recovery import RecoveryReport, forget_markers, recover_own
-from coordinator.retry import RetryPolicy
-from coordinator.transaction import GlobalTransaction, TxState
-from coordinator.workers import Workers
-from participants import Participant
-from txlog import LogCorrupt, LogError, LogLocked, TransactionLog
+from twopc.coordinator.crashpoints import ProtocolHooks
+from twopc.coordinator.errors import CoordinatorBusy, CoordinatorError
+from twopc.coordinator.ids import check_coordinator_id, fresh_coordinator_id, mint_gtrid
+from twopc.coordinator.recovery import RecoveryReport, forget_markers, recover_own
+from twopc.coordinator.retry import RetryPolicy
+from twopc.coordinator.transaction import GlobalTransaction, TxState
+from twopc.coordinator.workers import Workers
+from twopc.participants import Participant
+from twopc.txlog import LogCorrupt, LogError, LogLocked, TransactionLog
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.decisions import BranchFacts, Logged
-from coordinator.ids import check_coordinator_id, coordinator_of
-from coordinator.transaction import COMMIT, END
-from participants import Participant, ParticipantError, PreparedBranch, Xid
-from txlog import LogError, LogMissing, Record, is_locked, read_log
+from twopc.coordinator.decisions import BranchFacts, Logged
+from twopc.coordinator.ids import check_coordinator_id, coordinator_of
+from twopc.coordinator.transaction import COMMIT, END
+from twopc.participants import Participant, ParticipantError, PreparedBranch, Xid
+from twopc.txlog import LogError, LogMissing, Record, is_locked, read_log
 
 #: The operator's log of manual resolutions: not a valid coordinator id, so never one's log.
 OPERATOR_LOG = "_operator"

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.decisions import decide
-from coordinator.facts import (
+from twopc.coordinator.decisions import decide
+from twopc.coordinator.facts import (
     LogState,
     Prepared,
     facts_of,
@@ -18,8 +18,8 @@ from coordinator.facts import (
     missing_log,
     prepared_everywhere,
 )
-from participants import Participant, ParticipantError, Xid
-from participants.lockwaits import LockWait
+from twopc.participants import Participant, ParticipantError, Xid
+from twopc.participants.lockwaits import LockWait
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from coordinator.acting import (
+from twopc.coordinator.acting import (
     RecoveryReport,
     Resolution,
     act,
@@ -28,9 +28,9 @@ from coordinator.acting import (
     leave,
     recovery_turn,
 )
-from coordinator.decisions import Action, BranchFacts, Logged, decide
-from coordinator.errors import RecoveryError
-from coordinator.facts import (
+from twopc.coordinator.decisions import Action, BranchFacts, Logged, decide
+from twopc.coordinator.errors import RecoveryError
+from twopc.coordinator.facts import (
     DECISION_NONE,
     OPERATOR_LOG,
     RESOLVE,
@@ -46,11 +46,11 @@ from coordinator.facts import (
     prepared_of,
     txlog_root,
 )
-from coordinator.listing import InDoubtBranch, InDoubtReport, find_in_doubt
-from coordinator.resolve import ManualResolution, resolve
-from coordinator.transaction import COMMIT, END
-from participants import FORMAT_ID, Participant, ParticipantError, Xid
-from txlog import LogCorrupt, LogError, LogLocked, LogMissing, Record, TransactionLog
+from twopc.coordinator.listing import InDoubtBranch, InDoubtReport, find_in_doubt
+from twopc.coordinator.resolve import ManualResolution, resolve
+from twopc.coordinator.transaction import COMMIT, END
+from twopc.participants import FORMAT_ID, Participant, ParticipantError, Xid
+from twopc.txlog import LogCorrupt, LogError, LogLocked, LogMissing, Record, TransactionLog
 
 __all__ = [
     "DECISION_NONE",

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from coordinator.acting import Resolution, finish_branch, forget_markers, recovery_turn
-from coordinator.decisions import BranchFacts, Logged, decide_resolution
-from coordinator.errors import RecoveryError
-from coordinator.facts import (
+from twopc.coordinator.acting import Resolution, finish_branch, forget_markers, recovery_turn
+from twopc.coordinator.decisions import BranchFacts, Logged, decide_resolution
+from twopc.coordinator.errors import RecoveryError
+from twopc.coordinator.facts import (
     OPERATOR_LOG,
     RESOLVE,
     Evidence,
@@ -33,10 +33,10 @@ from coordinator.facts import (
     prepared_everywhere,
     txlog_root,
 )
-from coordinator.ids import coordinator_of
-from coordinator.transaction import END
-from participants import Participant
-from txlog import LogError, LogLocked, Record, TransactionLog
+from twopc.coordinator.ids import coordinator_of
+from twopc.coordinator.transaction import END
+from twopc.participants import Participant
+from twopc.txlog import LogError, LogLocked, Record, TransactionLog
 
 COMMITTED = "committed"
 ROLLED_BACK = "rolled back"

@@ -30,14 +30,14 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from coordinator.crashpoints import CrashPoint
-from coordinator.errors import (
+from twopc.coordinator.crashpoints import CrashPoint
+from twopc.coordinator.errors import (
     InDoubt,
     OutcomeUnknown,
     TransactionAborted,
     TransactionStateError,
 )
-from participants import (
+from twopc.participants import (
     Branch,
     BranchState,
     Participant,
@@ -46,11 +46,11 @@ from participants import (
     UnknownXid,
     Xid,
 )
-from participants.xid import FORMAT_ID
-from txlog import LogError, Record
+from twopc.participants.xid import FORMAT_ID
+from twopc.txlog import LogError, Record
 
 if TYPE_CHECKING:
-    from coordinator.coordinator import Coordinator
+    from twopc.coordinator.coordinator import Coordinator
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ server programs. The ``twopc dev`` CLI commands are thin wrappers over this API.
 
 from __future__ import annotations
 
-from devserver.binaries import Binaries, find_binaries
-from devserver.errors import DevServerError
-from devserver.servers import DevServers
-from devserver.state import DevState, ServerInfo, ServerKind
+from twopc.devserver.binaries import Binaries, find_binaries
+from twopc.devserver.errors import DevServerError
+from twopc.devserver.servers import DevServers
+from twopc.devserver.state import DevState, ServerInfo, ServerKind
 
 __all__ = [
     "Binaries",

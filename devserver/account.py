@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devserver.errors import DevServerError
+from twopc.devserver.errors import DevServerError
 
 _SHARED_TMP_DIRS = (Path("/tmp"), Path("/var/tmp"))
 

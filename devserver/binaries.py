@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from devserver.errors import DevServerError
+from twopc.devserver.errors import DevServerError
 
 _SYSTEM_DIRS = (Path("/usr/sbin"), Path("/usr/bin"))
 _MARIADBD_NAMES = ("mariadbd", "mysqld")

@@ -10,10 +10,10 @@ import subprocess
 import time
 from typing import Any, NoReturn
 
-from devserver.account import Account, run_as
-from devserver.binaries import Binaries
-from devserver.errors import DevServerError
-from devserver.procs import (
+from twopc.devserver.account import Account, run_as
+from twopc.devserver.binaries import Binaries
+from twopc.devserver.errors import DevServerError
+from twopc.devserver.procs import (
     DEV_DATABASE,
     DEV_USER,
     LOOPBACK,
@@ -25,8 +25,8 @@ from devserver.procs import (
     server_pid,
     wait_until_gone,
 )
-from devserver.state import Placement, ServerInfo
-from devserver.tls import ensure_tls_files
+from twopc.devserver.state import Placement, ServerInfo
+from twopc.devserver.tls import ensure_tls_files
 
 USER = DEV_USER
 DATABASE = DEV_DATABASE

@@ -8,10 +8,10 @@ import shutil
 import signal
 from pathlib import Path
 
-from devserver.account import Account, make_owned_dir, run_as
-from devserver.binaries import Binaries
-from devserver.errors import DevServerError
-from devserver.procs import (
+from twopc.devserver.account import Account, make_owned_dir, run_as
+from twopc.devserver.binaries import Binaries
+from twopc.devserver.errors import DevServerError
+from twopc.devserver.procs import (
     DEV_DATABASE,
     DEV_USER,
     LOOPBACK,
@@ -25,7 +25,7 @@ from devserver.procs import (
     server_pid,
     wait_until_gone,
 )
-from devserver.state import Placement, ServerInfo
+from twopc.devserver.state import Placement, ServerInfo
 
 USER = DEV_USER
 DATABASE = DEV_DATABASE

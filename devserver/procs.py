@@ -13,7 +13,7 @@ import socket
 import time
 from pathlib import Path
 
-from devserver.state import ServerInfo, ServerKind
+from twopc.devserver.state import ServerInfo, ServerKind
 
 LOOPBACK = "127.0.0.1"
 DEV_USER = "twopc"

@@ -8,13 +8,13 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from devserver.account import postgres_account, postgres_instance_dir
-from devserver.binaries import Binaries, find_binaries
-from devserver.errors import DevServerError
-from devserver.mariadb import MariaDBServer
-from devserver.postgres import PostgresServer
-from devserver.procs import free_port
-from devserver.state import (
+from twopc.devserver.account import postgres_account, postgres_instance_dir
+from twopc.devserver.binaries import Binaries, find_binaries
+from twopc.devserver.errors import DevServerError
+from twopc.devserver.mariadb import MariaDBServer
+from twopc.devserver.postgres import PostgresServer
+from twopc.devserver.procs import free_port
+from twopc.devserver.state import (
     DevState,
     Placement,
     ServerKind,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from devserver.errors import DevServerError
+from twopc.devserver.errors import DevServerError
 
 ServerKind = Literal["pg", "mysql"]
 STATE_VERSION = 1

@@ -5,7 +5,7 @@ two-phase-commit SQL; the :class:`Xid` type owns every wire form of a branch nam
 errors are translated once, here, into the :class:`ParticipantError` hierarchy.
 """
 
-from participants.base import (
+from twopc.participants.base import (
     Branch,
     BranchState,
     Cursor,
@@ -14,7 +14,7 @@ from participants.base import (
     PreparedBranch,
     Vote,
 )
-from participants.errors import (
+from twopc.participants.errors import (
     BranchBusy,
     BranchStateError,
     LockWaitTimeout,
@@ -25,11 +25,11 @@ from participants.errors import (
     StatementFailed,
     UnknownXid,
 )
-from participants.lockwaits import LockWait
-from participants.mysql import MySQLParticipant
-from participants.postgres import PostgresParticipant
-from participants.urls import Backend, DatabaseURL, InvalidURL
-from participants.xid import FORMAT_ID, InvalidXid, Xid
+from twopc.participants.lockwaits import LockWait
+from twopc.participants.mysql import MySQLParticipant
+from twopc.participants.postgres import PostgresParticipant
+from twopc.participants.urls import Backend, DatabaseURL, InvalidURL
+from twopc.participants.xid import FORMAT_ID, InvalidXid, Xid
 
 __all__ = [
     "FORMAT_ID",

@@ -27,16 +27,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from participants.errors import (
+from twopc.participants.errors import (
     BranchStateError,
     MisconfiguredServer,
     ParticipantError,
     PrepareRefused,
     StatementFailed,
 )
-from participants.lockwaits import LockWait
-from participants.urls import DatabaseURL
-from participants.xid import Xid
+from twopc.participants.lockwaits import LockWait
+from twopc.participants.urls import DatabaseURL
+from twopc.participants.xid import Xid
 
 OUTCOMES_TABLE = "twopc_outcomes"
 #: The longest lock wait or I/O timeout a participant accepts (PostgreSQL's lock_timeout is

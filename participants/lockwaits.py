@@ -27,8 +27,8 @@ from typing import Any
 import psycopg
 import pymysql
 
-from participants.errors import ParticipantError
-from participants.xid import Xid
+from twopc.participants.errors import ParticipantError
+from twopc.participants.xid import Xid
 
 # PyMySQL ships no type information: its connections are Any to mypy.
 MySQLConnection = Any

@@ -24,7 +24,7 @@ from typing import Any
 import pymysql
 from pymysql.constants import CR
 
-from participants.base import (
+from twopc.participants.base import (
     Branch,
     Cursor,
     LocalTransaction,
@@ -34,7 +34,7 @@ from participants.base import (
     shut_down_socket,
     translated_errors,
 )
-from participants.errors import (
+from twopc.participants.errors import (
     BranchBusy,
     LockWaitTimeout,
     ParticipantError,
@@ -43,9 +43,9 @@ from participants.errors import (
     StatementFailed,
     UnknownXid,
 )
-from participants.lockwaits import LockWait, mysql_lock_waits, mysql_waits_of
-from participants.urls import DatabaseURL, InvalidURL
-from participants.xid import Xid
+from twopc.participants.lockwaits import LockWait, mysql_lock_waits, mysql_waits_of
+from twopc.participants.urls import DatabaseURL, InvalidURL
+from twopc.participants.xid import Xid
 
 _XAER_NOTA = 1397
 _LOCK_WAIT_TIMEOUT = 1205

@@ -20,7 +20,7 @@ from psycopg.abc import RV, PQGen
 from psycopg.connection import _WAIT_INTERVAL
 from psycopg.pq import TransactionStatus
 
-from participants.base import (
+from twopc.participants.base import (
     Branch,
     Cursor,
     LocalTransaction,
@@ -30,7 +30,7 @@ from participants.base import (
     shut_down_socket,
     translated_errors,
 )
-from participants.errors import (
+from twopc.participants.errors import (
     LockWaitTimeout,
     MisconfiguredServer,
     ParticipantError,
@@ -39,8 +39,8 @@ from participants.errors import (
     StatementFailed,
     UnknownXid,
 )
-from participants.lockwaits import LockWait, pg_lock_waits, pg_waits_of
-from participants.xid import Xid
+from twopc.participants.lockwaits import LockWait, pg_lock_waits, pg_waits_of
+from twopc.participants.xid import Xid
 
 _UNDEFINED_OBJECT = "42704"
 _LOCK_NOT_AVAILABLE = "55P03"

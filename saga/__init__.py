@@ -10,10 +10,10 @@ an operator; :func:`recover_sagas` resumes dead orchestrators' sagas, :func:`ret
 saga by hand, and :func:`prune` drops idempotency records past their retention window.
 """
 
-from saga.crashpoints import SAGA_POINT_HELP, KillSagaAt, PauseSagaAt, SagaHooks, SagaPoint
-from saga.errors import SagaBusy, SagaError, SagaNotFound
-from saga.idempotency import APPLIED, CANCELLED, REJECTED, StepResult, lookup, run_once
-from saga.ids import (
+from twopc.saga.crashpoints import SAGA_POINT_HELP, KillSagaAt, PauseSagaAt, SagaHooks, SagaPoint
+from twopc.saga.errors import SagaBusy, SagaError, SagaNotFound
+from twopc.saga.idempotency import APPLIED, CANCELLED, REJECTED, StepResult, lookup, run_once
+from twopc.saga.ids import (
     InvalidSagaId,
     check_orchestrator_id,
     check_saga_id,
@@ -22,13 +22,13 @@ from saga.ids import (
     release_key,
     step_key,
 )
-from saga.logs import OrchestratorLog, all_orchestrators, saga_root
-from saga.orchestrator import Orchestrator, SagaConfig, SagaOutcome
-from saga.recovery import SagaRecoveryReport, SagaResolution, recover_sagas, retry_saga
-from saga.report import DEAD_LETTERED, UNFINISHED, StepReport, outcome_of, step_reports
-from saga.retention import DEFAULT_RETENTION, parse_duration, prune
-from saga.state import ABORTED, COMPENSATED, COMPLETED, REFUSED, SagaState, amount_held
-from saga.tables import SAGA_TABLES, ensure_saga_tables, saga_ddl, saga_drop_ddl
+from twopc.saga.logs import OrchestratorLog, all_orchestrators, saga_root
+from twopc.saga.orchestrator import Orchestrator, SagaConfig, SagaOutcome
+from twopc.saga.recovery import SagaRecoveryReport, SagaResolution, recover_sagas, retry_saga
+from twopc.saga.report import DEAD_LETTERED, UNFINISHED, StepReport, outcome_of, step_reports
+from twopc.saga.retention import DEFAULT_RETENTION, parse_duration, prune
+from twopc.saga.state import ABORTED, COMPENSATED, COMPLETED, REFUSED, SagaState, amount_held
+from twopc.saga.tables import SAGA_TABLES, ensure_saga_tables, saga_ddl, saga_drop_ddl
 
 __all__ = [
     "ABORTED",

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Protocol, TextIO
 
-from coordinator.crashpoints import sigint_interrupts
+from twopc.coordinator.crashpoints import sigint_interrupts
 
 
 class SagaPoint(enum.Enum):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from participants import LocalTransaction, Participant, ParticipantError, StatementFailed
+from twopc.participants import LocalTransaction, Participant, ParticipantError, StatementFailed
 
 APPLIED = "applied"  # the business change was made
 REJECTED = "rejected"  # a business rule refused it; nothing changed, and it never will

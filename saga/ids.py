@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from coordinator import InvalidCoordinatorId, check_coordinator_id
+from twopc.coordinator import InvalidCoordinatorId, check_coordinator_id
 
 _SAGA_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 

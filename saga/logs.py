@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from saga.ids import InvalidSagaId, check_orchestrator_id
-from saga.state import SagaState, replay_records
-from txlog import LogError, LogMissing, is_locked, read_log
+from twopc.saga.ids import InvalidSagaId, check_orchestrator_id
+from twopc.saga.state import SagaState, replay_records
+from twopc.txlog import LogError, LogMissing, is_locked, read_log
 
 
 def saga_root(home: Path) -> Path:

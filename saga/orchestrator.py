@@ -20,12 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bank import Transfer
-from coordinator import RetryPolicy
-from participants import Participant, ParticipantError
-from saga.crashpoints import SagaHooks, SagaPoint
-from saga.errors import SagaBusy, SagaError, SagaIdReused, SagaNotFound
-from saga.idempotency import (
+from twopc.bank import Transfer
+from twopc.coordinator import RetryPolicy
+from twopc.participants import Participant, ParticipantError
+from twopc.saga.crashpoints import SagaHooks, SagaPoint
+from twopc.saga.errors import SagaBusy, SagaError, SagaIdReused, SagaNotFound
+from twopc.saga.idempotency import (
     APPLIED,
     CANCELLED,
     REJECTED,
@@ -40,7 +40,7 @@ from saga.idempotency import (
     saga_of,
     stored_requests,
 )
-from saga.ids import (
+from twopc.saga.ids import (
     check_orchestrator_id,
     check_saga_id,
     compensation_key,
@@ -49,9 +49,9 @@ from saga.ids import (
     release_key,
     step_key,
 )
-from saga.logs import OrchestratorLog, orchestrator_log, owner_of
-from saga.report import outcome_of
-from saga.state import (
+from twopc.saga.logs import OrchestratorLog, orchestrator_log, owner_of
+from twopc.saga.report import outcome_of
+from twopc.saga.state import (
     APPLIED_NO,
     APPLIED_UNKNOWN,
     BEGIN,
@@ -77,7 +77,7 @@ from saga.state import (
     next_action,
     replay_records,
 )
-from saga.steps import (
+from twopc.saga.steps import (
     COMPENSABLE,
     CREDIT,
     DEBIT,
@@ -89,9 +89,9 @@ from saga.steps import (
     forward_step,
     release,
 )
-from saga.steps import NOTIFY as NOTIFY_STEP
-from saga.tables import ensure_saga_tables
-from txlog import LogCorrupt, LogLocked, Record, TransactionLog
+from twopc.saga.steps import NOTIFY as NOTIFY_STEP
+from twopc.saga.tables import ensure_saga_tables
+from twopc.txlog import LogCorrupt, LogLocked, Record, TransactionLog
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from participants import Participant
-from saga.errors import SagaBusy, SagaError, SagaNotFound
-from saga.logs import OrchestratorLog, orchestrator_ids, read_orchestrator
-from saga.orchestrator import Orchestrator, SagaConfig, SagaOutcome, open_log
-from saga.report import outcome_of
-from saga.state import SagaState, next_action, replay_records
-from txlog import LogMissing, TransactionLog
+from twopc.participants import Participant
+from twopc.saga.errors import SagaBusy, SagaError, SagaNotFound
+from twopc.saga.logs import OrchestratorLog, orchestrator_ids, read_orchestrator
+from twopc.saga.orchestrator import Orchestrator, SagaConfig, SagaOutcome, open_log
+from twopc.saga.report import outcome_of
+from twopc.saga.state import SagaState, next_action, replay_records
+from twopc.txlog import LogMissing, TransactionLog
 
 
 @dataclass(frozen=True)

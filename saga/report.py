@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saga.idempotency import StepResult
-from saga.ids import compensation_key, release_key, step_key
-from saga.state import SagaState
-from saga.steps import HOLDING, NOTIFY, compensation, forward_step, release
+from twopc.saga.idempotency import StepResult
+from twopc.saga.ids import compensation_key, release_key, step_key
+from twopc.saga.state import SagaState
+from twopc.saga.steps import HOLDING, NOTIFY, compensation, forward_step, release
 
 UNFINISHED = "unfinished"
 DEAD_LETTERED = "dead-lettered"

@@ -13,9 +13,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from participants import Participant
-from saga.errors import SagaError
-from saga.logs import all_orchestrators
+from twopc.participants import Participant
+from twopc.saga.errors import SagaError
+from twopc.saga.logs import all_orchestrators
 
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from bank import AccountRef, InvalidInput, Transfer, parse_amount
-from coordinator import RetryPolicy
-from saga.idempotency import APPLIED, StepResult
-from saga.steps import COMPENSABLE, FORWARD_STEPS
-from txlog import Record
+from twopc.bank import AccountRef, InvalidInput, Transfer, parse_amount
+from twopc.coordinator import RetryPolicy
+from twopc.saga.idempotency import APPLIED, StepResult
+from twopc.saga.steps import COMPENSABLE, FORWARD_STEPS
+from twopc.txlog import Record
 
 BEGIN = "SAGA_BEGIN"
 STEP_DONE = "STEP_DONE"  # a forward step's result: applied, rejected or cancelled

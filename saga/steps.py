@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-from bank import AccountRef, Transfer
-from participants import LocalTransaction
-from saga.idempotency import APPLIED, REJECTED, Change, StepResult
+from twopc.bank import AccountRef, Transfer
+from twopc.participants import LocalTransaction
+from twopc.saga.idempotency import APPLIED, REJECTED, Change, StepResult
 
 DEBIT, CREDIT, NOTIFY = 1, 2, 3
 FORWARD_STEPS = (DEBIT, CREDIT)  # the steps before the saga's outcome is settled

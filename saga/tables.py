@@ -13,7 +13,7 @@ EXISTS``.
 
 from __future__ import annotations
 
-from participants import Participant, StatementFailed
+from twopc.participants import Participant, StatementFailed
 
 STEPS_TABLE = "saga_steps"
 HOLDS_TABLE = "saga_holds"

@@ -63,6 +63,9 @@ make_venv() {
     fi
     say "installing twopc and its dev tools into .venv"
     .venv/bin/pip install -q -e '.[dev]'
+    # mypy checks the package as it is imported, twopc.*, whose root is this directory.
+    mkdir -p .typecheck
+    ln -sfn .. .typecheck/twopc
 }
 
 install_servers

@@ -24,9 +24,9 @@ import pymysql
 import pytest
 from psycopg import sql
 
-from bank.schema import init_schema
-from devserver import DevServers, DevState
-from participants import DatabaseURL, MySQLParticipant, PostgresParticipant, Xid
+from twopc.bank.schema import init_schema
+from twopc.devserver import DevServers, DevState
+from twopc.participants import DatabaseURL, MySQLParticipant, PostgresParticipant, Xid
 
 ACCOUNTS = 10
 OPENING = Decimal("1000.00")

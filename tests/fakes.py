@@ -11,9 +11,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from participants import DatabaseURL, ParticipantUnavailable, PreparedBranch, UnknownXid, Xid
-from participants.base import Branch, Cursor, LocalTransaction, Participant, Vote
-from participants.lockwaits import LockWait
+from twopc.participants import DatabaseURL, ParticipantUnavailable, PreparedBranch, UnknownXid, Xid
+from twopc.participants.base import Branch, Cursor, LocalTransaction, Participant, Vote
+from twopc.participants.lockwaits import LockWait
 
 Fault = Callable[[], None]  # raises the error to inject (or blocks)
 

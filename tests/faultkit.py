@@ -38,7 +38,7 @@ import psycopg
 import pymysql
 from conftest import ACCOUNTS, Databases, twopc_executable
 
-from devserver.procs import pids_in_dir
+from twopc.devserver.procs import pids_in_dir
 
 FORMAT_ID = 0x74706331  # "tpc1": every branch of ours carries it
 SIDES = ("pg", "mysql")

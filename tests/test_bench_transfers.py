@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 from conftest import ACCOUNTS, Databases
 
-from benchmarks.bench_transfers import run_transfer_benchmark
-from participants import DatabaseURL, MySQLParticipant, PostgresParticipant
+from twopc.benchmarks.bench_transfers import run_transfer_benchmark
+from twopc.participants import DatabaseURL, MySQLParticipant, PostgresParticipant
 
 
 def test_both_modes_run_and_conserve_money(db: Databases) -> None:

@@ -15,10 +15,10 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from bank import InvalidInput, parse_amount
-from bank.accounts import AccountRef
-from cli import main
-from txlog import Record, TransactionLog
+from twopc.bank import InvalidInput, parse_amount
+from twopc.bank.accounts import AccountRef
+from twopc.cli import main
+from twopc.txlog import Record, TransactionLog
 
 NOWHERE = {
     "TWOPC_PG_URL": "postgresql://twopc@127.0.0.1:1/twopc",

@@ -11,8 +11,8 @@ import pymysql
 import pytest
 from conftest import OPENING, Databases
 
-from bank import AccountRef, Transfer, run_transfer
-from coordinator import (
+from twopc.bank import AccountRef, Transfer, run_transfer
+from twopc.coordinator import (
     Coordinator,
     CoordinatorBusy,
     CoordinatorConfig,
@@ -22,14 +22,14 @@ from coordinator import (
     TransactionAborted,
     log_directory,
 )
-from participants import (
+from twopc.participants import (
     FORMAT_ID,
     MisconfiguredServer,
     ParticipantUnavailable,
     StatementFailed,
     Xid,
 )
-from txlog import read_log
+from twopc.txlog import read_log
 
 DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s"
 CREDIT = "UPDATE accounts SET balance = balance + %s WHERE id = %s"

@@ -23,8 +23,8 @@ from typing import IO
 import pytest
 from conftest import AMOUNT, Databases, Direction, twopc_executable
 
-from participants import FORMAT_ID, Xid
-from txlog import LogContents, Record, is_locked, read_log
+from twopc.participants import FORMAT_ID, Xid
+from twopc.txlog import LogContents, Record, is_locked, read_log
 
 SIDES = ("pg", "mysql")
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from coordinator.decisions import (
+from twopc.coordinator.decisions import (
     Action,
     BranchFacts,
     Logged,

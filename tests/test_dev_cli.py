@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import twopc_executable
 
-from devserver import DevServers
+from twopc.devserver import DevServers
 
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ import psycopg
 import pymysql
 import pytest
 
-from devserver import DevServerError, DevServers, DevState, ServerInfo, find_binaries
+from twopc.devserver import DevServerError, DevServers, DevState, ServerInfo, find_binaries
 
 
 @pytest.fixture(scope="module")

@@ -40,9 +40,9 @@ from faultkit import (
     snapshot,
 )
 
-from bank.schema import init_schema
-from devserver import DevServers
-from participants import DatabaseURL
+from twopc.bank.schema import init_schema
+from twopc.devserver import DevServers
+from twopc.participants import DatabaseURL
 
 SECRET = "Pl0ugh-Xyzzy-7731"  # user faultpw on MariaDB
 AT_SECRET = "Xyzzy@Pl0ugh-7731"  # user faultat on MariaDB: an '@' inside the password

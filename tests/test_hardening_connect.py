@@ -21,8 +21,13 @@ import pymysql
 import pytest
 from conftest import ACCOUNTS, Databases
 
-from bank.schema import init_schema
-from participants import DatabaseURL, MySQLParticipant, ParticipantError, ParticipantUnavailable
+from twopc.bank.schema import init_schema
+from twopc.participants import (
+    DatabaseURL,
+    MySQLParticipant,
+    ParticipantError,
+    ParticipantUnavailable,
+)
 
 CONNECT_TIMEOUT = 5.0
 # What a bounded connect may take: the timeout plus start-up and scheduling slack.

@@ -21,8 +21,8 @@ import pymysql
 import pytest
 from conftest import ACCOUNTS, OPENING, Databases
 
-from bank.schema import LOCK_WAIT, init_schema
-from participants import DatabaseURL, ParticipantError
+from twopc.bank.schema import LOCK_WAIT, init_schema
+from twopc.participants import DatabaseURL, ParticipantError
 
 # How long a lock holder in these tests keeps its lock. Longer than any bound asserted, so
 # an init that waits for it unbounded fails on time instead of hanging the test run.

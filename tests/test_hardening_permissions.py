@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import Databases
 
-from txlog import Record, TransactionLog, read_log
-from txlog.files import CHECKPOINT_TEMP_NAME, atomic_write
+from twopc.txlog import Record, TransactionLog, read_log
+from twopc.txlog.files import CHECKPOINT_TEMP_NAME, atomic_write
 
 
 @pytest.fixture()

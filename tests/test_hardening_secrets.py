@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 from conftest import Databases
 
-from participants import DatabaseURL, InvalidURL
+from twopc.participants import DatabaseURL, InvalidURL
 
 PASSWORDS = ["p@ss:w/rd", "p", "twopc", "%40", "@", "@@x@@", "x?y=1&z#w", "a b", "pä:ß/wö"]
 # A password shaped like the rest of a URL ("s3cr3t@ho.st:99/db") pasted unencoded into a URL

@@ -7,9 +7,9 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from bank import AccountRef, InvalidInput, parse_amount
-from coordinator import InvalidCoordinatorId, check_coordinator_id, coordinator_of, mint_gtrid
-from participants import FORMAT_ID, DatabaseURL, InvalidURL, InvalidXid, Xid
+from twopc.bank import AccountRef, InvalidInput, parse_amount
+from twopc.coordinator import InvalidCoordinatorId, check_coordinator_id, coordinator_of, mint_gtrid
+from twopc.participants import FORMAT_ID, DatabaseURL, InvalidURL, InvalidXid, Xid
 
 
 def test_xid_pg_gid_matches_psycopg_encoding() -> None:

@@ -23,8 +23,8 @@ import pytest
 from conftest import AMOUNT, Databases, Direction, twopc_executable
 from test_crash_points import DIRECTIONS, both_prepared, prepared
 
-from coordinator import Coordinator, CoordinatorConfig, CrashPoint, TxState
-from txlog import read_log
+from twopc.coordinator import Coordinator, CoordinatorConfig, CrashPoint, TxState
+from twopc.txlog import read_log
 
 NOTHING = {"pg": [], "mysql": []}
 
@@ -274,4 +274,3 @@ def test_interrupt_while_the_decision_is_forced_never_rolls_back(db: Databases) 
     assert db.balance("pg", "a1") + db.balance("mysql", "a2") == (
         before["pg:a1"] + before["mysql:a2"]
     )
-

@@ -18,8 +18,8 @@ import pytest
 from conftest import OPENING, Databases
 from psycopg import sql
 
-from participants import FORMAT_ID, DatabaseURL, MySQLParticipant, PostgresParticipant, Xid
-from participants.lockwaits import (
+from twopc.participants import FORMAT_ID, DatabaseURL, MySQLParticipant, PostgresParticipant, Xid
+from twopc.participants.lockwaits import (
     LockWait,
     mysql_lock_waits,
     mysql_waits_of,

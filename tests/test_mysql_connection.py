@@ -9,7 +9,7 @@ import pymysql
 import pytest
 from conftest import ACCOUNTS, Databases
 
-from participants import DatabaseURL, MySQLParticipant, ParticipantUnavailable
+from twopc.participants import DatabaseURL, MySQLParticipant, ParticipantUnavailable
 
 
 def test_preferred_tls_skips_loading_the_ca_store(db: Databases) -> None:

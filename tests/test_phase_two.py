@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fakes import FakeParticipant, hanging, raising, unavailable
 
-from coordinator import (
+from twopc.coordinator import (
     Coordinator,
     CoordinatorConfig,
     InDoubt,
@@ -22,8 +22,8 @@ from coordinator import (
     TransactionAborted,
     TxState,
 )
-from participants import BranchBusy, StatementFailed
-from txlog import read_log
+from twopc.participants import BranchBusy, StatementFailed
+from twopc.txlog import read_log
 
 QUICK = RetryPolicy(initial_interval=0.01, maximum_interval=0.05, deadline=0.3)
 

@@ -9,8 +9,8 @@ import pymysql
 import pytest
 from conftest import OPENING, Databases
 
-from coordinator import Coordinator, CoordinatorConfig, TransactionAborted
-from participants import Participant
+from twopc.coordinator import Coordinator, CoordinatorConfig, TransactionAborted
+from twopc.participants import Participant
 
 SESSION = {"pg": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
 DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s"

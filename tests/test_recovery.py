@@ -28,8 +28,8 @@ import pymysql
 import pytest
 from conftest import ACCOUNTS, AMOUNT, OPENING, Databases, Direction, twopc_executable
 
-from participants import FORMAT_ID, Xid
-from txlog import Record, TransactionLog, read_log
+from twopc.participants import FORMAT_ID, Xid
+from twopc.txlog import Record, TransactionLog, read_log
 
 SIDES = ("pg", "mysql")
 TOTAL = 2 * ACCOUNTS * OPENING  # every account on both servers: money is never made or lost

@@ -35,8 +35,8 @@ from test_recovery import (
     total,
 )
 
-from txlog import read_log
-from txlog.framing import FILE_HEADER_SIZE
+from twopc.txlog import read_log
+from twopc.txlog.framing import FILE_HEADER_SIZE
 
 
 def markers_of(db: Databases, coordinator: str) -> dict[str, int]:
@@ -176,9 +176,9 @@ KILLED_AFTER_TRANSFERS = textwrap.dedent(
     import os, signal, sys
     from decimal import Decimal
     from pathlib import Path
-    from bank import AccountRef, Transfer, run_transfer
-    from coordinator import Coordinator, CoordinatorConfig
-    from participants import DatabaseURL, MySQLParticipant, PostgresParticipant
+    from twopc.bank import AccountRef, Transfer, run_transfer
+    from twopc.coordinator import Coordinator, CoordinatorConfig
+    from twopc.participants import DatabaseURL, MySQLParticipant, PostgresParticipant
 
     home, pg_url, mysql_url, coordinator_id, count = sys.argv[1:6]
     pg = PostgresParticipant("pg", DatabaseURL.parse(pg_url))

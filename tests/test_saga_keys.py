@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 from conftest import Databases
 
-from bank import AccountRef, Transfer
-from coordinator import RetryPolicy
-from participants import DatabaseURL, PostgresParticipant
-from saga import step_key
-from saga.idempotency import Keyed, KeyReused, run_once
-from saga.orchestrator import Orchestrator, SagaConfig
-from saga.state import SagaState, replay_records
-from saga.steps import describe_transfer, forward_step
-from saga.tables import ensure_saga_tables
-from txlog import Record
+from twopc.bank import AccountRef, Transfer
+from twopc.coordinator import RetryPolicy
+from twopc.participants import DatabaseURL, PostgresParticipant
+from twopc.saga import step_key
+from twopc.saga.idempotency import Keyed, KeyReused, run_once
+from twopc.saga.orchestrator import Orchestrator, SagaConfig
+from twopc.saga.state import SagaState, replay_records
+from twopc.saga.steps import describe_transfer, forward_step
+from twopc.saga.tables import ensure_saga_tables
+from twopc.txlog import Record
 
 FIRST = ("pg:a4", "mysql:a4", "5")
 
@@ -171,8 +171,8 @@ def test_a_malformed_recorded_policy_is_a_problem_not_a_guess(policy: object) ->
 
 def test_the_cli_resumes_sagas_with_their_own_deadline_unless_given_one(tmp_path: Any) -> None:
     """`twopc sagas retry` and `twopc recover` build their orchestrator with this."""
-    from commands.common import Context
-    from commands.sagas import saga_config
+    from twopc.commands.common import Context
+    from twopc.commands.sagas import saga_config
 
     obj = Context(tmp_path, {"pg": None, "mysql": None})
     assert saga_config(obj, None, None).recorded_retry is True

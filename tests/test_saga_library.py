@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from conftest import OPENING, Databases
 
-from bank import AccountRef, Transfer
-from coordinator import RetryPolicy
-from participants import DatabaseURL, MySQLParticipant, PostgresParticipant
-from saga import (
+from twopc.bank import AccountRef, Transfer
+from twopc.coordinator import RetryPolicy
+from twopc.participants import DatabaseURL, MySQLParticipant, PostgresParticipant
+from twopc.saga import (
     APPLIED,
     CANCELLED,
     COMPENSATED,
@@ -30,10 +30,10 @@ from saga import (
     run_once,
     step_key,
 )
-from saga.idempotency import Keyed
-from saga.state import APPLIED_UNKNOWN, BEGIN, STEP_DONE, STEP_FAILED
-from saga.steps import compensation, describe_transfer, forward_step
-from txlog import Record, TransactionLog
+from twopc.saga.idempotency import Keyed
+from twopc.saga.state import APPLIED_UNKNOWN, BEGIN, STEP_DONE, STEP_FAILED
+from twopc.saga.steps import compensation, describe_transfer, forward_step
+from twopc.txlog import Record, TransactionLog
 
 AMOUNT = Decimal("5.00")
 QUICK = RetryPolicy(initial_interval=0.05, maximum_interval=0.2, deadline=20.0)

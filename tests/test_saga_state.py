@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from saga import InvalidSagaId, check_saga_id, compensation_key, parse_duration, step_key
-from saga.state import (
+from twopc.saga import InvalidSagaId, check_saga_id, compensation_key, parse_duration, step_key
+from twopc.saga.state import (
     ABORTED,
     APPLIED_NO,
     APPLIED_UNKNOWN,
@@ -39,7 +39,7 @@ from saga.state import (
     next_action,
     replay_records,
 )
-from txlog import Record
+from twopc.txlog import Record
 
 SAGA = "s-1"
 BEGUN = Record(BEGIN, SAGA, {"source": "pg:a1", "destination": "mysql:a2", "amount": "7.25"})

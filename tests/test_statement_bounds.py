@@ -11,7 +11,7 @@ import pytest
 from conftest import Databases
 from faultkit import frozen
 
-from participants import (
+from twopc.participants import (
     FORMAT_ID,
     DatabaseURL,
     MySQLParticipant,
@@ -19,7 +19,7 @@ from participants import (
     PostgresParticipant,
     Xid,
 )
-from participants.base import Participant
+from twopc.participants.base import Participant
 
 
 def participant(db: Databases, side: str) -> Participant:

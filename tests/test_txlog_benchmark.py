@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_log import (
+from twopc.benchmarks.bench_log import (
     format_cycle_benchmark,
     format_log_benchmark,
     run_cycle_benchmark,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from txlog import (
+from twopc.txlog import (
     LogError,
     LogLocked,
     LogMissing,
@@ -19,7 +19,7 @@ from txlog import (
     read_log,
     verify_log,
 )
-from txlog.files import disk_usage
+from twopc.txlog.files import disk_usage
 
 SEGMENT = 8 * 1024
 

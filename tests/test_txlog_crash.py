@@ -14,7 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from txlog import TransactionLog, is_locked, read_log, verify_log
+from twopc.txlog import TransactionLog, is_locked, read_log, verify_log
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ APPENDER = textwrap.dedent(
     """
     import sys, threading
     from pathlib import Path
-    from txlog import Record, TransactionLog
+    from twopc.txlog import Record, TransactionLog
 
     log = TransactionLog.open(Path(sys.argv[1]), segment_bytes=32 * 1024)
     out = open(sys.argv[2], "a", buffering=1)

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from txlog import LogError
-from txlog.group_commit import GroupCommit
+from twopc.txlog import LogError
+from twopc.txlog.group_commit import GroupCommit
 
 
 class SlowDisk:

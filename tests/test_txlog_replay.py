@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from txlog import LogCorrupt, Record, TransactionLog, read_log, verify_log
+from twopc.txlog import LogCorrupt, Record, TransactionLog, read_log, verify_log
 
 LOGS = Path(__file__).resolve().parent / "data" / "logs"
 EXPECTED: dict[str, Any] = json.loads((LOGS / "expected.json").read_text())

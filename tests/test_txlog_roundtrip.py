@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from txlog import LogContents, LogCorrupt, Record, TransactionLog, read_log, verify_log
-from txlog.files import segment_path
-from txlog.framing import FILE_HEADER_SIZE, SEGMENT_MAGIC, scan_frames
-from txlog.state import UnfinishedTracker
+from twopc.txlog import LogContents, LogCorrupt, Record, TransactionLog, read_log, verify_log
+from twopc.txlog.files import segment_path
+from twopc.txlog.framing import FILE_HEADER_SIZE, SEGMENT_MAGIC, scan_frames
+from twopc.txlog.state import UnfinishedTracker
 
 SETTINGS = settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
-from participants import DatabaseURL, InvalidURL
+from twopc.participants import DatabaseURL, InvalidURL
 
 SCHEMES = ["postgresql", "postgres", "postgresql+psycopg", "mysql", "mariadb", "mysql+pymysql"]
 WORDS = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)

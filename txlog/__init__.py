@@ -7,12 +7,12 @@ all). Writers use :class:`TransactionLog`; readers and operators use :func:`read
 
 from __future__ import annotations
 
-from txlog.errors import LogCorrupt, LogError, LogLocked, LogMissing
-from txlog.locking import is_locked
-from txlog.log import DEFAULT_SEGMENT_BYTES, LogStats, TransactionLog
-from txlog.record import Record
-from txlog.replay import LogContents, read_log
-from txlog.verify import Problem, SegmentReport, VerifyReport, verify_log
+from twopc.txlog.errors import LogCorrupt, LogError, LogLocked, LogMissing
+from twopc.txlog.locking import is_locked
+from twopc.txlog.log import DEFAULT_SEGMENT_BYTES, LogStats, TransactionLog
+from twopc.txlog.record import Record
+from twopc.txlog.replay import LogContents, read_log
+from twopc.txlog.verify import Problem, SegmentReport, VerifyReport, verify_log
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from txlog.errors import LogCorrupt
+from twopc.txlog.errors import LogCorrupt
 
 SEGMENT_MAGIC = b"TWOPCSEG"
 CHECKPOINT_MAGIC = b"TWOPCCKP"

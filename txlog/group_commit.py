@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from txlog.errors import LogError
+from twopc.txlog.errors import LogError
 
 Item = TypeVar("Item")
 #: Writes a batch in order; syncs it to stable storage iff the flag is true.

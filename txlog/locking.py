@@ -7,8 +7,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from txlog.errors import LogLocked
-from txlog.files import LOCK_NAME, create_private
+from twopc.txlog.errors import LogLocked
+from twopc.txlog.files import LOCK_NAME, create_private
 
 
 class WriterLock:

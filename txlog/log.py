@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from txlog.errors import LogError, LogMissing
-from txlog.files import make_directories
-from txlog.framing import FILE_HEADER_SIZE, FRAME_OVERHEAD
-from txlog.group_commit import GroupCommit
-from txlog.locking import WriterLock
-from txlog.record import Record
-from txlog.replay import LogScan, scan_log
-from txlog.segments import encode_record
-from txlog.state import UnfinishedTracker
-from txlog.writer import PendingRecord, SegmentWriter
+from twopc.txlog.errors import LogError, LogMissing
+from twopc.txlog.files import make_directories
+from twopc.txlog.framing import FILE_HEADER_SIZE, FRAME_OVERHEAD
+from twopc.txlog.group_commit import GroupCommit
+from twopc.txlog.locking import WriterLock
+from twopc.txlog.record import Record
+from twopc.txlog.replay import LogScan, scan_log
+from twopc.txlog.segments import encode_record
+from twopc.txlog.state import UnfinishedTracker
+from twopc.txlog.writer import PendingRecord, SegmentWriter
 
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
 MIN_SEGMENT_BYTES = FILE_HEADER_SIZE + FRAME_OVERHEAD

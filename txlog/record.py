@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from txlog.errors import LogError
+from twopc.txlog.errors import LogError
 
 
 @dataclass(frozen=True)

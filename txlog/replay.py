@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from txlog.errors import LogCorrupt, LogMissing
-from txlog.files import CHECKPOINT_NAME, list_segments, segment_path
-from txlog.record import Record
-from txlog.segments import Checkpoint, SegmentScan, read_checkpoint, read_segment
-from txlog.state import UnfinishedTracker
+from twopc.txlog.errors import LogCorrupt, LogMissing
+from twopc.txlog.files import CHECKPOINT_NAME, list_segments, segment_path
+from twopc.txlog.record import Record
+from twopc.txlog.segments import Checkpoint, SegmentScan, read_checkpoint, read_segment
+from twopc.txlog.state import UnfinishedTracker
 
 # A reader racing a live writer's checkpoint retries this often before giving up.
 RACE_RETRIES = 20

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from txlog.errors import LogCorrupt, LogError
-from txlog.files import CHECKPOINT_NAME, CHECKPOINT_TEMP_NAME, atomic_write, segment_path
-from txlog.framing import (
+from twopc.txlog.errors import LogCorrupt, LogError
+from twopc.txlog.files import CHECKPOINT_NAME, CHECKPOINT_TEMP_NAME, atomic_write, segment_path
+from twopc.txlog.framing import (
     CHECKPOINT_MAGIC,
     FILE_HEADER_SIZE,
     MAX_RECORD_PAYLOAD,
@@ -21,7 +21,7 @@ from txlog.framing import (
     encode_frame,
     scan_frames,
 )
-from txlog.record import Record, encode_json, record_fields, record_from_fields
+from twopc.txlog.record import Record, encode_json, record_fields, record_from_fields
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from txlog.record import Record
+from twopc.txlog.record import Record
 
 
 class UnfinishedTracker:

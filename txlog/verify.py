@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from txlog.errors import LogCorrupt, LogMissing
-from txlog.files import CHECKPOINT_NAME, list_segments, segment_path
-from txlog.locking import is_locked
-from txlog.replay import RACE_RETRIES, checkpoint_identity, readable
-from txlog.segments import Checkpoint, read_checkpoint, read_segment
+from twopc.txlog.errors import LogCorrupt, LogMissing
+from twopc.txlog.files import CHECKPOINT_NAME, list_segments, segment_path
+from twopc.txlog.locking import is_locked
+from twopc.txlog.replay import RACE_RETRIES, checkpoint_identity, readable
+from twopc.txlog.segments import Checkpoint, read_checkpoint, read_segment
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from txlog.files import (
+from twopc.txlog.files import (
     CHECKPOINT_TEMP_NAME,
     create_file,
     fsync_directory,
@@ -16,11 +16,11 @@ from txlog.files import (
     segment_path,
     write_all,
 )
-from txlog.framing import FILE_HEADER_SIZE, SEGMENT_MAGIC, encode_file_header
-from txlog.record import Record
-from txlog.replay import LogScan
-from txlog.segments import Checkpoint, SegmentScan, write_checkpoint
-from txlog.state import UnfinishedTracker
+from twopc.txlog.framing import FILE_HEADER_SIZE, SEGMENT_MAGIC, encode_file_header
+from twopc.txlog.record import Record
+from twopc.txlog.replay import LogScan
+from twopc.txlog.segments import Checkpoint, SegmentScan, write_checkpoint
+from twopc.txlog.state import UnfinishedTracker
 
 _LOG = logging.getLogger("txlog")
 

@@ -14,9 +14,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from txlog import Record, TransactionLog
-from txlog.files import LOCK_NAME
-from txlog.framing import FILE_HEADER_SIZE, scan_frames
+from twopc.txlog import Record, TransactionLog
+from twopc.txlog.files import LOCK_NAME
+from twopc.txlog.framing import FILE_HEADER_SIZE, scan_frames
 
 HERE = Path(__file__).resolve().parent
 SEGMENT_BYTES = 600
