@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twopc.coordinator.facts import OPERATOR_LOG, RESOLVE, coordinator_logs, inspect_log, txlog_root
+from twopc.coordinator.records import CommitDecision, EndedBy
 from twopc.participants import FORMAT_ID, Participant, ParticipantError, Xid
-from twopc.txlog import LogError, Record, read_log
+from twopc.txlog import LogError, read_log
 
 ATOMIC = "committed"
 IN_DOUBT = "in doubt"
@@ -79,10 +80,10 @@ def audit(participants: Sequence[Participant], home: Path) -> AuditReport:
             continue
         for gtrid, record in state.commits.items():
             end = state.ended.get(gtrid)
-            if end is not None and end.body.get("by") == "operator" and gtrid in resolutions:
+            if end is not None and end.by is EndedBy.OPERATOR and gtrid in resolutions:
                 report.entries.append(_resolved(coordinator, resolutions.pop(gtrid)))
             else:
-                report.entries.append(_entry(coordinator, gtrid, record, end is not None, by_name))
+                report.entries.append(_entry(coordinator, record, end is not None, by_name))
     # Resolutions of transactions no coordinator's log holds any more (or never held).
     for body in resolutions.values():
         report.entries.append(_resolved(str(body.get("coordinator", "?")), body))
@@ -90,17 +91,14 @@ def audit(participants: Sequence[Participant], home: Path) -> AuditReport:
 
 
 def _entry(
-    coordinator: str, gtrid: str, record: Record, ended: bool, by_name: dict[str, Participant]
+    coordinator: str, decision: CommitDecision, ended: bool, by_name: dict[str, Participant]
 ) -> AuditEntry:
-    branches = record.body.get("branches", [])
-    names = [str(b["name"]) for b in branches] if isinstance(branches, list) else []
+    gtrid, names = decision.gtrid, [b.name for b in decision.branches]
     if ended:
         return AuditEntry(gtrid, coordinator, ATOMIC, dict.fromkeys(names, "committed"))
     states = {
-        str(b["name"]): _branch_state(
-            by_name.get(str(b["name"])), Xid(FORMAT_ID, gtrid, str(b["bqual"]))
-        )
-        for b in branches
+        b.name: _branch_state(by_name.get(b.name), Xid(FORMAT_ID, gtrid, b.bqual))
+        for b in decision.branches
     }
     return AuditEntry(gtrid, coordinator, _verdict(list(states.values())), states)
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from twopc.coordinator.decisions import BranchFacts, Logged
 from twopc.coordinator.ids import check_coordinator_id, coordinator_of
-from twopc.coordinator.transaction import COMMIT, END
+from twopc.coordinator.records import CommitDecision, EndRecord, Kind
 from twopc.participants import Participant, ParticipantError, PreparedBranch, Xid
-from twopc.txlog import LogError, LogMissing, Record, is_locked, read_log
+from twopc.txlog import LogError, LogMissing, is_locked, read_log
 
 #: The operator's log of manual resolutions: not a valid coordinator id, so never one's log.
 OPERATOR_LOG = "_operator"
-RESOLVE = "RESOLVE"
+RESOLVE = Kind.RESOLVE.value
 DECISION_NONE = Logged.NONE.value  # what the in-doubt listing says for presumed abort
 
 
@@ -35,8 +35,8 @@ class LogState:
     path: Path
     exists: bool
     alive: bool
-    commits: dict[str, Record] = field(default_factory=dict)
-    ended: dict[str, Record] = field(default_factory=dict)  # gtrid -> its final record
+    commits: dict[str, CommitDecision] = field(default_factory=dict)
+    ended: dict[str, EndRecord] = field(default_factory=dict)
     error: str | None = None
 
     def logged(self, gtrid: str) -> Logged:
@@ -56,12 +56,14 @@ def inspect_log(home: Path, coordinator: str) -> LogState:
     alive = is_locked(path)
     try:
         records = read_log(path).records
+        commits = {
+            r.txid: CommitDecision.from_record(r) for r in records if r.kind == Kind.COMMIT.value
+        }
+        ended = {r.txid: EndRecord.from_record(r) for r in records if r.kind == Kind.END.value}
     except LogMissing:
         return LogState(coordinator, path, exists=False, alive=alive)
-    except LogError as err:
+    except (LogError, ValueError) as err:  # a record it cannot read is damage too
         return LogState(coordinator, path, exists=True, alive=alive, error=str(err))
-    commits = {r.txid: r for r in records if r.kind == COMMIT}
-    ended = {r.txid: r for r in records if r.final and r.kind == END}
     return LogState(coordinator, path, True, alive, commits, ended)
 
 

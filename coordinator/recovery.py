@@ -34,6 +34,7 @@ from twopc.coordinator.facts import (
     DECISION_NONE,
     OPERATOR_LOG,
     RESOLVE,
+    Evidence,
     LogState,
     Prepared,
     by_coordinator,
@@ -47,10 +48,10 @@ from twopc.coordinator.facts import (
     txlog_root,
 )
 from twopc.coordinator.listing import InDoubtBranch, InDoubtReport, find_in_doubt
+from twopc.coordinator.records import BranchEntry, CommitDecision, EndedBy, EndRecord, Kind
 from twopc.coordinator.resolve import ManualResolution, resolve
-from twopc.coordinator.transaction import COMMIT, END
 from twopc.participants import FORMAT_ID, Participant, ParticipantError, Xid
-from twopc.txlog import LogCorrupt, LogError, LogLocked, LogMissing, Record, TransactionLog
+from twopc.txlog import LogCorrupt, LogError, LogLocked, LogMissing, TransactionLog
 
 __all__ = [
     "DECISION_NONE",
@@ -85,13 +86,18 @@ class LogResolver:
         self._participants = list(participants)
         self._by_name = {p.name: p for p in participants}
 
-    def commits(self) -> dict[str, Record]:
-        """The unfinished COMMIT decisions in the log, by gtrid."""
-        return {
-            txid: next(r for r in records if r.kind == COMMIT)
-            for txid, records in self.log.unfinished().items()
-            if any(r.kind == COMMIT for r in records)
-        }
+    def commits(self) -> dict[str, CommitDecision | None]:
+        """The unfinished COMMIT decisions in the log, by gtrid (None: a COMMIT record too
+        malformed to say its branches — the decision stands, its completion cannot be told)."""
+        found: dict[str, CommitDecision | None] = {}
+        for txid, records in self.log.unfinished().items():
+            for record in records:
+                if record.kind == Kind.COMMIT.value:
+                    try:
+                        found[txid] = CommitDecision.from_record(record)
+                    except ValueError:
+                        found[txid] = None
+        return found
 
     def resolve(self, branches: Sequence[Prepared], report: RecoveryReport) -> None:
         """Finish every branch by the log's decision (or the evidence), END the decisions
@@ -101,13 +107,9 @@ class LogResolver:
         evidence = gather_evidence(self._participants, undecided)
         for prepared in branches:
             logged = Logged.COMMIT if prepared.gtrid in commits else Logged.NONE
-            act(
-                prepared,
-                BranchFacts(logged, alive=False, evidence=evidence.of(prepared.gtrid)),
-                report,
-            )
-        for gtrid, record in commits.items():
-            self._end_if_complete(gtrid, record, report)
+            facts = BranchFacts(logged, alive=False, evidence=evidence.of(prepared.gtrid))
+            act(prepared, facts, report)
+        self._end_complete(commits, report)
         self.log.sync()  # the ENDs are durable before any marker they cover goes
         self.collect_markers(report)
 
@@ -129,33 +131,43 @@ class LogResolver:
             self._participants, minted - unfinished - prepared
         )
 
-    def _end_if_complete(self, gtrid: str, record: Record, report: RecoveryReport) -> None:
-        states = [self._branch_state(gtrid, entry) for entry in _branches_of(record)]
-        if all(state == "committed" for state in states):
-            self.log.append(Record(END, gtrid, {"by": "recovery"}, final=True), force=False)
-            report.ended.append(gtrid)
-        elif "rolled back" in states:
-            report.problems.append(
-                f"{gtrid}: the log says COMMIT but a branch has no outcome marker (it was rolled "
-                "back by someone else): a heuristic outcome; see `twopc audit`"
-            )
-
-    def _branch_state(self, gtrid: str, entry: dict[str, str]) -> str:
-        participant = self._by_name.get(entry["name"])
-        if participant is None:
-            return "unknown"  # that server is not configured for this recovery
-        xid = Xid(FORMAT_ID, gtrid, entry["bqual"])
+    def _end_complete(
+        self, commits: dict[str, CommitDecision | None], report: RecoveryReport
+    ) -> None:
+        """Write END for every decision whose branches all committed (judged from one fresh
+        listing and one marker query per server); report those a branch went against."""
+        if not commits:
+            return
         try:
-            if any(b.xid == xid for b in participant.prepared_branches()):
-                return "prepared"
-            return "committed" if participant.has_marker(xid) else "rolled back"
-        except ParticipantError:
-            return "unknown"
+            still = {p.xid for p in prepared_everywhere(self._participants)}
+            committed = gather_evidence(self._participants, list(commits))
+        except ParticipantError as err:
+            report.problems.append(f"could not tell which decisions are complete: {err}")
+            return
+        for gtrid, decision in commits.items():
+            if decision is None:
+                report.problems.append(f"{gtrid}: its COMMIT record is malformed; see `twopc log`")
+                continue
+            states = [self._branch_state(decision, e, still, committed) for e in decision.branches]
+            if all(state == "committed" for state in states):
+                self.log.append(EndRecord(gtrid, EndedBy.RECOVERY).record(), force=False)
+                report.ended.append(gtrid)
+            elif "rolled back" in states:
+                report.problems.append(
+                    f"{gtrid}: the log says COMMIT but a branch has no outcome marker (it was "
+                    "rolled back by someone else): a heuristic outcome; see `twopc audit`"
+                )
 
-
-def _branches_of(record: Record) -> list[dict[str, str]]:
-    branches = record.body.get("branches", [])
-    return [dict(b) for b in branches] if isinstance(branches, list) else []
+    def _branch_state(
+        self, decision: CommitDecision, entry: BranchEntry, still: set[Xid], committed: Evidence
+    ) -> str:
+        if entry.name not in self._by_name or entry.name in committed.unknown:
+            return "unknown"  # that server is not configured for (or did not answer) recovery
+        if Xid(FORMAT_ID, decision.gtrid, entry.bqual) in still:
+            return "prepared"
+        if committed.committed_branch(decision.gtrid, entry.name, entry.bqual):
+            return "committed"
+        return "rolled back"
 
 
 # -- recover ----------------------------------------------------------------------------------

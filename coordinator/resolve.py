@@ -34,7 +34,7 @@ from twopc.coordinator.facts import (
     txlog_root,
 )
 from twopc.coordinator.ids import coordinator_of
-from twopc.coordinator.transaction import END
+from twopc.coordinator.records import EndedBy, EndRecord
 from twopc.participants import Participant
 from twopc.txlog import LogError, LogLocked, Record, TransactionLog
 
@@ -154,10 +154,9 @@ def _known_branches(
     lists, and the committed markers (as ``(participant, bqual)``)."""
     known = {(p.participant.name, p.xid.bqual) for p in prepared}
     known |= evidence.committed.get(gtrid, set())
-    record = state.commits.get(gtrid)
-    entries = record.body.get("branches", []) if record is not None else []
-    if isinstance(entries, list):
-        known |= {(str(e["name"]), str(e["bqual"])) for e in entries if isinstance(e, dict)}
+    decision = state.commits.get(gtrid)
+    if decision is not None:
+        known |= {(b.name, b.bqual) for b in decision.branches}
     return known
 
 
@@ -189,7 +188,6 @@ def _record(home: Path, outcome: ManualResolution) -> None:
 
 
 def _end_by_operator(held: TransactionLog, gtrid: str, decision: str) -> None:
-    body = {"by": "operator", "decision": decision}
-    held.append(Record(END, gtrid, body, final=True), force=True)
+    held.append(EndRecord(gtrid, EndedBy.OPERATOR, decision).record(), force=True)
     if not held.unfinished():
         held.destroy()

@@ -37,6 +37,7 @@ from twopc.coordinator.errors import (
     TransactionAborted,
     TransactionStateError,
 )
+from twopc.coordinator.records import BranchEntry, CommitDecision, EndRecord, Kind
 from twopc.participants import (
     Branch,
     BranchState,
@@ -47,7 +48,7 @@ from twopc.participants import (
     Xid,
 )
 from twopc.participants.xid import FORMAT_ID
-from twopc.txlog import LogError, Record
+from twopc.txlog import LogError
 
 if TYPE_CHECKING:
     from twopc.coordinator.coordinator import Coordinator
@@ -58,8 +59,8 @@ log = logging.getLogger(__name__)
 #: their links: the deadline holds even against a server that stopped answering.
 PHASE_TWO_GRACE = 5.0
 
-COMMIT = "COMMIT"
-END = "END"
+COMMIT = Kind.COMMIT.value
+END = Kind.END.value
 
 
 class TxState(enum.Enum):
@@ -149,7 +150,7 @@ class GlobalTransaction:
         self._log_decision(prepared)
         self._timed("commit", lambda: self._phase_two(prepared))
         self._hook(CrashPoint.BEFORE_END)
-        self._coordinator.log.append(Record(END, self.gtrid, final=True), force=False)
+        self._coordinator.log.append(EndRecord(self.gtrid).record(), force=False)
         self._coordinator.note_ended(self.gtrid)
         return self._finished(TxState.COMMITTED, "2pc")
 
@@ -261,11 +262,11 @@ class GlobalTransaction:
     # -- decision and phase 2 ------------------------------------------------------------
 
     def _log_decision(self, prepared: Sequence[Branch]) -> None:
-        body = {"branches": [self._branch_entry(branch) for branch in prepared]}
+        decision = CommitDecision(self.gtrid, tuple(self._branch_entry(b) for b in prepared))
         last_end = self._coordinator.last_end()
         self._deciding = True
         try:
-            self._coordinator.log.append(Record(COMMIT, self.gtrid, body), force=True)
+            self._coordinator.log.append(decision.record(), force=True)
         except (LogError, OSError) as err:
             # Not written, or written but not synced: the log rejects the whole append, and
             # recovery finds no COMMIT it could act on unless the page reached the disk.
@@ -276,9 +277,9 @@ class GlobalTransaction:
         self._coordinator.note_forced(last_end)
         self._hook(CrashPoint.AFTER_DECISION)
 
-    def _branch_entry(self, branch: Branch) -> dict[str, str]:
+    def _branch_entry(self, branch: Branch) -> BranchEntry:
         participant = self._participant_of(branch)
-        return {"name": participant.name, "server": participant.server, "bqual": branch.xid.bqual}
+        return BranchEntry(participant.name, participant.server, branch.xid.bqual)
 
     def _phase_two(self, prepared: Sequence[Branch]) -> None:
         first, rest = self._split_for(CrashPoint.AFTER_FIRST_COMMIT, list(prepared))
