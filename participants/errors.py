@@ -39,6 +39,40 @@ class LockWaitTimeout(StatementFailed):
         return cls(f"{message} (lock-wait limit {seconds:g}s)", code=code)
 
 
+class DuplicateKey(StatementFailed):
+    """A unique or primary key already holds the value (PostgreSQL 23505, MySQL 1062)."""
+
+
+class ConstraintViolation(StatementFailed):
+    """An integrity constraint refused the change (NOT NULL, a foreign key, a CHECK): no
+    retry makes it pass."""
+
+
+class InvalidValue(StatementFailed):
+    """A value the column cannot hold (out of range, truncated, of the wrong type): no retry
+    makes it pass."""
+
+
+class UndefinedTable(StatementFailed):
+    """The statement names a table that does not exist (PostgreSQL 42P01, MySQL 1146)."""
+
+
+class UndefinedColumn(StatementFailed):
+    """The statement names a column that does not exist (PostgreSQL 42703, MySQL 1054)."""
+
+
+class DuplicateObject(StatementFailed):
+    """A table, column or index being created already exists."""
+
+
+class PermissionDenied(StatementFailed):
+    """The user may not do this (PostgreSQL 42501, MySQL 1142 and kin)."""
+
+
+#: Statement errors that no retry can fix (business code treats them as a refusal).
+PERMANENT = (ConstraintViolation, InvalidValue)
+
+
 class PrepareRefused(ParticipantError):
     """The branch voted NO: phase 1 failed on it and nothing stays prepared."""
 

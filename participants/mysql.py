@@ -36,11 +36,18 @@ from twopc.participants.base import (
 )
 from twopc.participants.errors import (
     BranchBusy,
+    ConstraintViolation,
+    DuplicateKey,
+    DuplicateObject,
+    InvalidValue,
     LockWaitTimeout,
     ParticipantError,
     ParticipantUnavailable,
+    PermissionDenied,
     PrepareRefused,
     StatementFailed,
+    UndefinedColumn,
+    UndefinedTable,
     UnknownXid,
 )
 from twopc.participants.lockwaits import LockWait, mysql_lock_waits, mysql_waits_of
@@ -432,4 +439,29 @@ def _translate(participant: MySQLParticipant, action: str, err: Exception) -> Pa
         return ParticipantUnavailable(message)
     if errno == _LOCK_WAIT_TIMEOUT:
         return LockWaitTimeout.after(message, participant.lock_wait_seconds, code=str(errno))
-    return StatementFailed(message, code=str(errno))
+    return _TYPED.get(errno, StatementFailed)(message, code=str(errno))
+
+
+# Error numbers the layers above need told apart, each as its own type (read only here).
+_TYPED: dict[int, type[StatementFailed]] = {
+    1062: DuplicateKey,  # ER_DUP_ENTRY
+    1146: UndefinedTable,  # ER_NO_SUCH_TABLE
+    1054: UndefinedColumn,  # ER_BAD_FIELD_ERROR
+    1050: DuplicateObject,  # ER_TABLE_EXISTS_ERROR
+    1060: DuplicateObject,  # ER_DUP_FIELDNAME
+    1061: DuplicateObject,  # ER_DUP_KEYNAME
+    1142: PermissionDenied,  # ER_TABLEACCESS_DENIED_ERROR
+    1143: PermissionDenied,  # ER_COLUMNACCESS_DENIED_ERROR
+    1044: PermissionDenied,  # ER_DBACCESS_DENIED_ERROR
+    1227: PermissionDenied,  # ER_SPECIFIC_ACCESS_DENIED_ERROR
+    1048: ConstraintViolation,  # ER_BAD_NULL_ERROR
+    1451: ConstraintViolation,  # ER_ROW_IS_REFERENCED_2
+    1452: ConstraintViolation,  # ER_NO_REFERENCED_ROW_2
+    3819: ConstraintViolation,  # ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
+    4025: ConstraintViolation,  # ER_CONSTRAINT_FAILED (MariaDB)
+    1264: InvalidValue,  # ER_WARN_DATA_OUT_OF_RANGE
+    1265: InvalidValue,  # WARN_DATA_TRUNCATED
+    1366: InvalidValue,  # ER_TRUNCATED_WRONG_VALUE_FOR_FIELD
+    1406: InvalidValue,  # ER_DATA_TOO_LONG
+    1690: InvalidValue,  # ER_DATA_OUT_OF_RANGE
+}

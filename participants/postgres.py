@@ -31,12 +31,19 @@ from twopc.participants.base import (
     translated_errors,
 )
 from twopc.participants.errors import (
+    ConstraintViolation,
+    DuplicateKey,
+    DuplicateObject,
+    InvalidValue,
     LockWaitTimeout,
     MisconfiguredServer,
     ParticipantError,
     ParticipantUnavailable,
+    PermissionDenied,
     PrepareRefused,
     StatementFailed,
+    UndefinedColumn,
+    UndefinedTable,
     UnknownXid,
 )
 from twopc.participants.lockwaits import LockWait, pg_lock_waits, pg_waits_of
@@ -276,7 +283,31 @@ def _translate(participant: PostgresParticipant, action: str, err: Exception) ->
         return ParticipantUnavailable(message)
     if sqlstate == _LOCK_NOT_AVAILABLE:
         return LockWaitTimeout.after(message, participant.lock_wait_ms / 1000, code=sqlstate)
-    return StatementFailed(message, code=sqlstate)
+    return statement_error(sqlstate)(message, code=sqlstate)
+
+
+# SQLSTATEs the layers above need told apart, each as its own type (read only here).
+_TYPED: dict[str, type[StatementFailed]] = {
+    "23505": DuplicateKey,
+    "42P01": UndefinedTable,
+    "42703": UndefinedColumn,
+    "42P07": DuplicateObject,
+    "42701": DuplicateObject,
+    "42710": DuplicateObject,
+    "42501": PermissionDenied,
+}
+
+
+def statement_error(sqlstate: str) -> type[StatementFailed]:
+    """The error type of a statement that failed with ``sqlstate``: classes 22 (data
+    exceptions) and 23 (integrity) can never succeed on retry."""
+    if sqlstate in _TYPED:
+        return _TYPED[sqlstate]
+    if sqlstate.startswith("22"):
+        return InvalidValue
+    if sqlstate.startswith("23"):
+        return ConstraintViolation
+    return StatementFailed
 
 
 def _disabled_message(server: str) -> str:

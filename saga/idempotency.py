@@ -20,7 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from twopc.participants import LocalTransaction, Participant, ParticipantError, StatementFailed
+from twopc.participants import (
+    PERMANENT,
+    DuplicateKey,
+    LocalTransaction,
+    Participant,
+    ParticipantError,
+)
 
 APPLIED = "applied"  # the business change was made
 REJECTED = "rejected"  # a business rule refused it; nothing changed, and it never will
@@ -33,11 +39,6 @@ _CLAIM = (
 _RECORD = "UPDATE saga_steps SET result = %s WHERE idempotency_key = %s"
 _STORED = "SELECT request, result FROM saga_steps WHERE idempotency_key = %s"
 _CLAIMED = json.dumps({"status": "claimed"})  # never visible: replaced before the commit
-
-_DUPLICATE_KEY = {"23505", "1062"}  # PostgreSQL unique_violation, MySQL ER_DUP_ENTRY
-# Errors no retry can fix: PostgreSQL data exceptions (22…) and integrity violations (23…);
-# MySQL out-of-range, truncated or bad values, NULLs, foreign keys, CHECK constraints.
-_PERMANENT_MYSQL = {"1048", "1264", "1265", "1366", "1406", "1451", "1452", "1690", "3819", "4025"}
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,10 @@ def run_once(
     """
     try:
         return _apply(participant, keyed, change)
-    except StatementFailed as err:
-        if err.code in _DUPLICATE_KEY:
-            return stored_result(participant, keyed)
-        if not refusals or not is_permanent(err):
+    except DuplicateKey:
+        return stored_result(participant, keyed)
+    except PERMANENT as err:
+        if not refusals:
             raise
         rejected = StepResult(REJECTED, {"reason": _first_line(err)})
         return claim(participant, keyed, rejected)
@@ -150,10 +151,8 @@ def claim(participant: Participant, keyed: Keyed, result: StepResult) -> StepRes
         with participant.local_transaction() as local:
             stored = result.stored()
             local.execute(_CLAIM, (keyed.key, keyed.saga_id, keyed.request, stored, time.time()))
-    except StatementFailed as err:
-        if err.code in _DUPLICATE_KEY:
-            return stored_result(participant, keyed)
-        raise
+    except DuplicateKey:
+        return stored_result(participant, keyed)
     return result
 
 
@@ -217,12 +216,6 @@ def stored_requests(participant: Participant, keys: Sequence[str]) -> dict[str, 
     with participant.local_transaction() as local:
         rows = local.execute(_SAGA_ROWS.format(placeholders), list(keys)).fetchall()
     return {str(key): (None if request is None else str(request)) for key, request in rows}
-
-
-def is_permanent(err: StatementFailed) -> bool:
-    """Whether no retry can make the statement succeed (a data or constraint error)."""
-    code = err.code or ""
-    return code.startswith(("22", "23")) or code in _PERMANENT_MYSQL
 
 
 def _first_line(err: Exception) -> str:

@@ -13,7 +13,15 @@ EXISTS``.
 
 from __future__ import annotations
 
-from twopc.participants import Participant, StatementFailed
+import contextlib
+
+from twopc.participants import (
+    DuplicateObject,
+    Participant,
+    StatementFailed,
+    UndefinedColumn,
+    UndefinedTable,
+)
 
 STEPS_TABLE = "saga_steps"
 HOLDS_TABLE = "saga_holds"
@@ -63,9 +71,6 @@ def saga_drop_ddl() -> str:
 # behind, and then block, every transaction writing these tables, even when nothing is missing.
 # Names saga_steps.request, so a table from before that column is found out by the same probe.
 _PROBE = f"SELECT {STEPS_TABLE}.request FROM {', '.join(SAGA_TABLES)} WHERE 1 = 0"
-_NO_SUCH_TABLE = {"42P01", "1146"}  # PostgreSQL undefined_table, MySQL ER_NO_SUCH_TABLE
-_NO_SUCH_COLUMN = {"42703", "1054"}  # PostgreSQL undefined_column, MySQL ER_BAD_FIELD_ERROR
-_DUPLICATE_COLUMN = {"42701", "1060"}  # PostgreSQL duplicate_column, MySQL ER_DUP_FIELDNAME
 # Tables made before keys were bound to requests lack the column; their rows keep NULL there
 # (a replay of such a key is refused: the request it served cannot be checked).
 _ADD_REQUEST = f"ALTER TABLE {STEPS_TABLE} ADD COLUMN request TEXT"
@@ -82,12 +87,11 @@ def ensure_saga_tables(participant: Participant) -> None:
         with participant.local_transaction() as local:
             local.execute(_PROBE).fetchall()
         return
-    except StatementFailed as err:
-        if err.code in _NO_SUCH_COLUMN:
-            _add_request_column(participant)
-            return
-        if err.code not in _NO_SUCH_TABLE:
-            raise
+    except UndefinedColumn:
+        _add_request_column(participant)
+        return
+    except UndefinedTable:
+        pass  # create what is missing
     for attempt in (1, 2):
         try:
             with participant.local_transaction() as local:
@@ -100,9 +104,6 @@ def ensure_saga_tables(participant: Participant) -> None:
 
 
 def _add_request_column(participant: Participant) -> None:
-    try:
-        with participant.local_transaction() as local:
-            local.execute(_ADD_REQUEST)
-    except StatementFailed as err:
-        if err.code not in _DUPLICATE_COLUMN:  # another process added it meanwhile
-            raise
+    # DuplicateObject: another process added it meanwhile.
+    with contextlib.suppress(DuplicateObject), participant.local_transaction() as local:
+        local.execute(_ADD_REQUEST)
