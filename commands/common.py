@@ -23,6 +23,7 @@ from twopc.devserver import DevServerError, DevServers
 from twopc.participants import (
     DatabaseURL,
     InvalidURL,
+    LockWaitNotice,
     LockWaitTimeout,
     Participant,
     ParticipantError,
@@ -72,9 +73,18 @@ class Context:
         return url
 
     def participants(
-        self, sides: Iterator[str] | tuple[str, ...], lock_wait: float = 30.0
+        self,
+        sides: Iterator[str] | tuple[str, ...],
+        lock_wait: float = 30.0,
+        *,
+        on_lock_wait: LockWaitNotice | None = None,
     ) -> list[Participant]:
-        return [participant_for(side, self.url(side), lock_wait=lock_wait) for side in sides]
+        """One participant per side, each told ``on_lock_wait`` when a statement of its
+        waits on a prepared branch."""
+        return [
+            participant_for(side, self.url(side), lock_wait=lock_wait, on_lock_wait=on_lock_wait)
+            for side in sides
+        ]
 
     def _dev_url(self, side: str) -> str | None:
         try:

@@ -183,9 +183,9 @@ def transfer(
         hooks=_hooks(points),
     )
     sides = tuple(dict.fromkeys((request.source.side, request.destination.side)))
-    participants = obj.participants(sides, lock_wait)
-    for participant in participants:
-        participant.on_lock_wait = functools.partial(_say_blocked, obj.home)
+    participants = obj.participants(
+        sides, lock_wait, on_lock_wait=functools.partial(_say_blocked, obj.home)
+    )
     with interruptible(), Coordinator.open(participants, config) as coordinator:
         _report_recovery(coordinator)
         _warn_in_doubt(obj.home, participants)

@@ -2,7 +2,10 @@
 
 A :class:`Participant` opens :class:`Branch` objects that speak only their server's
 two-phase-commit SQL; the :class:`Xid` type owns every wire form of a branch name; driver
-errors are translated once, here, into the :class:`ParticipantError` hierarchy.
+errors are translated once, in each server's own modules (``postgres*``, ``mysql*``), into the
+:class:`ParticipantError` hierarchy. A server's participant is composed of one object per role
+(pool, branch protocol, lock waits, outcome markers, local transactions); the modules that are
+not a server's know no SQL.
 """
 
 from twopc.participants.base import (
@@ -10,6 +13,7 @@ from twopc.participants.base import (
     BranchState,
     Cursor,
     LocalTransaction,
+    LockWaitNotice,
     Participant,
     PreparedBranch,
     Vote,
@@ -57,6 +61,7 @@ __all__ = [
     "InvalidXid",
     "LocalTransaction",
     "LockWait",
+    "LockWaitNotice",
     "LockWaitTimeout",
     "MisconfiguredServer",
     "MySQLParticipant",
@@ -77,7 +82,16 @@ __all__ = [
 ]
 
 
-def participant_for(name: str, url: DatabaseURL, *, lock_wait: float = 30.0) -> Participant:
+def participant_for(
+    name: str,
+    url: DatabaseURL,
+    *,
+    lock_wait: float = 30.0,
+    on_lock_wait: LockWaitNotice | None = None,
+    notice_after: float = 1.0,
+) -> Participant:
     """The adapter for the URL's backend."""
     kind = PostgresParticipant if url.backend == "pg" else MySQLParticipant
-    return kind(name, url, lock_wait=lock_wait)
+    return kind(
+        name, url, lock_wait=lock_wait, on_lock_wait=on_lock_wait, notice_after=notice_after
+    )

@@ -1,263 +1,118 @@
-"""The one small interface every resource manager adapter implements.
+"""The one small interface every resource manager adapter implements, and how one is composed.
 
-Policy lives in the coordinator; a participant only speaks its server's SQL. The lifecycle
-of a branch is an explicit state machine held in one field, and every illegal call raises a
-:class:`BranchStateError` that names the current state.
+Policy lives in the coordinator; a participant only speaks its server's SQL. A
+:class:`Participant` is what the coordinator, the saga and the bank see. A server's adapter is
+a :class:`ServerParticipant`: it holds no behaviour of its own, only one object per role —
 
-::
+- the connection pool (:class:`ConnectionPool`, fed by the server's :class:`Connector`),
+- the branch protocol (:class:`BranchProtocol`),
+- lock-wait inspection (:class:`LockInspector`),
+- outcome markers (:class:`OutcomeMarkers`, speaking the server's marker SQL),
+- local transactions (the server's :class:`LocalTransaction`),
 
-    ACTIVE ──prepare()──▶ PREPARED ──commit()──▶ COMMITTED
-      │  ╲                    └──────rollback()──▶ ROLLED_BACK
-      │   ╲──prepare() with no writes──▶ READ_ONLY (finished, left out of phase 2)
-      ├──commit_one_phase()──▶ COMMITTED
-      └──rollback() / a refused prepare──▶ ROLLED_BACK
+and delegates to them. Its configuration is given at construction and never changes after.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
+import math
 import os
 import socket
-import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twopc.participants.errors import (
-    BranchStateError,
-    MisconfiguredServer,
-    ParticipantError,
-    PrepareRefused,
-    StatementFailed,
+from twopc.participants.branch import (
+    Branch,
+    BranchProtocol,
+    BranchState,
+    Cursor,
+    LocalTransaction,
+    PreparedBranch,
+    Vote,
 )
-from twopc.participants.lockwaits import LockWait
+from twopc.participants.errors import ParticipantError
+from twopc.participants.lockwaits import LockInspector, LockWait
+from twopc.participants.markers import OutcomeMarkers
+from twopc.participants.pool import ConnectionPool
 from twopc.participants.urls import DatabaseURL
 from twopc.participants.xid import Xid
 
-OUTCOMES_TABLE = "twopc_outcomes"
+__all__ = [
+    "MAX_SECONDS",
+    "Branch",
+    "BranchProtocol",
+    "BranchState",
+    "Connector",
+    "Cursor",
+    "LocalTransaction",
+    "LockWaitNotice",
+    "Participant",
+    "PreparedBranch",
+    "Roles",
+    "ServerParticipant",
+    "Vote",
+    "shut_down_socket",
+    "translated_errors",
+]
+
 #: The longest lock wait or I/O timeout a participant accepts (PostgreSQL's lock_timeout is
 #: an int of milliseconds: about 24.8 days).
 MAX_SECONDS = 2_000_000.0
-#: Idle connections a participant keeps for reuse (more are closed when given back).
-MAX_IDLE_CONNECTIONS = 16
-# Every branch inserts its outcome marker just before it prepares, inside the branch: a
-# committed branch has its marker, a rolled-back one has none. That settles "unknown xid".
-MARKER_INSERT = "INSERT INTO twopc_outcomes (gtrid, branch, created_at) VALUES (%s, %s, %s)"
-_MARKER_BATCH = 500  # gtrids per marker query
-_MARKER_SELECT = "SELECT 1 FROM twopc_outcomes WHERE gtrid = %s AND branch = %s"
-_OUTCOMES_COLUMNS = (
-    "gtrid VARCHAR(64) NOT NULL, branch VARCHAR(64) NOT NULL, "
-    "created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (gtrid, branch)"
-)
 
-
-class Cursor(Protocol):
-    """The part of a DB-API cursor that callers of :meth:`Branch.execute` may use."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> Any: ...
-
-
-class BranchState(enum.Enum):
-    ACTIVE = "active"
-    PREPARED = "prepared"
-    READ_ONLY = "read-only"
-    COMMITTED = "committed"
-    ROLLED_BACK = "rolled back"
-
-
-class Vote(enum.Enum):
-    """A branch's answer in phase 1 (a NO vote is the :class:`PrepareRefused` error)."""
-
-    PREPARED = "prepared"
-    READ_ONLY = "read-only"
-
-
-@dataclass(frozen=True)
-class PreparedBranch:
-    """One prepared branch a server reports. ``xid`` is None when the name is not xid-shaped."""
-
-    server: str
-    name: str
-    xid: Xid | None
-    prepared_at: float | None
-    database: str | None = None
-
-
-class Branch(ABC):
-    """One participant's branch of a global transaction, bound to one open connection.
-
-    Public methods check and advance the state; subclasses implement the ``_sql_*`` hooks in
-    their server's dialect.
-    """
-
-    def __init__(self, participant: Participant, xid: Xid) -> None:
-        self.xid = xid
-        self.state = BranchState.ACTIVE
-        self._participant = participant
-        self._noticed = False
-        # The connection may serve again only when this branch finished on it normally and
-        # nothing ever cancelled a statement on it or cut its socket.
-        self._finished_cleanly = False
-        self._disturbed = False
-
-    def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
-        """Run one statement inside the branch (``%s`` placeholders, values bound).
-
-        A statement that waits for a lock longer than the participant's ``notice_after``
-        reports, once, what it waits for to the participant's ``on_lock_wait`` callback.
-        """
-        self._require("execute", BranchState.ACTIVE)
-        if self._participant.on_lock_wait is None or self._noticed:
-            return self._sql_execute(query, params)
-        timer = threading.Timer(self._participant.notice_after, self._notice_lock_wait)
-        timer.daemon = True
-        timer.start()
-        try:
-            return self._sql_execute(query, params)
-        finally:
-            timer.cancel()
-
-    @property
-    @abstractmethod
-    def session_id(self) -> int:
-        """The server's id of this branch's session (PostgreSQL pid, MySQL thread id)."""
-
-    def _notice_lock_wait(self) -> None:
-        """Runs on a timer thread while a statement waits: ask the server what blocks it."""
-        try:
-            waits = self._participant.waits_of(self.session_id)
-        except ParticipantError:
-            return
-        callback = self._participant.on_lock_wait
-        if waits and callback is not None and not self._noticed:
-            self._noticed = True
-            callback(self._participant, waits)
-
-    def prepare(self) -> Vote:
-        """Phase 1. Returns the vote; raises :class:`PrepareRefused` for a NO vote."""
-        self._require("prepare", BranchState.ACTIVE)
-        try:
-            vote = self._sql_prepare()
-        except (PrepareRefused, MisconfiguredServer):
-            self.state = BranchState.ROLLED_BACK  # a NO vote leaves nothing behind
-            raise
-        self.state = BranchState.PREPARED if vote is Vote.PREPARED else BranchState.READ_ONLY
-        return vote
-
-    def commit(self) -> None:
-        """Phase 2 commit on this branch's own connection."""
-        self._require("commit", BranchState.PREPARED)
-        self._sql_commit_prepared()
-        self.state = BranchState.COMMITTED
-        self._finished_cleanly = True
-
-    def commit_one_phase(self) -> None:
-        """Commit without phase 1: only for a transaction with this single branch."""
-        self._require("commit in one phase", BranchState.ACTIVE)
-        self._sql_commit_one_phase()
-        self.state = BranchState.COMMITTED
-        self._finished_cleanly = True
-
-    def rollback(self) -> None:
-        """Roll back an active or prepared branch; harmless when already finished."""
-        if self.state in (BranchState.ACTIVE, BranchState.PREPARED):
-            self._sql_rollback(prepared=self.state is BranchState.PREPARED)
-            self.state = BranchState.ROLLED_BACK
-            self._finished_cleanly = True
-
-    def _write_marker(self) -> None:
-        """Insert this branch's outcome marker (called by ``_sql_prepare`` before preparing)."""
-        self._sql_execute(MARKER_INSERT, (self.xid.gtrid, self.xid.bqual, time.time()))
-
-    def mark_finished(self, state: BranchState) -> None:
-        """Record an outcome reached from another connection (recovery of this branch)."""
-        self.state = state
-
-    def close(self) -> None:
-        """Let the connection go: back to the participant's idle connections when this
-        branch finished on it normally, else closed (the server rolls back an unprepared
-        branch when its session ends)."""
-        if self._finished_cleanly and not self._disturbed:
-            self._participant.release(self._connection)
-        else:
-            self._participant.discard(self._connection)
-
-    def interrupt(self) -> None:
-        """Ask the server, from another thread, to cancel the statement running on this
-        branch's connection (which is then never reused)."""
-        self._disturbed = True
-        self._sql_interrupt()
-
-    def sever(self) -> None:
-        """Shut this branch's socket down from another thread: a statement blocked on it
-        fails even when the server does not answer."""
-        self._disturbed = True
-        self._sql_sever()
-
-    @property
-    @abstractmethod
-    def _connection(self) -> Any: ...
-
-    @abstractmethod
-    def _sql_interrupt(self) -> None: ...
-
-    @abstractmethod
-    def _sql_sever(self) -> None: ...
-
-    def _require(self, action: str, *allowed: BranchState) -> None:
-        if self.state not in allowed:
-            raise BranchStateError(f"can't {action} branch {self.xid}: it is {self.state.value}")
-
-    @abstractmethod
-    def _sql_execute(self, query: str, params: Sequence[Any] | None) -> Cursor: ...
-
-    @abstractmethod
-    def _sql_prepare(self) -> Vote: ...
-
-    @abstractmethod
-    def _sql_commit_prepared(self) -> None: ...
-
-    @abstractmethod
-    def _sql_commit_one_phase(self) -> None: ...
-
-    @abstractmethod
-    def _sql_rollback(self, *, prepared: bool) -> None: ...
+#: Told, once per branch, when a statement has waited ``notice_after`` seconds for a lock held
+#: by a prepared branch (the CLI prints who blocks it and how to resolve it).
+LockWaitNotice = Callable[["Participant", list[LockWait]], None]
 
 
 class Participant(ABC):
     """A resource manager (one database) that can hold branches of global transactions.
 
-    ``name`` is the branch qualifier (bqual) of every branch it holds.
+    ``name`` is the branch qualifier (bqual) of every branch it holds. ``lock_wait`` bounds a
+    statement's wait for a lock, ``io_timeout`` the server's silence beyond it;
+    ``on_lock_wait`` is told when a statement has waited ``notice_after`` seconds on a
+    prepared branch.
     """
 
     def __init__(
-        self, name: str, url: DatabaseURL, *, lock_wait: float = 30.0, io_timeout: float = 30.0
+        self,
+        name: str,
+        url: DatabaseURL,
+        *,
+        lock_wait: float = 30.0,
+        io_timeout: float = 30.0,
+        on_lock_wait: LockWaitNotice | None = None,
+        notice_after: float = 1.0,
     ) -> None:
         # PostgreSQL reads a lock_timeout of 0 as "wait forever"; nan and inf bound nothing.
         if not 0 < lock_wait < MAX_SECONDS:
             raise ValueError(f"lock_wait must be a positive number of seconds, got {lock_wait!r}")
         if not 0 < io_timeout < MAX_SECONDS:
             raise ValueError(f"io_timeout must be a positive number of seconds, got {io_timeout!r}")
+        if not (math.isfinite(notice_after) and notice_after > 0):
+            raise ValueError(
+                f"notice_after must be a positive finite number of seconds, got {notice_after!r}"
+            )
         self.name = name
         self.url = url
         self.lock_wait = lock_wait
         self.io_timeout = io_timeout
+        self._on_lock_wait = on_lock_wait
+        self._notice_after = notice_after
         self._ready = False  # check_ready passed once
-        self._idle: list[Any] = []  # connections a finished branch or transaction gave back
-        self._idle_lock = threading.Lock()
-        # Told, once per branch, when a statement has waited ``notice_after`` seconds for a
-        # lock held by a prepared branch (the CLI prints who blocks it and how to resolve it).
-        self.on_lock_wait: Callable[[Participant, list[LockWait]], None] | None = None
-        self.notice_after = 1.0
+        self.pool = ConnectionPool(self.connect, self._still_usable)
+
+    @property
+    def on_lock_wait(self) -> LockWaitNotice | None:
+        """Told once per branch what a statement that waits on a prepared branch waits for."""
+        return self._on_lock_wait
+
+    @property
+    def notice_after(self) -> float:
+        """Seconds a statement runs before :attr:`on_lock_wait` is asked to look."""
+        return self._notice_after
 
     @property
     def statement_limit(self) -> float:
@@ -271,47 +126,36 @@ class Participant(ABC):
         """``<kind> host:port/db`` — identifies the server in messages; no credentials."""
         return f"{self.url.backend} {self.url.location()}"
 
+    # -- connections: the pool's ----------------------------------------------------------
+
     @abstractmethod
     def connect(self) -> Any:
         """A new autocommit driver connection (psycopg or PyMySQL) with this participant's
         settings; the caller closes it."""
 
+    @abstractmethod
+    def _still_usable(self, conn: Any) -> bool:
+        """Whether an idle connection is open, in no transaction, and answers a ping."""
+
     def checkout(self) -> Any:
         """A connection for a branch or a local transaction: an idle one that still answers
         (and is in no transaction), else a new one."""
-        while True:
-            with self._idle_lock:
-                conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                return self.connect()
-            if self._still_usable(conn):
-                return conn
-            self.discard(conn)
+        return self.pool.checkout()
 
     def release(self, conn: Any) -> None:
         """Keep a connection whose work ended normally for the next :meth:`checkout`."""
-        with self._idle_lock:
-            if len(self._idle) < MAX_IDLE_CONNECTIONS:
-                self._idle.append(conn)
-                return
-        self.discard(conn)
+        self.pool.release(conn)
 
     @staticmethod
     def discard(conn: Any) -> None:
         """Close a connection, whatever state it is in."""
-        with contextlib.suppress(Exception):
-            conn.close()
+        ConnectionPool.discard(conn)
 
     def close(self) -> None:
         """Close the idle connections (a participant stays usable: it opens new ones)."""
-        with self._idle_lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            self.discard(conn)
+        self.pool.close()
 
-    @abstractmethod
-    def _still_usable(self, conn: Any) -> bool:
-        """Whether an idle connection is open, in no transaction, and answers a ping."""
+    # -- the branch protocol --------------------------------------------------------------
 
     @abstractmethod
     def begin(self, xid: Xid) -> Branch:
@@ -329,14 +173,6 @@ class Participant(ABC):
     def prepared_branches(self) -> list[PreparedBranch]:
         """Every prepared branch on the server (ours and foreign) in this database."""
 
-    @abstractmethod
-    def lock_waits(self) -> list[LockWait]:
-        """Every session waiting on a lock held by a prepared branch on this server."""
-
-    @abstractmethod
-    def waits_of(self, session_id: int) -> list[LockWait]:
-        """The prepared branches the session ``session_id`` is waiting for."""
-
     def check_ready(self) -> None:
         """Raise :class:`MisconfiguredServer` when the server cannot run 2PC branches (and
         :class:`ParticipantUnavailable` when it does not answer). Checked once: a server
@@ -347,6 +183,18 @@ class Participant(ABC):
 
     @abstractmethod
     def _check_server(self) -> None: ...
+
+    # -- lock waits -----------------------------------------------------------------------
+
+    @abstractmethod
+    def lock_waits(self) -> list[LockWait]:
+        """Every session waiting on a lock held by a prepared branch on this server."""
+
+    @abstractmethod
+    def waits_of(self, session_id: int) -> list[LockWait]:
+        """The prepared branches the session ``session_id`` is waiting for."""
+
+    # -- local transactions ---------------------------------------------------------------
 
     @contextmanager
     def local_transaction(self) -> Iterator[LocalTransaction]:
@@ -361,96 +209,120 @@ class Participant(ABC):
     @abstractmethod
     def _open_local(self) -> LocalTransaction: ...
 
-    outcomes_table_options = ""
+    # -- outcome markers ------------------------------------------------------------------
 
+    @abstractmethod
     def ensure_outcome_table(self) -> None:
-        """Create the outcome-marker table if it is missing (idempotent, outside any branch).
+        """Create the outcome-marker table if it is missing (idempotent, outside any branch)."""
 
-        Looks first, so an application user without CREATE rights works once the table is
-        there (PostgreSQL checks the schema privilege even for ``IF NOT EXISTS``).
-        """
-        if self._outcome_table_exists():
-            return
-        ddl = f"CREATE TABLE IF NOT EXISTS {OUTCOMES_TABLE} ({_OUTCOMES_COLUMNS})"
-        try:
-            with self.local_transaction() as local:
-                local.execute(ddl + self.outcomes_table_options)
-        except StatementFailed:
-            # Two first transactions at once: PostgreSQL's IF NOT EXISTS is not atomic and
-            # the loser fails in its catalog (a duplicate pg_type row). The table is there.
-            if not self._outcome_table_exists():
-                raise
-
-    def _outcome_table_exists(self) -> bool:
-        try:
-            with self.local_transaction() as local:
-                local.execute(f"SELECT 1 FROM {OUTCOMES_TABLE} WHERE 1 = 0")
-        except StatementFailed:
-            return False
-        return True
-
+    @abstractmethod
     def has_marker(self, xid: Xid) -> bool:
         """Whether the branch ``xid`` committed: its marker is visible to a new transaction."""
-        with self.local_transaction() as local:
-            return local.execute(_MARKER_SELECT, (xid.gtrid, xid.bqual)).fetchone() is not None
 
+    @abstractmethod
     def committed_markers(self, gtrids: Sequence[str]) -> set[tuple[str, str]]:
-        """``(gtrid, bqual)`` of every branch of ``gtrids`` that committed here: its marker is
-        visible (a prepared or rolled-back branch's marker is not)."""
-        found: set[tuple[str, str]] = set()
-        unique = sorted(set(gtrids))
-        for start in range(0, len(unique), _MARKER_BATCH):
-            batch = unique[start : start + _MARKER_BATCH]
-            placeholders = ", ".join(["%s"] * len(batch))  # placeholders only; values are bound
-            query = f"SELECT gtrid, branch FROM {OUTCOMES_TABLE} WHERE gtrid IN ({placeholders})"
-            with self.local_transaction() as local:
-                found.update((str(g), str(b)) for g, b in local.execute(query, batch).fetchall())
-        return found
+        """``(gtrid, bqual)`` of every branch of ``gtrids`` that committed here."""
 
+    @abstractmethod
     def markers_of_coordinator(self, coordinator: str) -> set[tuple[str, str]]:
-        """``(gtrid, bqual)`` of every committed marker whose gtrid ``coordinator`` minted
-        (``<coordinator>.<random>``), compared case-sensitively whatever the collation."""
-        prefix = coordinator + "."
-        pattern = "".join("!" + c if c in "!%_" else c for c in prefix) + "%"
-        query = f"SELECT gtrid, branch FROM {OUTCOMES_TABLE} WHERE gtrid LIKE %s ESCAPE '!'"
-        with self.local_transaction() as local:
-            rows = local.execute(query, (pattern,)).fetchall()
-        return {(str(g), str(b)) for g, b in rows if str(g).startswith(prefix)}
+        """``(gtrid, bqual)`` of every committed marker whose gtrid ``coordinator`` minted."""
 
+    @abstractmethod
     def forget_markers(self, gtrids: Sequence[str]) -> None:
         """Delete the markers of ended transactions (their END record is durable)."""
-        if not gtrids:
-            return
-        placeholders = ", ".join(["%s"] * len(gtrids))  # placeholders only; values are bound
-        with self.local_transaction() as local:
-            local.execute(f"DELETE FROM {OUTCOMES_TABLE} WHERE gtrid IN ({placeholders})", gtrids)
 
 
-class LocalTransaction(ABC):
-    """A plain (one-phase) transaction on one participant's connection."""
+class Connector(Protocol):
+    """How a participant reaches its server: connections with its limits, and their health."""
 
-    def __init__(self, participant: Participant, conn: Any) -> None:
-        self._participant = participant
-        self._conn = conn
-        self._committed = False
+    def connect(self) -> Any:
+        """A new autocommit driver connection; the caller closes it."""
+
+    def still_usable(self, conn: Any) -> bool:
+        """Whether an idle connection is open, in no transaction, and answers a ping."""
+
+
+@dataclass(frozen=True)
+class Roles:
+    """What one server contributes to a participant: one object per role."""
+
+    connector: Connector
+    branches: BranchProtocol
+    lock_waits: LockInspector
+    markers: OutcomeMarkers
+    open_local: Callable[[], LocalTransaction]  # begins one on a connection of the pool
+
+
+class ServerParticipant(Participant):
+    """A participant made of one server's role objects (see :class:`Roles`), which it
+    delegates to; the server's subclass only says which objects those are."""
+
+    def __init__(
+        self,
+        name: str,
+        url: DatabaseURL,
+        *,
+        lock_wait: float = 30.0,
+        io_timeout: float = 30.0,
+        on_lock_wait: LockWaitNotice | None = None,
+        notice_after: float = 1.0,
+    ) -> None:
+        super().__init__(
+            name,
+            url,
+            lock_wait=lock_wait,
+            io_timeout=io_timeout,
+            on_lock_wait=on_lock_wait,
+            notice_after=notice_after,
+        )
+        self._roles = self._compose()
 
     @abstractmethod
-    def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor: ...
+    def _compose(self) -> Roles:
+        """This server's role objects (called once, by the constructor, with the settings
+        checked and the pool in place)."""
 
-    def commit(self) -> None:
-        self._sql_commit()
-        self._committed = True
+    def connect(self) -> Any:
+        return self._roles.connector.connect()
 
-    def close(self) -> None:
-        """Give a committed transaction's connection back for reuse; close any other (the
-        server rolls back what was not committed)."""
-        if self._committed:
-            self._participant.release(self._conn)
-        else:
-            self._participant.discard(self._conn)
+    def _still_usable(self, conn: Any) -> bool:
+        return self._roles.connector.still_usable(conn)
 
-    @abstractmethod
-    def _sql_commit(self) -> None: ...
+    def begin(self, xid: Xid) -> Branch:
+        return self._roles.branches.begin(xid)
+
+    def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
+        self._roles.branches.finish_prepared(xid, commit=commit)
+
+    def prepared_branches(self) -> list[PreparedBranch]:
+        return self._roles.branches.prepared_branches()
+
+    def _check_server(self) -> None:
+        self._roles.branches.check_server()
+
+    def lock_waits(self) -> list[LockWait]:
+        return self._roles.lock_waits.lock_waits()
+
+    def waits_of(self, session_id: int) -> list[LockWait]:
+        return self._roles.lock_waits.waits_of(session_id)
+
+    def _open_local(self) -> LocalTransaction:
+        return self._roles.open_local()
+
+    def ensure_outcome_table(self) -> None:
+        self._roles.markers.ensure_table()
+
+    def has_marker(self, xid: Xid) -> bool:
+        return self._roles.markers.has(xid)
+
+    def committed_markers(self, gtrids: Sequence[str]) -> set[tuple[str, str]]:
+        return self._roles.markers.committed(gtrids)
+
+    def markers_of_coordinator(self, coordinator: str) -> set[tuple[str, str]]:
+        return self._roles.markers.of_coordinator(coordinator)
+
+    def forget_markers(self, gtrids: Sequence[str]) -> None:
+        self._roles.markers.forget(gtrids)
 
 
 @contextmanager

@@ -19,13 +19,9 @@ from conftest import OPENING, Databases
 from psycopg import sql
 
 from twopc.participants import FORMAT_ID, DatabaseURL, MySQLParticipant, PostgresParticipant, Xid
-from twopc.participants.lockwaits import (
-    LockWait,
-    mysql_lock_waits,
-    mysql_waits_of,
-    pg_lock_waits,
-    pg_waits_of,
-)
+from twopc.participants.lockwaits import LockWait
+from twopc.participants.mysql_locks import mysql_lock_waits, mysql_waits_of
+from twopc.participants.postgres_locks import pg_lock_waits, pg_waits_of
 
 PG_X = Xid(FORMAT_ID, "c1.0123456789abcdef0123", "pg")
 MY_X = Xid(FORMAT_ID, "c1.0123456789abcdef0123", "mysql")

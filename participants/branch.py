@@ -1,0 +1,263 @@
+"""What runs on one connection: a branch of a global transaction, or a plain local transaction.
+
+The lifecycle of a branch is an explicit state machine held in one field, and every illegal
+call raises a :class:`BranchStateError` that names the current state.
+
+::
+
+    ACTIVE ──prepare()──▶ PREPARED ──commit()──▶ COMMITTED
+      │  ╲                    └──────rollback()──▶ ROLLED_BACK
+      │   ╲──prepare() with no writes──▶ READ_ONLY (finished, left out of phase 2)
+      ├──commit_one_phase()──▶ COMMITTED
+      └──rollback() / a refused prepare──▶ ROLLED_BACK
+
+A :class:`BranchProtocol` is a participant's branch role: it opens branches and finishes
+prepared ones from fresh connections. Each server implements it in its own module.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twopc.participants.errors import (
+    BranchStateError,
+    MisconfiguredServer,
+    ParticipantError,
+    PrepareRefused,
+)
+from twopc.participants.pool import ConnectionPool
+from twopc.participants.xid import Xid
+
+if TYPE_CHECKING:  # a branch reports to its participant, which opens branches
+    from twopc.participants.base import Participant
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor that callers of :meth:`Branch.execute` may use."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Any: ...
+
+
+class BranchState(enum.Enum):
+    ACTIVE = "active"
+    PREPARED = "prepared"
+    READ_ONLY = "read-only"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled back"
+
+
+class Vote(enum.Enum):
+    """A branch's answer in phase 1 (a NO vote is the :class:`PrepareRefused` error)."""
+
+    PREPARED = "prepared"
+    READ_ONLY = "read-only"
+
+
+@dataclass(frozen=True)
+class PreparedBranch:
+    """One prepared branch a server reports. ``xid`` is None when the name is not xid-shaped."""
+
+    server: str
+    name: str
+    xid: Xid | None
+    prepared_at: float | None
+    database: str | None = None
+
+
+class Branch(ABC):
+    """One participant's branch of a global transaction, bound to one open connection.
+
+    Public methods check and advance the state; subclasses implement the ``_sql_*`` hooks in
+    their server's dialect.
+    """
+
+    def __init__(self, participant: Participant, xid: Xid) -> None:
+        self.xid = xid
+        self.state = BranchState.ACTIVE
+        self._participant = participant
+        self._noticed = False
+        # The connection may serve again only when this branch finished on it normally and
+        # nothing ever cancelled a statement on it or cut its socket.
+        self._finished_cleanly = False
+        self._disturbed = False
+
+    def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
+        """Run one statement inside the branch (``%s`` placeholders, values bound).
+
+        A statement that waits for a lock longer than the participant's ``notice_after``
+        reports, once, what it waits for to the participant's ``on_lock_wait`` callback.
+        """
+        self._require("execute", BranchState.ACTIVE)
+        if self._participant.on_lock_wait is None or self._noticed:
+            return self._sql_execute(query, params)
+        timer = threading.Timer(self._participant.notice_after, self._notice_lock_wait)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._sql_execute(query, params)
+        finally:
+            timer.cancel()
+
+    @property
+    @abstractmethod
+    def session_id(self) -> int:
+        """The server's id of this branch's session (PostgreSQL pid, MySQL thread id)."""
+
+    def _notice_lock_wait(self) -> None:
+        """Runs on a timer thread while a statement waits: ask the server what blocks it."""
+        try:
+            waits = self._participant.waits_of(self.session_id)
+        except ParticipantError:
+            return
+        callback = self._participant.on_lock_wait
+        if waits and callback is not None and not self._noticed:
+            self._noticed = True
+            callback(self._participant, waits)
+
+    def prepare(self) -> Vote:
+        """Phase 1. Returns the vote; raises :class:`PrepareRefused` for a NO vote."""
+        self._require("prepare", BranchState.ACTIVE)
+        try:
+            vote = self._sql_prepare()
+        except (PrepareRefused, MisconfiguredServer):
+            self.state = BranchState.ROLLED_BACK  # a NO vote leaves nothing behind
+            raise
+        self.state = BranchState.PREPARED if vote is Vote.PREPARED else BranchState.READ_ONLY
+        return vote
+
+    def commit(self) -> None:
+        """Phase 2 commit on this branch's own connection."""
+        self._require("commit", BranchState.PREPARED)
+        self._sql_commit_prepared()
+        self.state = BranchState.COMMITTED
+        self._finished_cleanly = True
+
+    def commit_one_phase(self) -> None:
+        """Commit without phase 1: only for a transaction with this single branch."""
+        self._require("commit in one phase", BranchState.ACTIVE)
+        self._sql_commit_one_phase()
+        self.state = BranchState.COMMITTED
+        self._finished_cleanly = True
+
+    def rollback(self) -> None:
+        """Roll back an active or prepared branch; harmless when already finished."""
+        if self.state in (BranchState.ACTIVE, BranchState.PREPARED):
+            self._sql_rollback(prepared=self.state is BranchState.PREPARED)
+            self.state = BranchState.ROLLED_BACK
+            self._finished_cleanly = True
+
+    def mark_finished(self, state: BranchState) -> None:
+        """Record an outcome reached from another connection (recovery of this branch)."""
+        self.state = state
+
+    def close(self) -> None:
+        """Let the connection go: back to the participant's idle connections when this
+        branch finished on it normally, else closed (the server rolls back an unprepared
+        branch when its session ends)."""
+        if self._finished_cleanly and not self._disturbed:
+            self._participant.release(self._connection)
+        else:
+            self._participant.discard(self._connection)
+
+    def interrupt(self) -> None:
+        """Ask the server, from another thread, to cancel the statement running on this
+        branch's connection (which is then never reused)."""
+        self._disturbed = True
+        self._sql_interrupt()
+
+    def sever(self) -> None:
+        """Shut this branch's socket down from another thread: a statement blocked on it
+        fails even when the server does not answer."""
+        self._disturbed = True
+        self._sql_sever()
+
+    @property
+    @abstractmethod
+    def _connection(self) -> Any: ...
+
+    @abstractmethod
+    def _sql_interrupt(self) -> None: ...
+
+    @abstractmethod
+    def _sql_sever(self) -> None: ...
+
+    def _require(self, action: str, *allowed: BranchState) -> None:
+        if self.state not in allowed:
+            raise BranchStateError(f"can't {action} branch {self.xid}: it is {self.state.value}")
+
+    @abstractmethod
+    def _sql_execute(self, query: str, params: Sequence[Any] | None) -> Cursor: ...
+
+    @abstractmethod
+    def _sql_prepare(self) -> Vote: ...
+
+    @abstractmethod
+    def _sql_commit_prepared(self) -> None: ...
+
+    @abstractmethod
+    def _sql_commit_one_phase(self) -> None: ...
+
+    @abstractmethod
+    def _sql_rollback(self, *, prepared: bool) -> None: ...
+
+
+class BranchProtocol(ABC):
+    """A participant's branch role: opens branches, lists and finishes prepared ones."""
+
+    @abstractmethod
+    def begin(self, xid: Xid) -> Branch:
+        """Start a branch of the global transaction ``xid`` on a connection of its own."""
+
+    @abstractmethod
+    def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
+        """Commit or roll back a prepared branch from a fresh connection.
+
+        Raises :class:`UnknownXid` when the server holds no such prepared branch, and
+        :class:`BranchBusy` when it holds it but cannot finish it yet.
+        """
+
+    @abstractmethod
+    def prepared_branches(self) -> list[PreparedBranch]:
+        """Every prepared branch on the server (ours and foreign) in this database."""
+
+    @abstractmethod
+    def check_server(self) -> None:
+        """Raise :class:`MisconfiguredServer` when the server cannot run 2PC branches (and
+        :class:`ParticipantUnavailable` when it does not answer)."""
+
+
+class LocalTransaction(ABC):
+    """A plain (one-phase) transaction on a connection of a participant's pool."""
+
+    def __init__(self, pool: ConnectionPool, conn: Any) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._committed = False
+
+    @abstractmethod
+    def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor: ...
+
+    def commit(self) -> None:
+        self._sql_commit()
+        self._committed = True
+
+    def close(self) -> None:
+        """Give a committed transaction's connection back for reuse; close any other (the
+        server rolls back what was not committed)."""
+        if self._committed:
+            self._pool.release(self._conn)
+        else:
+            self._pool.discard(self._conn)
+
+    @abstractmethod
+    def _sql_commit(self) -> None: ...

@@ -1,0 +1,193 @@
+"""MySQL/MariaDB's branch protocol: raw ``XA`` statements over PyMySQL (which has no XA API).
+
+Every xid reaches SQL through :meth:`Xid.mysql_literal` (hex literals, valid on both servers).
+``XA RECOVER`` is read in its plain four-column form, which MySQL 8 and MariaDB share.
+
+MariaDB refuses ``XA COMMIT`` from another session (XAER_NOTA, 1397) while the session that
+prepared the branch is still connected. So "unknown xid" is only taken to mean "finished" when
+``XA RECOVER`` no longer lists the branch; otherwise it is :class:`BranchBusy` ("not yet").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from twopc.participants.base import Participant, shut_down_socket
+from twopc.participants.branch import Branch, BranchProtocol, Cursor, PreparedBranch, Vote
+from twopc.participants.errors import (
+    BranchBusy,
+    ParticipantError,
+    PrepareRefused,
+    StatementFailed,
+    UnknownXid,
+)
+from twopc.participants.markers import OutcomeMarkers
+from twopc.participants.mysql_link import MySQLLink
+from twopc.participants.xid import Xid
+
+_XAER_NOTA = 1397
+# XA RECOVER has no timestamp, and the markers of prepared branches are uncommitted: only a
+# dirty read sees when each was written.
+_MARKER_TIMES = "SELECT gtrid, branch, created_at FROM twopc_outcomes WHERE gtrid IN ({})"
+
+MySQLConnection = Any  # PyMySQL ships no type information
+
+
+class MySQLBranches(BranchProtocol):
+    """Branches of global transactions in one MySQL/MariaDB database."""
+
+    def __init__(self, participant: Participant, link: MySQLLink, markers: OutcomeMarkers):
+        self._participant = participant  # lends the connections; its branches report to it
+        self.link = link
+        self.markers = markers
+
+    def begin(self, xid: Xid) -> MySQLBranch:
+        conn = self._participant.checkout()
+        with self.link.translated("xa start"):
+            conn.cursor().execute(f"XA START {xid.mysql_literal()}")
+        return MySQLBranch(self._participant, self, conn, xid)
+
+    def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
+        conn = self.link.connect()
+        try:
+            self.finish_on(conn, xid, commit=commit)
+        finally:
+            conn.close()
+
+    def finish_on(self, conn: MySQLConnection, xid: Xid, *, commit: bool) -> None:
+        """``XA COMMIT`` / ``XA ROLLBACK`` of a prepared branch."""
+        verb = "XA COMMIT" if commit else "XA ROLLBACK"
+        try:
+            with self.link.translated(verb.lower()):
+                conn.cursor().execute(f"{verb} {xid.mysql_literal()}")
+        except StatementFailed as err:
+            if err.code != str(_XAER_NOTA):
+                raise
+            if any(branch.xid == xid for branch in self.prepared_branches()):
+                raise BranchBusy(
+                    f"{self.link.server}: branch {xid} is prepared but held by a live session"
+                ) from err
+            raise UnknownXid(f"{self.link.server}: no prepared branch {xid}") from err
+
+    def prepared_branches(self) -> list[PreparedBranch]:
+        conn = self.link.connect()
+        try:
+            with self.link.translated("xa recover"):
+                cursor = conn.cursor()
+                cursor.execute("XA RECOVER")
+                branches = [self._prepared_branch(*row) for row in cursor.fetchall()]
+            times = self._marker_times(conn, [b.xid for b in branches if b.xid is not None])
+        finally:
+            conn.close()
+        return [replace(b, prepared_at=times.get(b.xid)) if b.xid else b for b in branches]
+
+    def check_server(self) -> None:
+        self.link.connect().close()  # MySQL and MariaDB need no setting for XA: it answers
+
+    def _prepared_branch(
+        self, format_id: int, gtrid_len: int, bqual_len: int, data: Any
+    ) -> PreparedBranch:
+        raw = data if isinstance(data, bytes) else str(data).encode()
+        xid = Xid.from_mysql_recover(int(format_id), int(gtrid_len), int(bqual_len), raw)
+        return PreparedBranch(self.link.server, f"{format_id}:{raw!r}", xid, None, None)
+
+    def _marker_times(self, conn: MySQLConnection, xids: list[Xid]) -> dict[Xid | None, float]:
+        """When each prepared branch wrote its marker (see ``_MARKER_TIMES``)."""
+        if not xids:
+            return {}
+        query = _MARKER_TIMES.format(", ".join(["%s"] * len(xids)))  # values are bound
+        try:
+            with self.link.translated("read outcome markers"):
+                cursor = conn.cursor()
+                cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+                cursor.execute(query, [x.gtrid for x in xids])
+                rows = cursor.fetchall()
+        except StatementFailed:
+            return {}  # no marker table (yet): the time is merely unknown
+        wanted = {(x.gtrid, x.bqual): x for x in xids}
+        return {wanted.get((g, b)): float(t) for g, b, t in rows}
+
+
+class MySQLBranch(Branch):
+    """A branch held open on one MySQL/MariaDB connection."""
+
+    def __init__(
+        self, participant: Participant, protocol: MySQLBranches, conn: MySQLConnection, xid: Xid
+    ) -> None:
+        super().__init__(participant, xid)
+        self._protocol = protocol
+        self._link = protocol.link
+        self._conn = conn
+        self._ended = False  # XA END sent: the branch is IDLE on the server
+
+    @property
+    def _connection(self) -> MySQLConnection:
+        return self._conn
+
+    @property
+    def session_id(self) -> int:
+        return int(self._conn.thread_id())
+
+    def _sql_interrupt(self) -> None:
+        try:
+            killer = self._link.connect()
+        except ParticipantError:
+            return  # no answer: the caller escalates to sever()
+        try:
+            with self._link.translated("kill query"):
+                killer.cursor().execute("KILL QUERY %s", (self._conn.thread_id(),))
+        except ParticipantError:
+            pass
+        finally:
+            killer.close()
+
+    def _sql_sever(self) -> None:
+        sock = self._conn._sock  # PyMySQL exposes no public handle on its socket
+        if sock is not None:
+            shut_down_socket(sock.fileno())
+
+    def _sql_execute(self, query: str, params: Sequence[Any] | None) -> Cursor:
+        with self._link.translated("execute"):
+            cursor = self._conn.cursor()
+            cursor.execute(query, params)
+            return cursor  # type: ignore[no-any-return]
+
+    def _sql_prepare(self) -> Vote:
+        try:
+            self._protocol.markers.write(self._sql_execute, self.xid)
+            self._xa("end")
+            self._xa("prepare")
+        except StatementFailed as err:
+            self._abandon()
+            raise PrepareRefused(str(err)) from err
+        return Vote.PREPARED
+
+    def _sql_commit_prepared(self) -> None:
+        self._protocol.finish_on(self._conn, self.xid, commit=True)
+
+    def _sql_commit_one_phase(self) -> None:
+        self._xa("end")
+        with self._link.translated("xa commit one phase"):
+            self._conn.cursor().execute(f"XA COMMIT {self.xid.mysql_literal()} ONE PHASE")
+
+    def _sql_rollback(self, *, prepared: bool) -> None:
+        if prepared:
+            self._protocol.finish_on(self._conn, self.xid, commit=False)
+            return
+        self._xa("end")
+        self._xa("rollback")
+
+    def _xa(self, verb: str) -> None:
+        if verb == "end" and self._ended:
+            return
+        with self._link.translated(f"xa {verb}"):
+            self._conn.cursor().execute(f"XA {verb.upper()} {self.xid.mysql_literal()}")
+        self._ended = self._ended or verb == "end"
+
+    def _abandon(self) -> None:
+        """After a failed marker/XA END/XA PREPARE: drop the connection. The server rolls an
+        unprepared branch back when its session ends, and that cannot block the way an
+        XA ROLLBACK can (behind a global read lock, say)."""
+        self._conn.close()
