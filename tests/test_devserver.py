@@ -174,6 +174,9 @@ def test_up_replaces_stale_pid_files(servers: DevServers, state: DevState) -> No
 def test_start_fails_clearly_when_port_is_taken(servers: DevServers, state: DevState) -> None:
     servers.stop("pg")
     with socket.socket() as squatter:
+        # The port may hold connections in TIME_WAIT from the server just stopped: only a
+        # listener conflicts with the server's bind, so take it over as servers do.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", state.pg.port))
         squatter.listen()
         with pytest.raises(DevServerError, match=f"port {state.pg.port}"):
