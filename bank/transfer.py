@@ -1,9 +1,11 @@
 """The demo business operation: move an amount from one account to another, atomically.
 
-A cross-database transfer is one global transaction with a branch on each side, committed
-with two-phase commit; a same-database transfer has a single branch, which the coordinator
-commits in one phase. Statements run in a fixed order — PostgreSQL before MySQL, then by
-account id — so two opposite transfers never wait for each other's locks in a cycle.
+Under 2PC (:func:`run_transfer`) a cross-database transfer is one global transaction with a
+branch on each side, committed with two-phase commit; a same-database transfer has a single
+branch, which the coordinator commits in one phase. Statements run in a fixed order —
+PostgreSQL before MySQL, then by account id — so two opposite transfers never wait for each
+other's locks in a cycle. The debit and credit are :mod:`bank.ledger`'s, the same the saga
+runs (:mod:`bank.transfer_saga`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from twopc.bank import ledger
 from twopc.bank.accounts import SIDES, AccountRef, natural_key
 from twopc.bank.errors import InvalidInput, TransferRejected
 from twopc.coordinator import Coordinator, GlobalTransaction, Outcome
-from twopc.participants import Branch, Participant, PermissionDenied, UndefinedTable
-
-_DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s AND balance >= %s"
-_CREDIT = "UPDATE accounts SET balance = balance + %s WHERE id = %s"
-_EXISTS = "SELECT balance FROM accounts WHERE id = %s"
+from twopc.participants import Participant, PermissionDenied, UndefinedTable
 
 
 @dataclass(frozen=True)
@@ -70,23 +69,11 @@ class _Step:
     def __call__(self, tx: GlobalTransaction) -> None:
         branch = tx.branch(self.account.side)
         if self.delta < 0:
-            _debit(branch, self.account, -self.delta)
+            refusal = ledger.debit(branch, self.account, -self.delta)
         else:
-            _credit(branch, self.account, self.delta)
-
-
-def _debit(branch: Branch, account: AccountRef, amount: Decimal) -> None:
-    if branch.execute(_DEBIT, (amount, account.id, amount)).rowcount == 1:
-        return
-    row = branch.execute(_EXISTS, (account.id,)).fetchone()
-    if row is None:
-        raise TransferRejected(f"unknown account {account}")
-    raise TransferRejected(f"insufficient funds in {account}: balance {row[0]}, need {amount}")
-
-
-def _credit(branch: Branch, account: AccountRef, amount: Decimal) -> None:
-    if branch.execute(_CREDIT, (amount, account.id)).rowcount != 1:
-        raise TransferRejected(f"unknown account {account}")
+            refusal = ledger.credit(branch, self.account, self.delta)
+        if refusal is not None:  # raised inside the transaction: every branch rolls back
+            raise TransferRejected(refusal)
 
 
 @dataclass(frozen=True)
