@@ -1,8 +1,8 @@
 """The demo schema on both servers, created idempotently with SQLAlchemy, and its seed data.
 
-Besides ``accounts``, the saga path's tables (``saga_steps``, ``saga_holds``,
-``saga_notifications``) are created here too; their DDL belongs to :mod:`saga.tables`, which
-also creates them before a saga runs.
+Besides ``accounts``, the saga tables are created here too: the engine's ``saga_steps``
+(its DDL belongs to :mod:`saga.tables`) and the transfer saga's ``saga_holds`` and
+``saga_notifications`` (:mod:`bank.tables`); both are also made sure of before a saga runs.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from twopc.bank.tables import transfer_ddl, transfer_drop_ddl
 from twopc.participants import DatabaseURL, ParticipantError, PreparedBranch, participant_for
 from twopc.participants.mysql import CONNECT_TIMEOUT, open_connection
 from twopc.saga.tables import saga_ddl, saga_drop_ddl
@@ -78,8 +79,9 @@ def init_schema(
             if reset:
                 metadata.drop_all(conn)
                 conn.exec_driver_sql(saga_drop_ddl())
+                conn.exec_driver_sql(transfer_drop_ddl())
             metadata.create_all(conn)
-            for statement in saga_ddl(url.backend):
+            for statement in [*saga_ddl(url.backend), *transfer_ddl(url.backend)]:
                 conn.exec_driver_sql(statement)
             existing = set(conn.scalars(select(accounts.c.id)))
             wanted = [f"a{n}" for n in range(1, accounts_count + 1)]

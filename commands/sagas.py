@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from twopc.bank import SIDES
+from twopc.bank import SIDES, TRANSFER_SAGAS, amount_held, saga_transfer, transfer_reports
 from twopc.commands.common import (
     EXIT_IN_DOUBT,
     Context,
@@ -32,11 +32,9 @@ from twopc.saga import (
     SagaOutcome,
     SagaState,
     all_orchestrators,
-    amount_held,
     outcome_of,
     prune,
     retry_saga,
-    step_reports,
 )
 from twopc.saga import DEFAULT_RETENTION as DEFAULT_SAGA_RETENTION
 
@@ -50,7 +48,8 @@ def saga_config(
     hooks: SagaHooks | None = None,
 ) -> SagaConfig:
     """Sagas begun with it retry for ``retry_deadline`` (default 30 s); sagas it resumes
-    keep to their own run's deadline unless ``retry_deadline`` is given."""
+    keep to their own run's deadline unless ``retry_deadline`` is given. It resumes the
+    bank's transfer sagas (the CLI's only definition)."""
     policy = RetryPolicy(deadline=30.0 if retry_deadline is None else retry_deadline)
     return SagaConfig(
         obj.home,
@@ -60,6 +59,7 @@ def saga_config(
         hooks=hooks,
         on_retry=say_retry,
         recorded_retry=retry_deadline is None,
+        definitions=TRANSFER_SAGAS,
     )
 
 
@@ -80,8 +80,8 @@ def say_retry(saga_id: str, what: str, attempt: int, error: str) -> None:
 
 def saga_document(outcome: SagaOutcome) -> dict[str, object]:
     state = outcome.state
-    transfer = state.transfer
-    steps = step_reports(state)
+    transfer = saga_transfer(state)
+    steps = transfer_reports(state)
     return {
         "mode": "saga",
         "saga_id": outcome.saga_id,
@@ -100,9 +100,9 @@ def saga_document(outcome: SagaOutcome) -> dict[str, object]:
 
 def saga_text(outcome: SagaOutcome) -> str:
     state = outcome.state
-    transfer = state.transfer
+    transfer = saga_transfer(state)
     what = f"{transfer.source} -> {transfer.destination} {transfer.amount}" if transfer else "?"
-    steps = step_reports(state)
+    steps = transfer_reports(state)
     lines = [
         f"{outcome.outcome}: {what}",
         f"saga:      {outcome.saga_id} (orchestrator {outcome.orchestrator})",
@@ -180,7 +180,7 @@ def sagas(ctx: click.Context, as_json: bool) -> None:
         for state in found.sagas:
             entry = _saga_entry(state, found.orchestrator, found.alive)
             entries.append(entry)
-            lines += _saga_entry_lines(entry)
+            lines += _saga_entry_lines(entry, _what(state))
     document = {"sagas": entries, "damaged_logs": damaged}
     emit(as_json, document, "\n".join(lines) or "no unfinished sagas")
     if damaged:
@@ -190,8 +190,16 @@ def sagas(ctx: click.Context, as_json: bool) -> None:
         sys.exit(EXIT_IN_DOUBT)
 
 
+def _what(state: SagaState) -> str:
+    """The transfer a saga moves, or which saga it is when it is no transfer."""
+    transfer = saga_transfer(state)
+    if transfer is not None:
+        return f"{transfer.source} -> {transfer.destination} {transfer.amount}"
+    return f"saga {state.definition}" if state.definition else "None"  # as it always read
+
+
 def _saga_entry(state: SagaState, orchestrator: str, alive: bool) -> dict[str, Any]:
-    transfer = state.transfer
+    transfer = saga_transfer(state)
     return {
         "saga_id": state.saga_id,
         "orchestrator": orchestrator,
@@ -202,7 +210,7 @@ def _saga_entry(state: SagaState, orchestrator: str, alive: bool) -> dict[str, A
         if transfer
         else None,
         "pending": str(amount_held(state)),
-        "steps": [step.to_json() for step in step_reports(state)],
+        "steps": [step.to_json() for step in transfer_reports(state)],
         "dead_letters": {str(n): f.error for n, f in state.dead_letters.items()},
         "last_error": state.last_error,
         "problems": list(state.problems),
@@ -211,10 +219,10 @@ def _saga_entry(state: SagaState, orchestrator: str, alive: bool) -> dict[str, A
     }
 
 
-def _saga_entry_lines(entry: dict[str, Any]) -> list[str]:
+def _saga_entry_lines(entry: dict[str, Any], what: str) -> list[str]:
     alive = "alive" if entry["orchestrator_alive"] else "dead"
     lines = [
-        f"{entry['saga_id']}  {entry['status']}  {entry['transfer']}  going {entry['direction']}"
+        f"{entry['saga_id']}  {entry['status']}  {what}  going {entry['direction']}"
         f"  orchestrator {entry['orchestrator']} ({alive})  pending {entry['pending']}"
     ]
     lines += [f"    {step['step']}: {step['action']} {step['status']}" for step in entry["steps"]]

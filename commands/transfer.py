@@ -10,7 +10,14 @@ from pathlib import Path
 
 import click
 
-from twopc.bank import AccountRef, Transfer, parse_amount, run_transfer
+from twopc.bank import (
+    TRANSFER_POINTS,
+    AccountRef,
+    Transfer,
+    parse_amount,
+    run_transfer,
+    run_transfer_saga,
+)
 from twopc.commands.common import (
     EXIT_IN_DOUBT,
     Context,
@@ -46,23 +53,21 @@ from twopc.coordinator.recovery import find_in_doubt
 from twopc.participants import Participant
 from twopc.participants.lockwaits import LockWait
 from twopc.saga import (
-    SAGA_POINT_HELP,
     KillSagaAt,
     Orchestrator,
     PauseSagaAt,
     SagaConfig,
     SagaHooks,
     SagaOutcome,
-    SagaPoint,
     check_saga_id,
 )
 from twopc.saga.logs import read_orchestrator
 from twopc.txlog import is_locked
 
 _POINTS = [point.value for point in CrashPoint]
-_SAGA_POINTS = [point.value for point in SagaPoint]
+_SAGA_POINTS = list(TRANSFER_POINTS)
 _POINTS_HELP = "; ".join(f"{p.value}: {text}" for p, text in CRASH_POINT_HELP.items())
-_SAGA_POINTS_HELP = "; ".join(f"{p.value}: {text}" for p, text in SAGA_POINT_HELP.items())
+_SAGA_POINTS_HELP = "; ".join(f"{name}: {p.help}" for name, p in TRANSFER_POINTS.items())
 _MODES_HELP = (
     "2pc (default): one atomic global transaction; locks are held until both servers "
     "commit, and a dead coordinator can leave them held (in doubt). saga: a debit and a "
@@ -391,7 +396,7 @@ def _run_saga(
             orchestrator_id = orchestrator.id
             for resumed in orchestrator.resumed:
                 click.echo(f"resumed saga {resumed.saga_id}: {resumed.outcome}", err=True)
-            return orchestrator.transfer(request, saga_id)
+            return run_transfer_saga(orchestrator, request, saga_id)
     except KeyboardInterrupt:
         # The orchestrator is closed by now, so its log on disk says what is left.
         raise _saga_interrupted(config.home, orchestrator_id) from None
@@ -423,13 +428,15 @@ def _saga_interrupted(home: Path, orchestrator_id: str | None) -> Failure:
 
 
 def _saga_hooks(points: Points) -> SagaHooks | None:
-    point = points.point
-    if points.step is not None and point != SagaPoint.AFTER_STEP_COMMIT.value:
+    name = points.point
+    if points.step is not None and name != "after-step-commit":
         raise click.UsageError("--at-step only applies with after-step-commit")
-    if point is None:
+    if name is None:
         return None
-    if point not in _SAGA_POINTS:
-        raise click.UsageError(f"{point} is a 2PC point: saga points are {', '.join(_SAGA_POINTS)}")
+    if name not in TRANSFER_POINTS:
+        raise click.UsageError(f"{name} is a 2PC point: saga points are {', '.join(_SAGA_POINTS)}")
+    found = TRANSFER_POINTS[name]
+    step = found.step if points.step is None else points.step
     if points.crash_at:
-        return KillSagaAt(SagaPoint(point), points.step)
-    return PauseSagaAt(SagaPoint(point), points.seconds, points.step)
+        return KillSagaAt(found.point, step)
+    return PauseSagaAt(found.point, points.seconds, step, name=name)

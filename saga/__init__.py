@@ -1,18 +1,39 @@
-"""The saga path: the same transfer as a sequence of local transactions, for comparison.
+"""The saga engine: a saga defined as data, run as a sequence of local transactions.
 
-An :class:`Orchestrator` runs a transfer saga — debit (compensable, holding the funds as
-pending), credit (the pivot), release of the hold, and an irreversible notification last —
-logging every decision in its own :mod:`txlog` log so it resumes after a crash, forward or
-backward. Each step and compensation runs at most once, keyed by ``<saga_id>-step-<n>`` /
-``<saga_id>-comp-<n>`` in the participant's own ``saga_steps`` table, in the same local
-transaction as the business change. A compensation that keeps failing is dead-lettered for
-an operator; :func:`recover_sagas` resumes dead orchestrators' sagas, :func:`retry_saga` one
-saga by hand, and :func:`prune` drops idempotency records past their retention window.
+A :class:`SagaDefinition` names ordered :class:`Step` objects, each a local transaction on a
+named participant, exactly one of them the pivot: the steps before it are compensable, the
+steps after it are retried until they succeed. An :class:`Orchestrator` runs sagas of any
+definition, logging every decision in its own :mod:`txlog` log so it resumes after a crash,
+forward or backward. Each step and compensation runs at most once, keyed by
+``<saga_id>-step-<n>`` / ``<saga_id>-comp-<n>`` in the participant's own ``saga_steps``
+table, in the same local transaction as its change. A compensation that keeps failing is
+dead-lettered for an operator; :func:`recover_sagas` resumes dead orchestrators' sagas (their
+definitions come from a :class:`SagaRegistry`), :func:`retry_saga` one saga by hand, and
+:func:`prune` drops idempotency records past their retention window. The engine knows no
+business domain: the demo bank's transfer is one definition on top of it.
 """
 
+from twopc.saga.attempts import retry_policy
 from twopc.saga.crashpoints import SAGA_POINT_HELP, KillSagaAt, PauseSagaAt, SagaHooks, SagaPoint
-from twopc.saga.errors import SagaBusy, SagaError, SagaNotFound
-from twopc.saga.idempotency import APPLIED, CANCELLED, REJECTED, StepResult, lookup, run_once
+from twopc.saga.definition import (
+    InvalidSagaDefinition,
+    Params,
+    SagaDefinition,
+    SagaRun,
+    Step,
+    StepFunction,
+)
+from twopc.saga.errors import CompensationFailed, SagaBusy, SagaError, SagaIdReused, SagaNotFound
+from twopc.saga.idempotency import (
+    APPLIED,
+    CANCELLED,
+    REJECTED,
+    Keyed,
+    KeyReused,
+    StepResult,
+    lookup,
+    run_once,
+)
 from twopc.saga.ids import (
     InvalidSagaId,
     check_orchestrator_id,
@@ -25,10 +46,18 @@ from twopc.saga.ids import (
 from twopc.saga.logs import OrchestratorLog, all_orchestrators, saga_root
 from twopc.saga.orchestrator import Orchestrator, SagaConfig, SagaOutcome
 from twopc.saga.recovery import SagaRecoveryReport, SagaResolution, recover_sagas, retry_saga
+from twopc.saga.registry import SagaRegistry
 from twopc.saga.report import DEAD_LETTERED, UNFINISHED, StepReport, outcome_of, step_reports
 from twopc.saga.retention import DEFAULT_RETENTION, parse_duration, prune
-from twopc.saga.state import ABORTED, COMPENSATED, COMPLETED, REFUSED, SagaState, amount_held
-from twopc.saga.tables import SAGA_TABLES, ensure_saga_tables, saga_ddl, saga_drop_ddl
+from twopc.saga.state import ABORTED, COMPENSATED, COMPLETED, REFUSED, SagaState
+from twopc.saga.tables import (
+    SAGA_TABLES,
+    ensure_saga_tables,
+    ensure_tables,
+    saga_ddl,
+    saga_drop_ddl,
+)
+from twopc.saga.timeouts import StepTimedOut
 
 __all__ = [
     "ABORTED",
@@ -43,29 +72,41 @@ __all__ = [
     "SAGA_POINT_HELP",
     "SAGA_TABLES",
     "UNFINISHED",
+    "CompensationFailed",
+    "InvalidSagaDefinition",
     "InvalidSagaId",
+    "KeyReused",
+    "Keyed",
     "KillSagaAt",
     "Orchestrator",
     "OrchestratorLog",
+    "Params",
     "PauseSagaAt",
     "SagaBusy",
     "SagaConfig",
+    "SagaDefinition",
     "SagaError",
     "SagaHooks",
+    "SagaIdReused",
     "SagaNotFound",
     "SagaOutcome",
     "SagaPoint",
     "SagaRecoveryReport",
+    "SagaRegistry",
     "SagaResolution",
+    "SagaRun",
     "SagaState",
+    "Step",
+    "StepFunction",
     "StepReport",
     "StepResult",
+    "StepTimedOut",
     "all_orchestrators",
-    "amount_held",
     "check_orchestrator_id",
     "check_saga_id",
     "compensation_key",
     "ensure_saga_tables",
+    "ensure_tables",
     "fresh_saga_id",
     "lookup",
     "outcome_of",
@@ -73,6 +114,7 @@ __all__ = [
     "prune",
     "recover_sagas",
     "release_key",
+    "retry_policy",
     "retry_saga",
     "run_once",
     "saga_ddl",

@@ -18,19 +18,19 @@ from twopc.coordinator.crashpoints import sigint_interrupts
 
 
 class SagaPoint(enum.Enum):
-    AFTER_DEBIT = "after-debit"
-    AFTER_CREDIT = "after-credit"
+    """Where the orchestrator tells its hooks it is (the step number comes with it)."""
+
+    AFTER_STEP = "after-step"  # a forward step applied and its record is logged
     AFTER_COMPENSATION = "after-compensation"
     AFTER_STEP_COMMIT = "after-step-commit"
 
 
 SAGA_POINT_HELP = {
-    SagaPoint.AFTER_DEBIT: "the debit committed and logged, nothing credited",
-    SagaPoint.AFTER_CREDIT: "the credit committed and logged, hold not released, no notification",
+    SagaPoint.AFTER_STEP: "a step committed and logged (the step given picks which)",
     SagaPoint.AFTER_COMPENSATION: "a compensation committed and logged, no END record",
     SagaPoint.AFTER_STEP_COMMIT: (
         "a step's local transaction committed, the orchestrator has not logged it "
-        "(the dual-write gap; --at-step N picks the step, default the first)"
+        "(the dual-write gap)"
     ),
 }
 
@@ -55,21 +55,28 @@ class KillSagaAt:
 
 class PauseSagaAt:
     """Print pid and saga id, then sleep, when a saga reaches ``point``. Ctrl-C (SIGINT)
-    ends the pause, even in a process started with SIGINT ignored."""
+    ends the pause, even in a process started with SIGINT ignored. ``name`` is what the
+    line calls the point (default: its own name)."""
 
     def __init__(
-        self, point: SagaPoint, seconds: float, step: int | None = None, out: TextIO = sys.stderr
+        self,
+        point: SagaPoint,
+        seconds: float,
+        step: int | None = None,
+        out: TextIO = sys.stderr,
+        name: str | None = None,
     ) -> None:
         self.point = point
         self.seconds = seconds
         self.step = step
         self.out = out
+        self.name = name or point.value
 
     def reached(self, point: SagaPoint, saga_id: str, n: int) -> None:
         if point is not self.point or self.step not in (None, n):
             return
         print(
-            f"paused at {point.value}: pid {os.getpid()} saga {saga_id} step {n} "
+            f"paused at {self.name}: pid {os.getpid()} saga {saga_id} step {n} "
             f"(holding {self.seconds:g}s; kill -9 {os.getpid()} to crash here)",
             file=self.out,
             flush=True,

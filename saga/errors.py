@@ -17,3 +17,8 @@ class SagaNotFound(SagaError):
 
 class SagaIdReused(SagaError):
     """A saga id given again with a different request: refused before anything ran."""
+
+
+class CompensationFailed(Exception):
+    """A step's action found the world not as the saga left it (the row it must change is
+    gone): retried like a participant error, and dead-lettered if it keeps failing."""

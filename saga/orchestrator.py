@@ -1,11 +1,14 @@
-"""The saga orchestrator: runs transfer sagas as local transactions, durable in its own log.
+"""The saga orchestrator: runs sagas of any definition as local transactions, durable in its
+own log.
 
 Every decision is a record in the orchestrator's :mod:`txlog` log (txid = saga id) before
 the orchestrator acts on it, and the saga's state is rebuilt from those records alone
 (:mod:`saga.state`), so a restarted or recovering orchestrator resumes exactly where the log
-says — forward if the steps can still complete, backward if a step failed. What happened
-between a step's local commit and its log record (the dual-write gap) is harmless: the step
-runs again under the same idempotency key and gets its stored result back.
+says — forward if the steps can still complete, backward if a step failed. The BEGIN record
+holds the definition's name and the saga's parameters; whoever resumes the saga looks the
+definition up in its :class:`SagaRegistry`. What happened between a step's local commit and
+its log record (the dual-write gap) is harmless: the step runs again under the same
+idempotency key and gets its stored result back.
 
 An orchestrator has an id and holds its log's lock while alive. One opened without an id is
 one-shot: it gets a fresh id, and its log is removed on close when nothing is unfinished.
@@ -20,16 +23,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from twopc.bank import Transfer
 from twopc.coordinator import RetryPolicy
 from twopc.participants import Participant, ParticipantError
+from twopc.saga.attempts import Exhausted, attempt, retry_policy
 from twopc.saga.crashpoints import SagaHooks, SagaPoint
+from twopc.saga.definition import Params, SagaDefinition, SagaRun
 from twopc.saga.errors import SagaBusy, SagaError, SagaIdReused, SagaNotFound
 from twopc.saga.idempotency import (
     APPLIED,
     CANCELLED,
-    REJECTED,
-    CommitUncertain,
     Keyed,
     KeyReused,
     StepResult,
@@ -43,13 +45,12 @@ from twopc.saga.idempotency import (
 from twopc.saga.ids import (
     check_orchestrator_id,
     check_saga_id,
-    compensation_key,
     fresh_orchestrator_id,
     fresh_saga_id,
-    release_key,
-    step_key,
 )
 from twopc.saga.logs import OrchestratorLog, orchestrator_log, owner_of
+from twopc.saga.records import begin_body, blocked, checked_params, refused_step
+from twopc.saga.registry import SagaRegistry, resolve
 from twopc.saga.report import outcome_of
 from twopc.saga.state import (
     APPLIED_NO,
@@ -62,13 +63,12 @@ from twopc.saga.state import (
     END,
     FENCE,
     FINISH,
-    NOTIFIED,
-    NOTIFY,
     REFUSED,
     RELEASE,
     RELEASED,
     RETRY,
     RUN,
+    RUN_RETRIABLE,
     STEP_DONE,
     STEP_FAILED,
     Action,
@@ -77,20 +77,9 @@ from twopc.saga.state import (
     next_action,
     replay_records,
 )
-from twopc.saga.steps import (
-    COMPENSABLE,
-    CREDIT,
-    DEBIT,
-    HOLDING,
-    CompensationFailed,
-    Work,
-    compensation,
-    describe_transfer,
-    forward_step,
-    release,
-)
-from twopc.saga.steps import NOTIFY as NOTIFY_STEP
+from twopc.saga.steps import Work, compensation_work, forward_work, release_work
 from twopc.saga.tables import ensure_saga_tables
+from twopc.saga.timeouts import within
 from twopc.txlog import LogCorrupt, LogLocked, Record, TransactionLog
 
 log = logging.getLogger(__name__)
@@ -108,11 +97,14 @@ def _default_policy() -> RetryPolicy:
 class SagaConfig:
     """How an orchestrator runs. ``orchestrator_id=None`` means a fresh one-shot id.
 
-    ``retry`` bounds each forward step, fence, hold release and notification; past it a
-    forward step fails (the saga compensates) and the others leave the saga unfinished for
-    recovery. ``compensation_retry`` bounds each compensation; past it, the dead letter.
-    Both are recorded when a saga begins; a saga resumed later (by recovery, or an operator's
-    retry) keeps to its own run's policies, unless ``recorded_retry`` is False.
+    ``retry`` bounds each forward step, fence, release and step after the pivot (unless the
+    step has a policy of its own); past it a step up to the pivot fails (the saga
+    compensates) and the others leave the saga unfinished for recovery.
+    ``compensation_retry`` bounds each compensation; past it, the dead letter. Both are
+    recorded when a saga begins; a saga resumed later (by recovery, or an operator's retry)
+    keeps to its own run's policies, unless ``recorded_retry`` is False.
+    ``definitions`` are the sagas this orchestrator can resume from its log (it also knows
+    those it ran itself).
     """
 
     home: Path
@@ -122,6 +114,7 @@ class SagaConfig:
     hooks: SagaHooks | None = None
     on_retry: RetryListener | None = None
     recorded_retry: bool = True
+    definitions: SagaRegistry = field(default_factory=SagaRegistry)
 
 
 @dataclass(frozen=True)
@@ -142,20 +135,11 @@ class SagaOutcome:
         return outcome_of(self.state)
 
 
-@dataclass(frozen=True)
-class _Exhausted:
-    """Every attempt allowed by the retry policy failed."""
-
-    error: str
-    attempts: int
-    uncertain: bool  # some attempt failed while committing: it may have applied
-
-
 class Orchestrator:
-    """Runs transfer sagas over its participants (one per side), logging every decision.
+    """Runs sagas over its participants (by name), logging every decision.
 
     >>> with Orchestrator.open([pg, mysql], SagaConfig(home)) as orchestrator:
-    ...     outcome = orchestrator.transfer(Transfer(source, destination, amount))
+    ...     outcome = orchestrator.run(order_saga, {"order": "o-17"}, "order-o-17")
     ...     print(outcome.outcome)  # completed, compensated or aborted
     """
 
@@ -167,7 +151,8 @@ class Orchestrator:
         self.config = config
         self.resumed: list[SagaOutcome] = []
         self._participants = {p.name: p for p in participants}
-        self._tables_ready: set[str] = set()
+        self._definitions = config.definitions
+        self._ready_on: set[tuple[str, str]] = set()
         self._ephemeral = False
 
     @classmethod
@@ -193,8 +178,11 @@ class Orchestrator:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def transfer(self, transfer: Transfer, saga_id: str | None = None) -> SagaOutcome:
-        """Run ``transfer`` as saga ``saga_id`` (default: a fresh id).
+    def run(
+        self, definition: SagaDefinition, params: Params, saga_id: str | None = None
+    ) -> SagaOutcome:
+        """Run saga ``saga_id`` (default: a fresh id) of ``definition`` with ``params``
+        (JSON values, checked by the definition: ``ValueError`` before anything runs).
 
         Running a saga id that already ran replays it: every step finds its stored result
         and nothing changes. Raises :class:`SagaBusy` when another orchestrator's log holds
@@ -202,6 +190,8 @@ class Orchestrator:
         :class:`SagaIdReused` when the id already served a different request (nothing runs).
         """
         started = time.monotonic()
+        params = checked_params(definition, params)
+        self._definitions = self._definitions.including(definition)
         if saga_id is None:
             saga_id = fresh_saga_id()  # random: no other log can hold it
         else:
@@ -209,15 +199,9 @@ class Orchestrator:
             if saga_id in self.log.unfinished():
                 raise SagaBusy(f"saga {saga_id} is unfinished in this orchestrator's own log")
             self._refuse_if_owned_elsewhere(saga_id)
-            self._refuse_if_reused(saga_id, transfer)
-        body = {
-            "source": str(transfer.source),
-            "destination": str(transfer.destination),
-            "amount": str(transfer.amount),
-            "at": time.time(),
-            "retry": policy_json(self.config.retry),
-            "compensation_retry": policy_json(self.config.compensation_retry),
-        }
+            self._refuse_if_reused(saga_id, definition, params)
+        policies = (self.config.retry, self.config.compensation_retry)
+        body = begin_body(definition, params, *policies)
         state = self._append(SagaState(saga_id), Record(BEGIN, saga_id, body))
         return self._drive(state, started, resumed=False)
 
@@ -242,6 +226,10 @@ class Orchestrator:
             for saga_id in list(self.log.unfinished())
         ]
 
+    def definition_of(self, state: SagaState) -> tuple[SagaState, SagaDefinition | None]:
+        """The definition ``state`` follows here, or the state with a problem saying why none."""
+        return resolve(state, self._definitions)
+
     def close(self) -> None:
         """Release the log; a one-shot orchestrator's log goes when nothing is unfinished."""
         if self._ephemeral and not self.log.unfinished():
@@ -255,18 +243,18 @@ class Orchestrator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _refuse_if_reused(self, saga_id: str, transfer: Transfer) -> None:
+    def _refuse_if_reused(self, saga_id: str, definition: SagaDefinition, params: Params) -> None:
         """A saga id is bound to its request: refuse it, before anything runs, when any of
         its keys on these participants was stored for another request.
 
         A server that does not answer is skipped here: a step that later runs there checks
         its own key all the same (:class:`KeyReused`), and one that cannot reach it fails.
         """
-        request = describe_transfer(transfer)
-        keys = saga_keys(saga_id)
+        request = definition.request(params)
+        keys = definition.keys(saga_id)
         for participant in self._participants.values():
             try:
-                stored = stored_requests(self._ensure_tables(participant), keys)
+                stored = stored_requests(self._with_steps_table(participant), keys)
             except ParticipantError:
                 continue
             for key, first in sorted(stored.items()):
@@ -284,8 +272,10 @@ class Orchestrator:
     # -- driving a saga -----------------------------------------------------------------------
 
     def _drive(self, state: SagaState, started: float, *, resumed: bool) -> SagaOutcome:
-        while (action := next_action(state)).kind not in _STOPS:
-            record = self._perform(state, action, resumed=resumed)
+        state, definition = self.definition_of(state)
+        while (action := next_action(state, definition)).kind not in _STOPS:
+            assert definition is not None  # next_action says STUCK otherwise
+            record = self._perform(state, definition, action, resumed=resumed)
             state = self._append(state, record)
             self._passed(record)
             if record.kind == BLOCKED:
@@ -294,35 +284,37 @@ class Orchestrator:
             log.warning("saga %s: %s", state.saga_id, problem)
         return SagaOutcome(self.id, state, time.monotonic() - started)
 
-    def _perform(self, state: SagaState, action: Action, *, resumed: bool) -> Record:
-        assert state.transfer is not None  # next_action says STUCK otherwise
+    def _perform(
+        self, state: SagaState, definition: SagaDefinition, action: Action, *, resumed: bool
+    ) -> Record:
+        run = SagaRun(state.saga_id, state.params)
         if action.kind == RUN:
-            return self._run_step(state, action.n, resumed=resumed)
+            return self._run_step(state, definition, action.n, resumed=resumed)
         if action.kind == FENCE:
-            return self._fence(state, action.n)
+            return self._fence(state, definition, action.n)
         if action.kind == COMPENSATE:
-            return self._compensate(state, action.n)
+            return self._compensate(state, definition, action.n)
         if action.kind == RELEASE:
-            work = release(state.saga_id, state.transfer)
-            return self._forward_only(state, work, release_key(state.saga_id, HOLDING), RELEASED)
-        if action.kind == NOTIFY:
-            work = forward_step(state.saga_id, state.transfer, NOTIFY_STEP)
-            key = step_key(state.saga_id, NOTIFY_STEP)
-            return self._forward_only(state, work, key, NOTIFIED, n=NOTIFY_STEP)
+            work = release_work(definition, run, action.n)
+            return self._forward_only(state, definition, work, RELEASED, action.n)
+        if action.kind == RUN_RETRIABLE:
+            work = forward_work(definition, run, action.n)
+            return self._forward_only(state, definition, work, STEP_DONE, action.n)
         assert action.kind == FINISH, action
         return Record(END, state.saga_id, {"outcome": action.outcome}, final=True)
 
-    def _run_step(self, state: SagaState, n: int, *, resumed: bool) -> Record:
-        assert state.transfer is not None
-        if n > DEBIT and state.replayed:
-            found = self._earlier_run(state)
+    def _run_step(
+        self, state: SagaState, definition: SagaDefinition, n: int, *, resumed: bool
+    ) -> Record:
+        if n > 1 and state.replayed:
+            found = self._earlier_run(state, definition)
             if found is not None:
                 return found
-        work = forward_step(state.saga_id, state.transfer, n)
+        work = forward_work(definition, SagaRun(state.saga_id, state.params), n)
         try:
-            outcome = self._attempt(state, work, step_key(state.saga_id, n), self._retry(state))
+            outcome = self._attempt(state, definition, work, self._retry(state, work.retry))
         except KeyReused as err:
-            return _refused_step(state.saga_id, n, err)
+            return refused_step(state.saga_id, n, err)
         if isinstance(outcome, StepResult):
             self._commit_gap(state.saga_id, outcome, n)
             return Record(STEP_DONE, state.saga_id, {"n": n, "result": outcome.to_json()})
@@ -330,52 +322,48 @@ class Orchestrator:
         body = {"n": n, "error": outcome.error, "applied": applied, "attempts": outcome.attempts}
         return Record(STEP_FAILED, state.saga_id, body)
 
-    def _earlier_run(self, state: SagaState) -> Record | None:
+    def _earlier_run(self, state: SagaState, definition: SagaDefinition) -> Record | None:
         """This saga id ran before: refuse if another orchestrator is still running it, and
         go backward at once if that earlier run compensated (the participants remember)."""
         owner = owner_of(self.config.home, state.saga_id, besides=self.id)
         if owner is not None:
             body = {"outcome": REFUSED, "reason": _owned_message(state.saga_id, owner)}
             return Record(END, state.saga_id, body, final=True)
-        assert state.transfer is not None
-        for n in sorted(COMPENSABLE, reverse=True):
+        run = SagaRun(state.saga_id, state.params)
+        for n in reversed(definition.compensable()):
             if not state.applied(n):
                 continue
-            work = compensation(state.saga_id, state.transfer, n)
-            stored = self._lookup(state, work, compensation_key(state.saga_id, n))
+            stored = self._lookup(state, definition, compensation_work(definition, run, n))
             if stored is not None:
                 reason = f"saga {state.saga_id} was compensated by an earlier run"
                 found = {"n": n, "result": stored.to_json(), "reason": reason}
                 return Record(COMP_DONE, state.saga_id, found)
         return None
 
-    def _fence(self, state: SagaState, n: int) -> Record:
+    def _fence(self, state: SagaState, definition: SagaDefinition, n: int) -> Record:
         """Settle a step whose outcome is unknown: claim its key as CANCELLED so it can never
         apply, or find that it did apply (then the saga goes forward after all)."""
-        assert state.transfer is not None
-        work = forward_step(state.saga_id, state.transfer, n)
+        work = forward_work(definition, SagaRun(state.saga_id, state.params), n)
         cancelled = StepResult(CANCELLED, {"reason": f"fenced after: {state.failures[n].error}"})
-        keyed = self._keyed(state, work, step_key(state.saga_id, n))
+        keyed = self._keyed(state, definition, work)
         try:
             outcome = self._attempt_with(
                 state.saga_id,
                 f"fence of step {n}",
-                self._retry(state),
-                lambda: claim(self._ready(work), keyed, cancelled),
+                self._retry(state, work.retry),
+                lambda: claim(self._ready(work, definition), keyed, cancelled),
             )
         except KeyReused as err:  # another request holds the key: this step can never apply
-            return _refused_step(state.saga_id, n, err)
+            return refused_step(state.saga_id, n, err)
         if isinstance(outcome, StepResult):
             return Record(STEP_DONE, state.saga_id, {"n": n, "result": outcome.to_json()})
-        return _blocked(state.saga_id, f"fence of step {n}", outcome)
+        return blocked(state.saga_id, f"fence of step {n}", outcome)
 
-    def _compensate(self, state: SagaState, n: int) -> Record:
-        assert state.transfer is not None
-        work = compensation(state.saga_id, state.transfer, n)
-        key = compensation_key(state.saga_id, n)
+    def _compensate(self, state: SagaState, definition: SagaDefinition, n: int) -> Record:
+        work = compensation_work(definition, SagaRun(state.saga_id, state.params), n)
         try:
-            policy = self._compensation_retry(state)
-            outcome = self._attempt(state, work, key, policy, refusals=False)
+            policy = self._compensation_retry(state, work.retry)
+            outcome = self._attempt(state, definition, work, policy, refusals=False)
         except KeyReused as err:  # an operator must look: never answered for another request
             return Record(DEAD_LETTER, state.saga_id, {"n": n, "error": str(err), "attempts": 1})
         if isinstance(outcome, StepResult):
@@ -384,94 +372,105 @@ class Orchestrator:
         return Record(DEAD_LETTER, state.saga_id, body)
 
     def _forward_only(
-        self, state: SagaState, work: Work, key: str, kind: str, *, n: int = 0
+        self, state: SagaState, definition: SagaDefinition, work: Work, kind: str, n: int
     ) -> Record:
-        """A step that is never compensated: retried until it succeeds (by this run, or by
-        later ones: past the retry policy the saga stays unfinished for recovery)."""
+        """A release, or a step after the pivot: never compensated, so retried until it
+        succeeds (by this run, or by later ones: past the retry policy the saga stays
+        unfinished for recovery). A permanent error is retried too, never stored as a
+        refusal: nothing after the pivot can send the saga back."""
         try:
-            outcome = self._attempt(state, work, key, self._retry(state))
+            policy = self._retry(state, work.retry)
+            outcome = self._attempt(state, definition, work, policy, refusals=False)
         except KeyReused as err:
-            return _blocked(state.saga_id, work.name, _Exhausted(str(err), 1, uncertain=False))
+            return blocked(state.saga_id, work.name, Exhausted(str(err), 1, uncertain=False))
         if not isinstance(outcome, StepResult):
-            return _blocked(state.saga_id, work.name, outcome)
-        if n:
+            return blocked(state.saga_id, work.name, outcome)
+        if kind == STEP_DONE:
             self._commit_gap(state.saga_id, outcome, n)
-        return Record(kind, state.saga_id, {"result": outcome.to_json()})
+        return Record(kind, state.saga_id, {"n": n, "result": outcome.to_json()})
 
     # -- attempts, hooks, the log -------------------------------------------------------------
 
     def _attempt(
         self,
         state: SagaState,
+        definition: SagaDefinition,
         work: Work,
-        key: str,
         policy: RetryPolicy,
         *,
         refusals: bool = True,
-    ) -> StepResult | _Exhausted:
-        keyed = self._keyed(state, work, key)
-        return self._attempt_with(
-            state.saga_id,
-            work.describe(),
-            policy,
-            lambda: run_once(self._ready(work), keyed, work.change, refusals=refusals),
-        )
+    ) -> StepResult | Exhausted:
+        keyed = self._keyed(state, definition, work)
+
+        def once() -> StepResult:
+            participant = self._ready(work, definition)
+            change = work.change
+            return within(
+                work.timeout,
+                work.describe(),
+                lambda: run_once(participant, keyed, change, refusals=refusals),
+            )
+
+        return self._attempt_with(state.saga_id, work.describe(), policy, once)
 
     @staticmethod
-    def _keyed(state: SagaState, work: Work, key: str) -> Keyed:
-        assert state.transfer is not None
-        return Keyed(key, state.saga_id, work.request(describe_transfer(state.transfer)))
+    def _keyed(state: SagaState, definition: SagaDefinition, work: Work) -> Keyed:
+        return Keyed(work.key, state.saga_id, work.request(definition.request(state.params)))
 
-    def _retry(self, state: SagaState) -> RetryPolicy:
-        """The policy for forward work: the saga's own run's, unless told otherwise."""
-        if self.config.recorded_retry and state.retry is not None:
-            return state.retry
-        return self.config.retry
+    def _retry(self, state: SagaState, own: RetryPolicy | None = None) -> RetryPolicy:
+        """The policy for forward work: the step's own, else the saga's own run's, unless
+        told otherwise."""
+        configured, keep = self.config.retry, self.config.recorded_retry
+        return retry_policy(own, state.retry, configured, keep_recorded=keep)
 
-    def _compensation_retry(self, state: SagaState) -> RetryPolicy:
-        if self.config.recorded_retry and state.compensation_retry is not None:
-            return state.compensation_retry
-        return self.config.compensation_retry
+    def _compensation_retry(self, state: SagaState, own: RetryPolicy | None = None) -> RetryPolicy:
+        configured, keep = self.config.compensation_retry, self.config.recorded_retry
+        return retry_policy(own, state.compensation_retry, configured, keep_recorded=keep)
 
     def _attempt_with(
         self, saga_id: str, what: str, policy: RetryPolicy, once: Callable[[], StepResult]
-    ) -> StepResult | _Exhausted:
+    ) -> StepResult | Exhausted:
         """``once()`` until it returns, or the policy's deadline passes."""
-        pauses = policy.pauses()
-        attempt, uncertain = 0, False
-        while True:
-            attempt += 1
-            try:
-                return once()
-            except (ParticipantError, CompensationFailed) as err:
-                uncertain = uncertain or isinstance(err, CommitUncertain)
-                error = str(err)
+
+        def failed(tries: int, error: str) -> None:
             if self.config.on_retry is not None:
-                self.config.on_retry(saga_id, what, attempt, error)
-            if next(pauses, None) is None:
-                return _Exhausted(error, attempt, uncertain)
+                self.config.on_retry(saga_id, what, tries, error)
 
-    def _lookup(self, state: SagaState, work: Work, key: str) -> StepResult | None:
+        return attempt(policy, once, failed)
+
+    def _lookup(
+        self, state: SagaState, definition: SagaDefinition, work: Work
+    ) -> StepResult | None:
         try:
-            return lookup(self._ready(work), self._keyed(state, work, key))
+            return lookup(self._ready(work, definition), self._keyed(state, definition, work))
         except (ParticipantError, KeyReused) as err:
-            raise SagaError(f"cannot tell whether {key} ran: {err}") from err
+            raise SagaError(f"cannot tell whether {work.key} ran: {err}") from err
 
-    def _ready(self, work: Work) -> Participant:
-        """The participant for ``work``, its saga tables created if missing (once)."""
-        return self._ensure_tables(self._participant(work))
+    def _ready(self, work: Work, definition: SagaDefinition) -> Participant:
+        """The participant for ``work``, with the saga tables and whatever the definition
+        sets up there (once per participant and definition)."""
+        participant = self._with_steps_table(self._participant(work))
+        if (
+            definition.setup is not None
+            and (participant.name, definition.name) not in self._ready_on
+        ):
+            definition.setup(participant)
+            self._ready_on.add((participant.name, definition.name))
+        return participant
 
-    def _ensure_tables(self, participant: Participant) -> Participant:
-        if participant.name not in self._tables_ready:
+    def _with_steps_table(self, participant: Participant) -> Participant:
+        if (participant.name, "") not in self._ready_on:
             ensure_saga_tables(participant)
-            self._tables_ready.add(participant.name)
+            self._ready_on.add((participant.name, ""))
         return participant
 
     def _participant(self, work: Work) -> Participant:
         try:
-            return self._participants[work.side]
+            return self._participants[work.participant]
         except KeyError:
-            raise SagaError(f"no {work.side} database configured for {work.describe()}") from None
+            raise SagaError(
+                f"no {work.participant} database configured for {work.describe()}"
+            ) from None
 
     def _commit_gap(self, saga_id: str, result: StepResult, n: int) -> None:
         """The step's local transaction committed and nothing is logged yet."""
@@ -484,9 +483,8 @@ class Orchestrator:
             return
         n = record.body.get("n", 0)
         applied = record.body.get("result", {}).get("status") == APPLIED
-        if record.kind == STEP_DONE and applied and n in (DEBIT, CREDIT):
-            point = SagaPoint.AFTER_DEBIT if n == DEBIT else SagaPoint.AFTER_CREDIT
-            hooks.reached(point, record.txid, n)
+        if record.kind == STEP_DONE and applied:
+            hooks.reached(SagaPoint.AFTER_STEP, record.txid, n)
         elif record.kind == COMP_DONE:
             hooks.reached(SagaPoint.AFTER_COMPENSATION, record.txid, n)
 
@@ -510,33 +508,6 @@ def open_log(home: Path, orchestrator_id: str, *, create: bool = True) -> Transa
             f"the log of orchestrator {orchestrator_id} is damaged ({err}); its sagas need an "
             "operator: decisions may be lost, so nothing is guessed"
         ) from err
-
-
-def saga_keys(saga_id: str) -> list[str]:
-    """Every idempotency key a transfer saga ``saga_id`` may store."""
-    steps = [step_key(saga_id, n) for n in (DEBIT, CREDIT, NOTIFY_STEP)]
-    return [*steps, compensation_key(saga_id, DEBIT), release_key(saga_id, HOLDING)]
-
-
-def policy_json(policy: RetryPolicy) -> dict[str, float]:
-    """A retry policy as a saga's BEGIN record keeps it."""
-    return {
-        "initial_interval": policy.initial_interval,
-        "backoff_coefficient": policy.backoff_coefficient,
-        "maximum_interval": policy.maximum_interval,
-        "deadline": policy.deadline,
-    }
-
-
-def _refused_step(saga_id: str, n: int, err: KeyReused) -> Record:
-    """A step whose key another request holds: refused (not stored: the key is not ours)."""
-    result = StepResult(REJECTED, {"reason": str(err)})
-    return Record(STEP_DONE, saga_id, {"n": n, "result": result.to_json()})
-
-
-def _blocked(saga_id: str, what: str, failure: _Exhausted) -> Record:
-    body = {"action": what, "error": failure.error, "attempts": failure.attempts}
-    return Record(BLOCKED, saga_id, body)
 
 
 def _owned_message(saga_id: str, owner: OrchestratorLog) -> str:

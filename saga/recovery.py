@@ -3,9 +3,11 @@
 Rules, like the 2PC resolver's: a live orchestrator's sagas (its log is locked) are reported
 and never touched; a dead one's log is opened as its writer (so two recoveries never race),
 each unfinished saga is resumed from its records — forward or backward, as the log says —
-and the log is removed once nothing in it is unfinished. A dead-lettered compensation is
-left for ``twopc sagas retry``; a damaged log is reported and left alone, since decisions may
-be lost in it.
+and the log is removed once nothing in it is unfinished. A saga's definition comes from the
+registry in the recovery's :class:`SagaConfig` (``definitions``); a saga whose definition is
+not there is reported and left alone, for a recovery that has it. A dead-lettered
+compensation is left for ``twopc sagas retry``; a damaged log is reported and left alone,
+since decisions may be lost in it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from twopc.participants import Participant
 from twopc.saga.errors import SagaBusy, SagaError, SagaNotFound
 from twopc.saga.logs import OrchestratorLog, orchestrator_ids, read_orchestrator
 from twopc.saga.orchestrator import Orchestrator, SagaConfig, SagaOutcome, open_log
+from twopc.saga.registry import SagaRegistry, resolve
 from twopc.saga.report import outcome_of
 from twopc.saga.state import SagaState, next_action, replay_records
 from twopc.txlog import LogMissing, TransactionLog
@@ -70,13 +73,15 @@ def recover_sagas(
     for orchestrator_id in orchestrator_ids(config.home):
         found = read_orchestrator(config.home, orchestrator_id)
         if dry_run or found.alive or found.error:
-            _plan(found, report, dry_run=dry_run)
+            _plan(found, report, config.definitions, dry_run=dry_run)
             continue
         _recover_orchestrator(participants, config, orchestrator_id, report)
     return report
 
 
-def _plan(found: OrchestratorLog, report: SagaRecoveryReport, *, dry_run: bool) -> None:
+def _plan(
+    found: OrchestratorLog, report: SagaRecoveryReport, registry: SagaRegistry, *, dry_run: bool
+) -> None:
     """Report what is left alone (live or damaged logs), or what a dry run would do."""
     if found.error:
         report.problems.append(
@@ -89,13 +94,16 @@ def _plan(found: OrchestratorLog, report: SagaRecoveryReport, *, dry_run: bool) 
             reason = f"orchestrator {found.orchestrator} is alive: it finishes its own sagas"
             report.resolutions.append(_resolution(state, found.orchestrator, "left alone", reason))
         elif dry_run:
-            report.resolutions.append(_would(state, found.orchestrator))
+            report.resolutions.append(_would(state, found.orchestrator, registry))
 
 
-def _would(state: SagaState, orchestrator: str) -> SagaResolution:
+def _would(state: SagaState, orchestrator: str, registry: SagaRegistry) -> SagaResolution:
     if state.dead_lettered:
         return _resolution(state, orchestrator, "left alone", _dead_letter_reason(state))
-    action = next_action(state)
+    state, definition = resolve(state, registry)
+    if definition is None:
+        return _resolution(state, orchestrator, "left alone", _stuck_reason(state))
+    action = next_action(state, definition)
     direction = "backward" if state.backward else "forward"
     reason = f"{direction}, next: {action.kind} {action.n or ''}".rstrip()
     return _resolution(state, orchestrator, "would resume", reason)
@@ -112,7 +120,8 @@ def _recover_orchestrator(
     except LogMissing:
         return
     except SagaBusy:
-        _plan(read_orchestrator(config.home, orchestrator_id), report, dry_run=False)
+        found = read_orchestrator(config.home, orchestrator_id)
+        _plan(found, report, config.definitions, dry_run=False)
         return
     except SagaError as err:
         report.problems.append(str(err))
@@ -133,6 +142,9 @@ def _resume(orchestrator: Orchestrator, state: SagaState) -> SagaResolution:
     if state.dead_lettered:
         reason = _dead_letter_reason(state)
         return _resolution(state, orchestrator.id, "left alone", reason)
+    state, definition = orchestrator.definition_of(state)
+    if definition is None:
+        return _resolution(state, orchestrator.id, "left alone", _stuck_reason(state))
     outcome = orchestrator.resume(state.saga_id)
     return _resolution(outcome.state, orchestrator.id, outcome.outcome, _why(outcome))
 
@@ -186,10 +198,14 @@ def _dead_letter_reason(state: SagaState) -> str:
     return f"dead-lettered ({errors}); retry it with `twopc sagas retry {state.saga_id}`"
 
 
+def _stuck_reason(state: SagaState) -> str:
+    return "cannot resume it: " + "; ".join(state.problems)
+
+
 def _why(outcome: SagaOutcome) -> str:
     state = outcome.state
     if state.finished:
         return f"resumed {'backward' if state.backward else 'forward'} from the log"
     if state.problems:
-        return "the log cannot be interpreted: " + "; ".join(state.problems)
+        return _stuck_reason(state)
     return f"{outcome_of(state)}: {state.last_error or 'waiting'}"

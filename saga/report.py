@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from twopc.saga.definition import SagaDefinition, SagaRun
 from twopc.saga.idempotency import StepResult
 from twopc.saga.ids import compensation_key, release_key, step_key
 from twopc.saga.state import SagaState
-from twopc.saga.steps import HOLDING, NOTIFY, compensation, forward_step, release
+from twopc.saga.steps import compensation_work, forward_work, release_work
 
 UNFINISHED = "unfinished"
 DEAD_LETTERED = "dead-lettered"
@@ -47,38 +48,48 @@ def outcome_of(state: SagaState) -> str:
     return DEAD_LETTERED if state.dead_lettered else UNFINISHED
 
 
-def step_reports(state: SagaState) -> list[StepReport]:
-    """Every step, compensation, release and notification the log records, in run order."""
-    if state.transfer is None:
+def step_reports(state: SagaState, definition: SagaDefinition | None = None) -> list[StepReport]:
+    """Every step, compensation and release the log records, in run order: the steps up to
+    the pivot, the compensations (last first), the releases, then the steps after the pivot.
+
+    Without ``definition`` (one not registered here), actions are named as the saga's BEGIN
+    recorded its steps.
+    """
+    if not state.began:
         return []
-    saga_id, transfer = state.saga_id, state.transfer
-    reports = [
-        _report(f"step {n}", step_key(saga_id, n), forward_step(saga_id, transfer, n).describe(), r)
-        for n, r in sorted(state.results.items())
+    up_to = [n for n in sorted(state.results) if n <= state.pivot]
+    after = [n for n in sorted(state.results) if n > state.pivot]
+    reports = [_report(state, definition, _STEP, n, state.results[n]) for n in up_to]
+    reports += [
+        _report(state, definition, _COMP, n, result)
+        for n, result in sorted(state.compensations.items(), reverse=True)
     ]
     reports += [
-        _report(
-            f"comp {n}",
-            compensation_key(saga_id, n),
-            compensation(saga_id, transfer, n).describe(),
-            r,
-        )
-        for n, r in sorted(state.compensations.items(), reverse=True)
+        _report(state, definition, _RELEASE, n, result)
+        for n, result in sorted(state.releases.items())
     ]
-    if state.released is not None:
-        work = release(saga_id, transfer)
-        reports.append(
-            _report(
-                f"release {HOLDING}", release_key(saga_id, HOLDING), work.describe(), state.released
-            )
-        )
-    if state.notified is not None:
-        work = forward_step(saga_id, transfer, NOTIFY)
-        reports.append(
-            _report(f"step {NOTIFY}", step_key(saga_id, NOTIFY), work.describe(), state.notified)
-        )
-    return reports
+    return reports + [_report(state, definition, _STEP, n, state.results[n]) for n in after]
 
 
-def _report(label: str, key: str, action: str, result: StepResult) -> StepReport:
+_STEP, _COMP, _RELEASE = "step", "comp", "release"
+_BUILD = {_STEP: forward_work, _COMP: compensation_work, _RELEASE: release_work}
+_KEY = {_STEP: step_key, _COMP: compensation_key, _RELEASE: release_key}
+
+
+def _report(
+    state: SagaState, definition: SagaDefinition | None, kind: str, n: int, result: StepResult
+) -> StepReport:
+    label, key = f"{kind} {n}", _KEY[kind](state.saga_id, n)
+    action = _action(state, definition, kind, n)
     return StepReport(label, key, action, result.status, result.replayed, dict(result.detail))
+
+
+def _action(state: SagaState, definition: SagaDefinition | None, kind: str, n: int) -> str:
+    """What the work did, in the definition's words (the recorded step name without one)."""
+    if definition is not None:
+        try:
+            return _BUILD[kind](definition, SagaRun(state.saga_id, state.params), n).describe()
+        except (KeyError, TypeError, ValueError):
+            pass  # parameters the definition cannot describe: say what the log says
+    name = state.steps[n - 1] if n <= len(state.steps) else "?"
+    return name if kind == _STEP else f"{kind} {name}"

@@ -17,13 +17,13 @@ import pytest
 from conftest import Databases
 
 from twopc.bank import AccountRef, Transfer
+from twopc.bank.transfer_saga import describe_transfer, forward_step
 from twopc.coordinator import RetryPolicy
 from twopc.participants import DatabaseURL, PostgresParticipant
 from twopc.saga import step_key
 from twopc.saga.idempotency import Keyed, KeyReused, run_once
 from twopc.saga.orchestrator import Orchestrator, SagaConfig
 from twopc.saga.state import SagaState, replay_records
-from twopc.saga.steps import describe_transfer, forward_step
 from twopc.saga.tables import ensure_saga_tables
 from twopc.txlog import Record
 

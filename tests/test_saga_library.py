@@ -13,7 +13,8 @@ import psycopg
 import pytest
 from conftest import OPENING, Databases
 
-from twopc.bank import AccountRef, Transfer
+from twopc.bank import TRANSFER_SAGAS, AccountRef, Transfer, run_transfer_saga
+from twopc.bank.transfer_saga import compensation, describe_transfer, forward_step
 from twopc.coordinator import RetryPolicy
 from twopc.participants import DatabaseURL, MySQLParticipant, PostgresParticipant
 from twopc.saga import (
@@ -32,7 +33,6 @@ from twopc.saga import (
 )
 from twopc.saga.idempotency import Keyed
 from twopc.saga.state import APPLIED_UNKNOWN, BEGIN, STEP_DONE, STEP_FAILED
-from twopc.saga.steps import compensation, describe_transfer, forward_step
 from twopc.txlog import Record, TransactionLog
 
 AMOUNT = Decimal("5.00")
@@ -74,11 +74,14 @@ def test_compensation_that_fails_n_times_then_succeeds(db: Databases, tmp_path: 
         if len(failures) == 3:
             blocker.release()
 
-    config = SagaConfig(tmp_path, retry=QUICK, compensation_retry=QUICK, on_retry=on_retry)
+    config = SagaConfig(
+        tmp_path, retry=QUICK, compensation_retry=QUICK, on_retry=on_retry,
+        definitions=TRANSFER_SAGAS,
+    )  # fmt: skip
     request = Transfer(AccountRef("pg", "a1"), AccountRef("mysql", "nosuch"), AMOUNT)
     try:
         with Orchestrator.open(participants(db), config) as orchestrator:
-            outcome = orchestrator.transfer(request, "n3")
+            outcome = run_transfer_saga(orchestrator, request, "n3")
     finally:
         blocker.release()
 
@@ -138,7 +141,8 @@ def test_unknown_outcome_is_fenced_before_compensating(db: Databases, tmp_path: 
         Record(STEP_DONE, "f1", {"n": 1, "result": debit}),
         Record(STEP_FAILED, "f1", {"n": 2, "error": "lost", "applied": APPLIED_UNKNOWN}),
     )
-    report = recover_sagas([pg, participants(db)[1]], SagaConfig(tmp_path, retry=QUICK))
+    config = SagaConfig(tmp_path, retry=QUICK, definitions=TRANSFER_SAGAS)
+    report = recover_sagas([pg, participants(db)[1]], config)
     assert [(r.saga_id, r.action, r.finished) for r in report.resolutions] == [
         ("f1", COMPENSATED, True)
     ]
@@ -156,7 +160,7 @@ def test_prune_keeps_unfinished_sagas_and_recent_records(db: Databases, tmp_path
     with Orchestrator.open(both, SagaConfig(tmp_path)) as orchestrator:
         for saga_id in ("old-1", "old-2"):
             request = Transfer(AccountRef("pg", "a4"), AccountRef("mysql", "a4"), AMOUNT)
-            assert orchestrator.transfer(request, saga_id).outcome == COMPLETED
+            assert run_transfer_saga(orchestrator, request, saga_id).outcome == COMPLETED
     begin = {"source": "pg:a5", "destination": "mysql:a5", "amount": "1.00"}
     _dead_orchestrator_log(tmp_path, "stuck", Record(BEGIN, "old-3", begin))
     db.pg_query(
@@ -181,14 +185,14 @@ def test_a_saga_id_unfinished_in_another_log_is_refused(db: Databases, tmp_path:
     config = SagaConfig(tmp_path, "here", retry=QUICK)
     with Orchestrator.open(participants(db), config) as orchestrator:
         with pytest.raises(SagaBusy) as refused:
-            orchestrator.transfer(request, "taken-1")
+            run_transfer_saga(orchestrator, request, "taken-1")
         assert str(refused.value) == (
             "saga taken-1 is unfinished in the log of orchestrator gone (dead); "
             "finish it with `twopc recover`"
         )
         orchestrator.log.append(Record(BEGIN, "mine-1", begin), force=True)
         with pytest.raises(SagaBusy, match="saga mine-1 is unfinished in this orchestrator's"):
-            orchestrator.transfer(request, "mine-1")
+            run_transfer_saga(orchestrator, request, "mine-1")
         assert db.balances() == before
         # A fresh id is never anyone else's, and goes through.
-        assert orchestrator.transfer(request).outcome == COMPLETED
+        assert run_transfer_saga(orchestrator, request).outcome == COMPLETED

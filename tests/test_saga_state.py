@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from twopc.bank import TRANSFER_SAGA, amount_held
 from twopc.saga import InvalidSagaId, check_saga_id, compensation_key, parse_duration, step_key
 from twopc.saga.state import (
     ABORTED,
@@ -25,17 +26,16 @@ from twopc.saga.state import (
     FENCE,
     FINISH,
     NOTIFIED,
-    NOTIFY,
     PARKED,
     RELEASE,
     RELEASED,
     RETRY,
     RUN,
+    RUN_RETRIABLE,
     STEP_DONE,
     STEP_FAILED,
     STUCK,
     Action,
-    amount_held,
     next_action,
     replay_records,
 )
@@ -54,7 +54,7 @@ def rec(kind: str, final: bool = False, **body: Any) -> Record:
 
 
 def after(*records: Record) -> Action:
-    return next_action(replay_records(SAGA, [BEGUN, *records]))
+    return next_action(replay_records(SAGA, [BEGUN, *records]), TRANSFER_SAGA)
 
 
 def test_forward_path_runs_debit_credit_release_notify_then_ends() -> None:
@@ -62,9 +62,9 @@ def test_forward_path_runs_debit_credit_release_notify_then_ends() -> None:
     done1 = rec(STEP_DONE, n=1, result=result())
     assert after(done1) == Action(RUN, 2)
     done2 = rec(STEP_DONE, n=2, result=result())
-    assert after(done1, done2) == Action(RELEASE)
+    assert after(done1, done2) == Action(RELEASE, 1)
     released = rec(RELEASED, result=result())
-    assert after(done1, done2, released) == Action(NOTIFY)
+    assert after(done1, done2, released) == Action(RUN_RETRIABLE, 3)  # notify
     notified = rec(NOTIFIED, result=result())
     assert after(done1, done2, released, notified) == Action(FINISH, outcome=COMPLETED)
     ended = rec(END, final=True, outcome=COMPLETED)
@@ -98,7 +98,7 @@ def test_a_certain_failure_compensates_at_once_an_unknown_one_is_fenced_first() 
     assert after(done1, unknown, fenced) == Action(COMPENSATE, 1)
     # The fence found the credit applied after all: the saga goes forward again.
     found = rec(STEP_DONE, n=2, result=result())
-    assert after(done1, unknown, found) == Action(RELEASE)
+    assert after(done1, unknown, found) == Action(RELEASE, 1)
 
 
 def test_dead_letter_parks_until_an_operator_retries() -> None:
@@ -115,7 +115,7 @@ def test_blocked_records_the_error_without_changing_direction() -> None:
     done = [rec(STEP_DONE, n=n, result=result()) for n in (1, 2)]
     blocked = rec(BLOCKED, action="notify", error="server down", attempts=4)
     state = replay_records(SAGA, [BEGUN, *done, blocked])
-    assert next_action(state) == Action(RELEASE)
+    assert next_action(state, TRANSFER_SAGA) == Action(RELEASE, 1)
     assert state.last_error == "notify: server down"
 
 
@@ -134,12 +134,12 @@ def test_blocked_records_the_error_without_changing_direction() -> None:
 def test_bad_records_are_problems_never_exceptions(bad: Record) -> None:
     state = replay_records(SAGA, [BEGUN, bad])
     assert len(state.problems) == 1, state.problems
-    assert next_action(state) == Action(STUCK)  # an operator must look; nothing is guessed
+    assert next_action(state, TRANSFER_SAGA) == Action(STUCK)  # an operator must look
 
 
 def test_a_log_without_begin_is_stuck() -> None:
     state = replay_records(SAGA, [rec(STEP_DONE, n=1, result=result())])
-    assert next_action(state) == Action(STUCK)
+    assert next_action(state, TRANSFER_SAGA) == Action(STUCK)
 
 
 def test_records_after_end_are_problems() -> None:
