@@ -35,3 +35,22 @@ def test_library_example_moves_money(db: Databases, tmp_path: Path) -> None:
 def test_readme_test_command_is_what_ci_runs() -> None:
     ci = (README.parent / ".ci" / "run").read_text()
     assert "scripts/test.sh" in ci and "scripts/test.sh" in README.read_text()
+
+
+def test_saga_example_runs_a_saga_of_your_own(db: Databases, tmp_path: Path) -> None:
+    """The README's user-defined saga, as written: three steps, the pivot in the middle."""
+    text = README.read_text()
+    example = re.search(r"<!-- saga-example -->\n```python\n(.*?)```", text, re.S)
+    assert example, "README lost its saga example"
+    run = [sys.executable, "-c", example.group(1)]
+    for _ in range(2):  # the second run replays saga order-17: nothing moves twice
+        result = subprocess.run(
+            run, cwd=tmp_path, env=db.env(), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert (result.returncode, result.stdout) == (0, "order-17 completed\n"), result.stderr
+        assert db.balance("pg", "a1") == OPENING - Decimal("10.00")
+        assert db.balance("mysql", "a2") == OPENING + Decimal("10.00")
+        assert db.balance("pg", "a3") == OPENING + Decimal("0.10")
+    keys = [k for (k,) in db.pg_query("SELECT idempotency_key FROM saga_steps ORDER BY 1")]
+    assert keys == ["order-17-step-1", "order-17-step-3"]
+    assert db.mysql_query("SELECT idempotency_key FROM saga_steps") == [("order-17-step-2",)]
