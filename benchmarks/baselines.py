@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
+from twopc.bank.accounts import natural_key
 from twopc.participants import DatabaseURL
 from twopc.participants.mysql import open_connection
 
@@ -131,17 +132,21 @@ class SQLAlchemyTwoPhase:
 class LocalTransfer:
     """Both accounts on PostgreSQL: one local transaction, no distribution at all."""
 
-    def __init__(self, pg_url: DatabaseURL) -> None:
+    def __init__(self, pg_url: DatabaseURL, offset: int) -> None:
         self._pg = psycopg.connect(autocommit=True, **pg_url.psycopg_kwargs())  # type: ignore[arg-type]
+        self._offset = offset
 
     def move(self, pg_account: str, mysql_account: str, amount: Decimal, pg_pays: bool) -> None:
-        # The "other side" is another PostgreSQL account: a{n} pays a{n + 10}, or back.
-        other = f"a{int(pg_account[1:]) + 10}"
+        # The "other side" is another PostgreSQL account: a{n} pays a{n + offset}, or back.
+        other = f"a{int(pg_account[1:]) + self._offset}"
         payer, payee = (pg_account, other) if pg_pays else (other, pg_account)
+        # Rows are locked in account order, as bank's transfers do, so opposite transfers
+        # never wait for each other in a cycle.
+        steps = sorted([(payer, _DEBIT), (payee, _CREDIT)], key=lambda s: natural_key(s[0]))
         with self._pg.transaction():
-            if self._pg.execute(_DEBIT, (amount, payer, amount)).rowcount != 1:
-                raise Refused(payer)
-            self._pg.execute(_CREDIT, (amount, payee))
+            for account, change in steps:
+                if self._pg.execute(change, _args(change, amount, account)).rowcount != 1:
+                    raise Refused(account)
 
     def close(self) -> None:
         self._pg.close()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -103,7 +104,26 @@ def _counts(option: str, text: str) -> list[int]:
 
 
 @bench.command("transfers")
-@click.option("--modes", default="2pc,saga", show_default=True, help="Comma-separated: 2pc, saga.")
+@click.option(
+    "--modes",
+    default="2pc,saga",
+    show_default=True,
+    help="Comma-separated: 2pc, saga, naive (a hand-written 2PC loop), sqlalchemy "
+    "(Session(twophase=True)), local (one PostgreSQL transaction).",
+)
+@click.option(
+    "--rounds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Run every mode this many times, interleaved, and report medians and spreads.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also draw throughput by workers and the latency distributions into this PNG "
+    "(needs matplotlib: pip install 'twopc[plot]').",
+)
 @click.option(
     "--workers",
     default="1,8",
@@ -128,6 +148,8 @@ def _counts(option: str, text: str) -> list[int]:
 def bench_transfers(
     obj: Context,
     modes: str,
+    rounds: int,
+    plot: Path | None,
     workers: str,
     transfers: int,
     accounts: int,
@@ -148,9 +170,11 @@ def bench_transfers(
     if not chosen or not set(chosen) <= set(MODES):
         raise BadInput(f"--modes {modes!r} must be comma-separated: {', '.join(MODES)}")
     counts = _counts("--workers", workers)
+    draw = _plotter(plot)
     participants = obj.participants(SIDES, lock_wait)
-    _check_accounts(read_balances(participants).sides, accounts)
-    total = transfers * len(chosen) * len(counts)
+    wanted = 2 * accounts if "local" in chosen else accounts  # local pays a{n} <-> a{n+N}
+    _check_accounts(read_balances(participants).sides, wanted)
+    total = transfers * len(chosen) * len(counts) * rounds
     with progress(total, "transferring", quiet=quiet) as transferred:
         try:
             result = run_transfer_benchmark(
@@ -160,15 +184,29 @@ def bench_transfers(
                 workers=counts,
                 transfers=transfers,
                 accounts=accounts,
+                rounds=rounds,
                 on_transfer=transferred,
             )
         except BenchmarkFailed as err:
             raise Failure(str(err)) from None
     emit(as_json, result, "\n".join(format_transfer_benchmark(result)))
+    if draw is not None and plot is not None:
+        draw(result, plot)
     if not all(run["conserved"] for run in result["runs"]):
         raise click.ClickException(
             "money was not conserved: run `twopc audit` and `twopc in-doubt`"
         )
+
+
+def _plotter(plot: Path | None) -> Callable[[dict[str, Any], Path], None] | None:
+    """The plotting function when ``--plot`` is given (checked before anything runs)."""
+    if plot is None:
+        return None
+    try:
+        from twopc.benchmarks.plot import plot_transfer_benchmark
+    except ImportError as err:
+        raise BadInput(f"--plot needs matplotlib ({err}): pip install 'twopc[plot]'") from None
+    return plot_transfer_benchmark
 
 
 def _check_accounts(sides: Mapping[str, Sequence[tuple[str, object]]], accounts: int) -> None:

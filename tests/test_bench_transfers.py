@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from conftest import ACCOUNTS, Databases
@@ -36,16 +37,23 @@ def test_both_modes_run_and_conserve_money(db: Databases) -> None:
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     assert lines[1].split() == [
-        "mode", "workers", "transfers/s", "p50", "ms", "p99", "ms", "failed", "reads", "off",
-        "off+pending", "conserved",
+        "round", "mode", "workers", "transfers/s", "p50", "ms", "p99", "ms", "cpu", "ms",
+        "failed", "reads", "off", "off+pending", "conserved",
     ]  # fmt: skip
-    assert lines[2].split()[:2] == ["2pc", "1"] and lines[2].split()[-1] == "yes"
+    assert lines[2].split()[:3] == ["1", "2pc", "1"] and lines[2].split()[-1] == "yes"
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--modes", "2pc,xa"), "Error: --modes '2pc,xa' must be comma-separated: 2pc, saga"),
+        (
+            ("--modes", "2pc,xa"),
+            "Error: --modes '2pc,xa' must be comma-separated: 2pc, saga, naive, sqlalchemy, local",
+        ),
+        (
+            ("--rounds", "0"),
+            "Error: Invalid value for '--rounds': 0 is not in the range 1<=x<=100.",
+        ),
         (("--workers", "0"), "Error: --workers '0' must be comma-separated integers >= 1"),
         (("--workers", "two"), "Error: --workers 'two' must be comma-separated integers >= 1"),
     ],
@@ -89,3 +97,31 @@ def test_progress_is_reported_once_per_transfer(db: Databases) -> None:
     )
     assert len(calls) == 2 * 5  # two modes, five transfers each
     assert [run["completed"] for run in result["runs"]] == [5, 5]
+
+
+def test_every_mode_interleaved_over_rounds_conserves_money(db: Databases, tmp_path: Path) -> None:
+    """The baselines move money as 2PC does; their runs are interleaved round after round,
+    and each mode is reported against naive in the same round, with its client CPU."""
+    before = db.balances()
+    plot = tmp_path / "bench.png"
+    modes = "2pc,saga,naive,sqlalchemy,local"
+    args = ("--modes", modes, "--transfers", "5", "--workers", "1,2", "--rounds", "2")
+    result = db.twopc("bench", "transfers", *args, "--accounts", "4", "--plot", str(plot), "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert len(figures["runs"]) == 5 * 2 * 2
+    orders = [[r["mode"] for r in figures["runs"] if r["round"] == n and r["workers"] == 1]
+              for n in (1, 2)]  # fmt: skip
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])  # rotated
+    for run in figures["runs"]:
+        assert run["completed"] == 5 and run["failures"] == {}, run
+        assert run["conserved"] is True and run["cpu_ms_per_transfer"] > 0
+    summary = {(m["mode"], m["workers"]): m for m in figures["modes"]}
+    assert set(summary) == {(m, w) for m in modes.split(",") for w in (1, 2)}
+    assert summary["naive", 1]["vs_naive"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+    for mode in summary.values():
+        spread = mode["transfers_per_s"]
+        assert spread["min"] <= spread["median"] <= spread["max"]
+    assert sum(db.balances().values()) == sum(before.values())
+    assert db.pg_prepared() == [] and db.mysql_prepared() == []  # naive's too
+    assert plot.read_bytes().startswith(b"\x89PNG")
