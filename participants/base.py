@@ -38,6 +38,7 @@ from twopc.participants.lockwaits import LockInspector, LockWait
 from twopc.participants.markers import OutcomeMarkers
 from twopc.participants.pool import ConnectionPool
 from twopc.participants.urls import DatabaseURL
+from twopc.participants.watchdog import Watchdog
 from twopc.participants.xid import Xid
 
 __all__ = [
@@ -63,7 +64,8 @@ __all__ = [
 MAX_SECONDS = 2_000_000.0
 
 #: Told, once per branch, when a statement has waited ``notice_after`` seconds for a lock held
-#: by a prepared branch (the CLI prints who blocks it and how to resolve it).
+#: by a prepared branch (the CLI prints who blocks it and how to resolve it). It runs on the
+#: participant's watchdog thread.
 LockWaitNotice = Callable[["Participant", list[LockWait]], None]
 
 
@@ -103,6 +105,7 @@ class Participant(ABC):
         self._notice_after = notice_after
         self._ready = False  # check_ready passed once
         self.pool = ConnectionPool(self.connect, self._still_usable)
+        self.watchdog = Watchdog(f"twopc-lock-watch {name}")
 
     @property
     def on_lock_wait(self) -> LockWaitNotice | None:
@@ -152,7 +155,9 @@ class Participant(ABC):
         ConnectionPool.discard(conn)
 
     def close(self) -> None:
-        """Close the idle connections (a participant stays usable: it opens new ones)."""
+        """Stop the lock-wait watchdog and close the idle connections (a participant stays
+        usable: it opens new ones, and the watchdog starts again when needed)."""
+        self.watchdog.close()
         self.pool.close()
 
     # -- the branch protocol --------------------------------------------------------------
@@ -280,7 +285,7 @@ class ServerParticipant(Participant):
     @abstractmethod
     def _compose(self) -> Roles:
         """This server's role objects (called once, by the constructor, with the settings
-        checked and the pool in place)."""
+        checked and the pool and watchdog in place)."""
 
     def connect(self) -> Any:
         return self._roles.connector.connect()

@@ -18,7 +18,6 @@ prepared ones from fresh connections. Each server implements it in its own modul
 from __future__ import annotations
 
 import enum
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,15 +97,11 @@ class Branch(ABC):
         reports, once, what it waits for to the participant's ``on_lock_wait`` callback.
         """
         self._require("execute", BranchState.ACTIVE)
-        if self._participant.on_lock_wait is None or self._noticed:
+        participant = self._participant
+        if participant.on_lock_wait is None or self._noticed:
             return self._sql_execute(query, params)
-        timer = threading.Timer(self._participant.notice_after, self._notice_lock_wait)
-        timer.daemon = True
-        timer.start()
-        try:
+        with participant.watchdog.watching(participant.notice_after, self._notice_lock_wait):
             return self._sql_execute(query, params)
-        finally:
-            timer.cancel()
 
     @property
     @abstractmethod
@@ -114,7 +109,8 @@ class Branch(ABC):
         """The server's id of this branch's session (PostgreSQL pid, MySQL thread id)."""
 
     def _notice_lock_wait(self) -> None:
-        """Runs on a timer thread while a statement waits: ask the server what blocks it."""
+        """Runs on the participant's watchdog thread while a statement still runs: ask the
+        server what blocks it."""
         try:
             waits = self._participant.waits_of(self.session_id)
         except ParticipantError:
