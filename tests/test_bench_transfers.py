@@ -52,7 +52,8 @@ def test_both_modes_run_and_conserve_money(db: Databases) -> None:
         ),
         (
             ("--rounds", "0"),
-            "Error: Invalid value for '--rounds': 0 is not in the range 1<=x<=100.",
+            "Error: Invalid value for '--rounds': 0 is not in the range 1<=x<=100. "
+            "(see `twopc bench transfers --help`)",
         ),
         (("--workers", "0"), "Error: --workers '0' must be comma-separated integers >= 1"),
         (("--workers", "two"), "Error: --workers 'two' must be comma-separated integers >= 1"),
