@@ -198,6 +198,46 @@ def bench_transfers(
         )
 
 
+@bench.command("recovery")
+@click.option(
+    "--in-doubt",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="In-doubt transactions to make (the server must allow as many prepared ones).",
+)
+@click.option(
+    "--coordinators",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Dead coordinators they are spread over.",
+)
+@lock_wait_option(60.0)
+@json_option
+@click.pass_obj
+@operational_errors
+def bench_recovery(
+    obj: Context, in_doubt: int, coordinators: int, lock_wait: float, as_json: bool
+) -> None:
+    """Recovery at scale: make in-doubt transactions of dead coordinators (half decided),
+    block a transfer on one of them, then time `recover`: branches/s, when the first and
+    last locks were freed, and when the blocked transfer went through. Uses a table of its
+    own (bench_in_doubt) on both servers, and the configured HOME's recovery."""
+    from twopc.benchmarks.bench_recovery import (
+        format_recovery_benchmark,
+        run_recovery_benchmark,
+    )
+
+    participants = obj.participants(SIDES, lock_wait)
+    result = run_recovery_benchmark(
+        participants, obj.home, in_doubt=in_doubt, coordinators=coordinators
+    )
+    emit(as_json, result, "\n".join(format_recovery_benchmark(result)))
+    if result["left_in_doubt"] or result["problems"]:
+        raise Failure("recovery left transactions in doubt: see `twopc in-doubt`")
+
+
 def _plotter(plot: Path | None) -> Callable[[dict[str, Any], Path], None] | None:
     """The plotting function when ``--plot`` is given (checked before anything runs)."""
     if plot is None:

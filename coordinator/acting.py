@@ -33,6 +33,7 @@ class Resolution:
     action: str
     reason: str
     finished: bool
+    at: float | None = None  # seconds after recovery started that it was done
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -41,6 +42,7 @@ class Resolution:
             "action": self.action,
             "reason": self.reason,
             "finished": self.finished,
+            "at_seconds": None if self.at is None else round(self.at, 4),
         }
 
 
@@ -51,6 +53,7 @@ class RecoveryReport:
     removed_logs: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     markers_collected: int = 0
+    started: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def in_doubt_remains(self) -> bool:
@@ -109,8 +112,9 @@ def act(prepared: Prepared, facts: BranchFacts, report: RecoveryReport) -> None:
     reason = verdict.reason
     if not finished:
         reason += "; the server would not finish it yet (session still connected?)"
+    at = time.monotonic() - report.started
     report.resolutions.append(
-        Resolution(prepared.gtrid, prepared.participant.name, action, reason, finished)
+        Resolution(prepared.gtrid, prepared.participant.name, action, reason, finished, at)
     )
 
 

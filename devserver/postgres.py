@@ -136,7 +136,8 @@ class PostgresServer:
             "listen_addresses": _quote(LOOPBACK),
             "port": str(self._place.port),
             "unix_socket_directories": _quote(str(sockdir) if sockdir else ""),
-            "max_prepared_transactions": "200",
+            # Enough for `twopc bench recovery --in-doubt 1000`.
+            "max_prepared_transactions": "1100",
             "max_connections": "200",
             "shared_buffers": _quote("32MB"),
             "fsync": "on",
