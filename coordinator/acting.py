@@ -4,6 +4,7 @@ collecting outcome markers, and taking turns with other recoveries of the same h
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,12 @@ class RecoveryReport:
     problems: list[str] = field(default_factory=list)
     markers_collected: int = 0
     started: float = field(default_factory=time.monotonic, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, resolution: Resolution) -> None:
+        """Record what was done with one branch (thread-safe: recovery acts concurrently)."""
+        with self._lock:
+            self.resolutions.append(resolution)
 
     @property
     def in_doubt_remains(self) -> bool:
@@ -101,27 +108,25 @@ def _already_finished(participant: Participant, xid: Xid) -> tuple[str, bool]:
         return f"unknown ({err})", False
 
 
-def act(prepared: Prepared, facts: BranchFacts, report: RecoveryReport) -> None:
-    """Apply the rules to one prepared branch and carry out (and report) their verdict."""
+def act(prepared: Prepared, facts: BranchFacts, report: RecoveryReport) -> bool:
+    """Apply the rules to one prepared branch and carry out (and report) their verdict;
+    returns whether the branch is finished (no longer prepared)."""
     verdict = decide(facts)
     if verdict.action is Action.LEAVE:
         leave(report, prepared, verdict.reason)
-        return
+        return False
     commit = verdict.action is Action.COMMIT
     action, finished = finish_branch(prepared.participant, prepared.xid, commit=commit)
     reason = verdict.reason
     if not finished:
         reason += "; the server would not finish it yet (session still connected?)"
     at = time.monotonic() - report.started
-    report.resolutions.append(
-        Resolution(prepared.gtrid, prepared.participant.name, action, reason, finished, at)
-    )
+    report.add(Resolution(prepared.gtrid, prepared.participant.name, action, reason, finished, at))
+    return finished
 
 
 def leave(report: RecoveryReport, prepared: Prepared, reason: str) -> None:
-    report.resolutions.append(
-        Resolution(prepared.gtrid, prepared.participant.name, "left alone", reason, False)
-    )
+    report.add(Resolution(prepared.gtrid, prepared.participant.name, "left alone", reason, False))
 
 
 def forget_markers(participants: Sequence[Participant], gtrids: Iterable[str]) -> int:

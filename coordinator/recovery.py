@@ -16,7 +16,9 @@ markers a coordinator killed before its own collection left behind).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from twopc.coordinator.acting import (
@@ -44,9 +46,9 @@ from twopc.coordinator.facts import (
     inspect_log,
     missing_log,
     prepared_everywhere,
-    prepared_of,
     txlog_root,
 )
+from twopc.coordinator.ids import coordinator_of
 from twopc.coordinator.listing import InDoubtBranch, InDoubtReport, find_in_doubt
 from twopc.coordinator.records import BranchEntry, CommitDecision, EndedBy, EndRecord, Kind
 from twopc.coordinator.resolve import ManualResolution, resolve
@@ -75,99 +77,133 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# -- a coordinator's log, held -----------------------------------------------------------------
+# -- one pass of recovery ---------------------------------------------------------------------
+
+#: Branches finished at once per server (each on a connection of its own).
+WORKERS_PER_SERVER = 8
+#: Dead coordinators' logs held open at once (two descriptors each).
+LOGS_AT_ONCE = 128
 
 
-class LogResolver:
-    """Resolves the prepared branches of one coordinator whose log it holds open (locked)."""
+class _Session:
+    """One pass of recovery over a snapshot of the servers: the prepared branches are listed
+    once, the evidence read once, and the snapshot kept up to date as branches are finished,
+    so no coordinator's share costs another listing (recovery holds the home's turn, so only
+    a live or restarting coordinator can change what it lists, and such branches are left
+    alone or settled by their markers)."""
 
-    def __init__(self, log: TransactionLog, participants: Sequence[Participant]) -> None:
-        self.log = log
-        self._participants = list(participants)
-        self._by_name = {p.name: p for p in participants}
+    def __init__(self, participants: Sequence[Participant], report: RecoveryReport) -> None:
+        self.participants = list(participants)
+        self.by_name = {p.name: p for p in participants}
+        self.report = report
+        self.prepared = [p for p in prepared_everywhere(participants) if p.ours]
+        self.still = {p.xid for p in self.prepared}
+        self.evidence = gather_evidence(participants, {p.gtrid for p in self.prepared})
+        self.waited = self._waited_on() if self.prepared else set()
+        self._lock = threading.Lock()
 
-    def commits(self) -> dict[str, CommitDecision | None]:
-        """The unfinished COMMIT decisions in the log, by gtrid (None: a COMMIT record too
-        malformed to say its branches — the decision stands, its completion cannot be told)."""
-        found: dict[str, CommitDecision | None] = {}
-        for txid, records in self.log.unfinished().items():
-            for record in records:
-                if record.kind == Kind.COMMIT.value:
-                    try:
-                        found[txid] = CommitDecision.from_record(record)
-                    except ValueError:
-                        found[txid] = None
-        return found
+    def act_all(self, plans: Sequence[tuple[Prepared, BranchFacts]]) -> None:
+        """Carry the verdicts out concurrently, a few branches at a time per server, the
+        branches other sessions wait on first (their rows are freed soonest)."""
+        ordered = sorted(plans, key=lambda plan: plan[0].xid not in self.waited)
+        lanes = max(1, len(self.participants)) * WORKERS_PER_SERVER
+        with ThreadPoolExecutor(lanes, "twopc-recovery") as pool:
+            list(pool.map(self._act, ordered))
 
-    def resolve(self, branches: Sequence[Prepared], report: RecoveryReport) -> None:
-        """Finish every branch by the log's decision (or the evidence), END the decisions
-        now complete, make those ENDs durable, then collect the markers nobody needs."""
-        commits = self.commits()
-        undecided = [b.gtrid for b in branches if b.gtrid not in commits]
-        evidence = gather_evidence(self._participants, undecided)
-        for prepared in branches:
-            logged = Logged.COMMIT if prepared.gtrid in commits else Logged.NONE
-            facts = BranchFacts(logged, alive=False, evidence=evidence.of(prepared.gtrid))
-            act(prepared, facts, report)
-        self._end_complete(commits, report)
-        self.log.sync()  # the ENDs are durable before any marker they cover goes
-        self.collect_markers(report)
+    def _act(self, plan: tuple[Prepared, BranchFacts]) -> None:
+        prepared, facts = plan
+        if act(prepared, facts, self.report):
+            with self._lock:
+                self.still.discard(prepared.xid)
 
-    def collect_markers(self, report: RecoveryReport) -> None:
-        """Delete the markers of every gtrid this coordinator minted that its log no longer
-        needs (not unfinished) and no server holds prepared. Skipped when a server cannot be
-        asked: a marker may be the only evidence for a branch there."""
-        coordinator = self.log.path.name
-        try:
-            minted: set[str] = set()
-            for participant in self._participants:
-                minted |= {g for g, _ in participant.markers_of_coordinator(coordinator)}
-            prepared = {p.gtrid for p in prepared_of(self._participants, coordinator)}
-        except ParticipantError as err:
-            log.info("outcome markers of %s not collected: %s", coordinator, err)
-            return
-        unfinished = set(self.log.unfinished())
-        report.markers_collected += forget_markers(
-            self._participants, minted - unfinished - prepared
-        )
+    def _waited_on(self) -> set[Xid]:
+        waited: set[Xid] = set()
+        for participant in self.participants:
+            try:
+                waited |= {w.blocker for w in participant.lock_waits() if w.blocker is not None}
+            except ParticipantError:
+                continue  # an order to act in, no more: recovery goes on without it
+        return waited
 
-    def _end_complete(
-        self, commits: dict[str, CommitDecision | None], report: RecoveryReport
+    def end_complete(self, held: dict[str, TransactionLog]) -> None:
+        """END every decision of the held logs whose branches all committed, judged from
+        the snapshot and one marker query per server; make those ENDs durable."""
+        decisions = {c: _commits(log) for c, log in held.items()}
+        gtrids = [g for commits in decisions.values() for g in commits]
+        committed = gather_evidence(self.participants, gtrids) if gtrids else Evidence({})
+        for coordinator, commits in decisions.items():
+            for gtrid, decision in commits.items():
+                self._end_if_complete(held[coordinator], gtrid, decision, committed)
+            held[coordinator].sync()  # the ENDs are durable before any marker they cover goes
+
+    def _end_if_complete(
+        self,
+        txlog: TransactionLog,
+        gtrid: str,
+        decision: CommitDecision | None,
+        committed: Evidence,
     ) -> None:
-        """Write END for every decision whose branches all committed (judged from one fresh
-        listing and one marker query per server); report those a branch went against."""
-        if not commits:
+        if decision is None:
+            self.report.problems.append(f"{gtrid}: its COMMIT record is malformed; see `twopc log`")
             return
-        try:
-            still = {p.xid for p in prepared_everywhere(self._participants)}
-            committed = gather_evidence(self._participants, list(commits))
-        except ParticipantError as err:
-            report.problems.append(f"could not tell which decisions are complete: {err}")
-            return
-        for gtrid, decision in commits.items():
-            if decision is None:
-                report.problems.append(f"{gtrid}: its COMMIT record is malformed; see `twopc log`")
-                continue
-            states = [self._branch_state(decision, e, still, committed) for e in decision.branches]
-            if all(state == "committed" for state in states):
-                self.log.append(EndRecord(gtrid, EndedBy.RECOVERY).record(), force=False)
-                report.ended.append(gtrid)
-            elif "rolled back" in states:
-                report.problems.append(
-                    f"{gtrid}: the log says COMMIT but a branch has no outcome marker (it was "
-                    "rolled back by someone else): a heuristic outcome; see `twopc audit`"
-                )
+        states = [self._branch_state(gtrid, entry, committed) for entry in decision.branches]
+        if all(state == "committed" for state in states):
+            txlog.append(EndRecord(gtrid, EndedBy.RECOVERY).record(), force=False)
+            self.report.ended.append(gtrid)
+        elif "rolled back" in states:
+            self.report.problems.append(
+                f"{gtrid}: the log says COMMIT but a branch has no outcome marker (it was "
+                "rolled back by someone else): a heuristic outcome; see `twopc audit`"
+            )
 
-    def _branch_state(
-        self, decision: CommitDecision, entry: BranchEntry, still: set[Xid], committed: Evidence
-    ) -> str:
-        if entry.name not in self._by_name or entry.name in committed.unknown:
+    def _branch_state(self, gtrid: str, entry: BranchEntry, committed: Evidence) -> str:
+        if entry.name not in self.by_name or entry.name in committed.unknown:
             return "unknown"  # that server is not configured for (or did not answer) recovery
-        if Xid(FORMAT_ID, decision.gtrid, entry.bqual) in still:
+        if Xid(FORMAT_ID, gtrid, entry.bqual) in self.still:
             return "prepared"
-        if committed.committed_branch(decision.gtrid, entry.name, entry.bqual):
+        if committed.committed_branch(gtrid, entry.name, entry.bqual):
             return "committed"
         return "rolled back"
+
+    def collect_markers(self, coordinators: Sequence[str], unfinished: set[str]) -> None:
+        """Delete the markers of every gtrid these coordinators minted that no log still
+        needs (``unfinished``) and no server holds prepared (the caller holds their logs).
+        Skipped when a server cannot be asked: a marker may be the only evidence there."""
+        if not coordinators:
+            return
+        try:
+            minted = self._minted(coordinators)
+        except ParticipantError as err:
+            log.info("outcome markers not collected: %s", err)
+            return
+        prepared = {x.gtrid for x in self.still}
+        self.report.markers_collected += forget_markers(
+            self.participants, minted - unfinished - prepared
+        )
+
+    def _minted(self, coordinators: Sequence[str]) -> set[str]:
+        """Gtrids with a marker that these coordinators minted (one scan per server)."""
+        wanted = set(coordinators)
+        return {
+            gtrid
+            for participant in self.participants
+            for gtrid, _ in participant.all_markers()
+            if coordinator_of(gtrid) in wanted
+        }
+
+
+def _commits(txlog: TransactionLog) -> dict[str, CommitDecision | None]:
+    """The unfinished COMMIT decisions in a held log, by gtrid (None: a COMMIT record too
+    malformed to say its branches — the decision stands, its completion cannot be told)."""
+    found: dict[str, CommitDecision | None] = {}
+    for txid, records in txlog.unfinished().items():
+        for record in records:
+            if record.kind == Kind.COMMIT.value:
+                try:
+                    found[txid] = CommitDecision.from_record(record)
+                except ValueError:
+                    found[txid] = None
+    return found
 
 
 # -- recover ----------------------------------------------------------------------------------
@@ -181,42 +217,84 @@ def recover(
         return _plan(participants, home)
     with recovery_turn(home):
         report = RecoveryReport()
-        grouped = by_coordinator(prepared_everywhere(participants))
+        session = _Session(participants, report)
+        grouped = by_coordinator(session.prepared)
         nameless = grouped.pop(None, [])
-        evidence = gather_evidence(participants, (p.gtrid for p in nameless))
-        for prepared in nameless:
-            act(prepared, facts_of(prepared, missing_log(home, None), evidence), report)
-        for coordinator in sorted({c for c in grouped if c} | set(coordinator_logs(home))):
-            _recover_coordinator(
-                home, coordinator, grouped.get(coordinator, []), participants, report
-            )
+        plans = [(p, facts_of(p, missing_log(home, None), session.evidence)) for p in nameless]
+        session.act_all(plans)
+        coordinators = sorted({c for c in grouped if c} | set(coordinator_logs(home)))
+        # Those whose branches others wait on go in the first chunk: their rows free first.
+        urgent = {p.coordinator for p in session.prepared if p.xid in session.waited}
+        coordinators.sort(key=lambda c: c not in urgent)
+        for start in range(0, len(coordinators), LOGS_AT_ONCE):
+            chunk = coordinators[start : start + LOGS_AT_ONCE]
+            _recover_coordinators(home, chunk, grouped, session)
         forget_markers(participants, report.ended)
         return report
 
 
-def _recover_coordinator(
+def _recover_coordinators(
     home: Path,
-    coordinator: str,
-    branches: list[Prepared],
-    participants: Sequence[Participant],
-    report: RecoveryReport,
+    coordinators: Sequence[str],
+    grouped: dict[str | None, list[Prepared]],
+    session: _Session,
 ) -> None:
+    """Recover a chunk of coordinators: hold the logs that can be held, decide and act on
+    every branch at once, then END, collect markers and release (or remove) each log."""
+    held: dict[str, TransactionLog] = {}
+    orphans: list[str] = []
+    plans: list[tuple[Prepared, BranchFacts]] = []
     try:
-        txlog = TransactionLog.open(txlog_root(home) / coordinator, create=False)
+        for coordinator in coordinators:
+            branches = grouped.get(coordinator, [])
+            state = _hold(home, coordinator, held, session.report)
+            if state is None:  # held: decide from the log we hold
+                commits = _commits(held[coordinator])
+                plans += [(b, _held_facts(b, commits, session.evidence)) for b in branches]
+                continue
+            plans += [(b, facts_of(b, state, session.evidence)) for b in branches]
+            if not state.exists:
+                orphans.append(coordinator)
+        session.act_all(plans)
+        session.end_complete(held)
+        unfinished = {g for txlog in held.values() for g in txlog.unfinished()}
+        session.collect_markers(list(held), unfinished)
+        _collect_orphan_markers(home, orphans, session)
+    finally:
+        for coordinator, txlog in held.items():
+            _release(coordinator, txlog, session.report)
+
+
+def _hold(
+    home: Path, coordinator: str, held: dict[str, TransactionLog], report: RecoveryReport
+) -> LogState | None:
+    """Open a dead coordinator's log as its writer into ``held`` (None); else say why not:
+    the state of a live, missing or damaged log."""
+    path = txlog_root(home) / coordinator
+    try:
+        held[coordinator] = TransactionLog.open(path, create=False)
+        return None
     except LogLocked:
-        _without_log(inspect_log(home, coordinator), branches, participants, report)
-        return
+        return inspect_log(home, coordinator)
     except LogMissing:
-        # Listed before we had our turn: another recovery may have finished them since.
-        fresh = prepared_of(participants, coordinator)
-        _without_log(missing_log(home, coordinator), fresh, participants, report)
-        _collect_orphan_markers(home, coordinator, participants, report)
-        return
+        return missing_log(home, coordinator)
     except LogCorrupt as err:
-        state = LogState(coordinator, txlog_root(home) / coordinator, True, False, error=str(err))
-        _without_log(state, branches, participants, report)
-        return
-    LogResolver(txlog, participants).resolve(prepared_of(participants, coordinator), report)
+        report.problems.append(
+            f"log of coordinator {coordinator} is damaged ({err}): decisions may be lost, so "
+            "abort is not presumed for its branches; inspect it with `twopc log verify` and "
+            "resolve them by hand with `twopc resolve`"
+        )
+        return LogState(coordinator, path, True, False, error=str(err))
+
+
+def _held_facts(
+    prepared: Prepared, commits: dict[str, CommitDecision | None], evidence: Evidence
+) -> BranchFacts:
+    logged = Logged.COMMIT if prepared.gtrid in commits else Logged.NONE
+    return BranchFacts(logged, alive=False, evidence=evidence.of(prepared.gtrid))
+
+
+def _release(coordinator: str, txlog: TransactionLog, report: RecoveryReport) -> None:
     if txlog.unfinished():
         txlog.close()
     else:
@@ -224,41 +302,23 @@ def _recover_coordinator(
         report.removed_logs.append(coordinator)
 
 
-def _collect_orphan_markers(
-    home: Path, coordinator: str, participants: Sequence[Participant], report: RecoveryReport
-) -> None:
-    """A coordinator with no log: once nothing of it is prepared any more, its markers are
-    evidence for nothing, so they go. Its (new, empty) log is held meanwhile, so no
-    coordinator can start with its id and commit something whose marker this would take."""
+def _collect_orphan_markers(home: Path, orphans: Sequence[str], session: _Session) -> None:
+    """Coordinators with no log: once nothing of theirs is prepared any more, their markers
+    are evidence for nothing, so they go. A (new, empty) log is held for each meanwhile, so
+    no coordinator can start with its id and commit something whose marker this would take."""
+    still = {coordinator_of(x.gtrid) for x in session.still}
+    done = [c for c in orphans if c not in still]
+    held: list[TransactionLog] = []
     try:
-        if prepared_of(participants, coordinator):
-            return  # still evidence for what is left: an operator resolves it first
-        held = TransactionLog.open(txlog_root(home) / coordinator)
-    except (ParticipantError, LogError):
-        return
-    try:
-        LogResolver(held, participants).collect_markers(report)
+        for coordinator in done:
+            try:
+                held.append(TransactionLog.open(txlog_root(home) / coordinator))
+            except LogError:
+                continue
+        session.collect_markers([t.path.name for t in held], set())
     finally:
-        held.destroy()
-
-
-def _without_log(
-    state: LogState,
-    branches: list[Prepared],
-    participants: Sequence[Participant],
-    report: RecoveryReport,
-) -> None:
-    """Branches of a coordinator whose log recovery cannot hold: alive, missing or damaged.
-    Only evidence lets it act on them (see the rules)."""
-    if state.error is not None:
-        report.problems.append(
-            f"log of coordinator {state.coordinator} is damaged ({state.error}): decisions may "
-            "be lost, so abort is not presumed for its branches; inspect it with `twopc log "
-            "verify` and resolve them by hand with `twopc resolve`"
-        )
-    evidence = gather_evidence(participants, (b.gtrid for b in branches))
-    for prepared in branches:
-        act(prepared, facts_of(prepared, state, evidence), report)
+        for txlog in held:
+            txlog.destroy()
 
 
 def _plan(participants: Sequence[Participant], home: Path) -> RecoveryReport:
@@ -295,5 +355,10 @@ def recover_own(
 ) -> RecoveryReport:
     """A (re)starting coordinator resolves its own in-doubt branches before new work."""
     report = RecoveryReport()
-    LogResolver(txlog, participants).resolve(prepared_of(participants, coordinator), report)
+    session = _Session(participants, report)
+    commits = _commits(txlog)
+    mine = [p for p in session.prepared if p.coordinator == coordinator]
+    session.act_all([(p, _held_facts(p, commits, session.evidence)) for p in mine])
+    session.end_complete({coordinator: txlog})
+    session.collect_markers([coordinator], set(txlog.unfinished()))
     return report

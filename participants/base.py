@@ -154,6 +154,19 @@ class Participant(ABC):
         """Close a connection, whatever state it is in."""
         ConnectionPool.discard(conn)
 
+    @contextmanager
+    def borrowed(self) -> Iterator[Any]:
+        """A pooled connection for one piece of work outside any branch: given back when
+        the block ends normally, closed when it raises (a connection that saw an error is
+        never reused)."""
+        conn = self.checkout()
+        try:
+            yield conn
+        except BaseException:
+            self.discard(conn)
+            raise
+        self.release(conn)
+
     def close(self) -> None:
         """Stop the lock-wait watchdog and close the idle connections (a participant stays
         usable: it opens new ones, and the watchdog starts again when needed)."""
@@ -231,6 +244,10 @@ class Participant(ABC):
     @abstractmethod
     def markers_of_coordinator(self, coordinator: str) -> set[tuple[str, str]]:
         """``(gtrid, bqual)`` of every committed marker whose gtrid ``coordinator`` minted."""
+
+    @abstractmethod
+    def all_markers(self) -> set[tuple[str, str]]:
+        """``(gtrid, bqual)`` of every committed marker on this server."""
 
     @abstractmethod
     def forget_markers(self, gtrids: Sequence[str]) -> None:
@@ -325,6 +342,9 @@ class ServerParticipant(Participant):
 
     def markers_of_coordinator(self, coordinator: str) -> set[tuple[str, str]]:
         return self._roles.markers.of_coordinator(coordinator)
+
+    def all_markers(self) -> set[tuple[str, str]]:
+        return self._roles.markers.all()
 
     def forget_markers(self, gtrids: Sequence[str]) -> None:
         self._roles.markers.forget(gtrids)

@@ -106,6 +106,13 @@ class OutcomeMarkers:
             rows = local.execute(self._sql.select_prefix, (escaped + "%",)).fetchall()
         return {(str(g), str(b)) for g, b in rows if str(g).startswith(prefix)}
 
+    def all(self) -> set[tuple[str, str]]:
+        """``(gtrid, bqual)`` of every committed marker here (one scan: the table holds the
+        markers of unfinished and recently ended transactions only)."""
+        with self._local() as local:
+            rows = local.execute(self._sql.select_prefix, ("%",)).fetchall()
+        return {(str(g), str(b)) for g, b in rows}
+
     def forget(self, gtrids: Sequence[str]) -> None:
         """Delete the markers of ended transactions (their END record is durable)."""
         if not gtrids:

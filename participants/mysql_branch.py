@@ -50,11 +50,8 @@ class MySQLBranches(BranchProtocol):
         return MySQLBranch(self._participant, self, conn, xid)
 
     def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
-        conn = self.link.connect()
-        try:
+        with self._participant.borrowed() as conn:
             self.finish_on(conn, xid, commit=commit)
-        finally:
-            conn.close()
 
     def finish_on(self, conn: MySQLConnection, xid: Xid, *, commit: bool) -> None:
         """``XA COMMIT`` / ``XA ROLLBACK`` of a prepared branch."""
@@ -72,6 +69,8 @@ class MySQLBranches(BranchProtocol):
             raise UnknownXid(f"{self.link.server}: no prepared branch {xid}") from err
 
     def prepared_branches(self) -> list[PreparedBranch]:
+        # A connection of its own, never pooled: reading the markers' times switches its
+        # session to READ UNCOMMITTED, which no other work may inherit.
         conn = self.link.connect()
         try:
             with self.link.translated("xa recover"):

@@ -52,7 +52,7 @@ class PostgresBranches(BranchProtocol):
         return PostgresBranch(self._participant, self, conn, xid)
 
     def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
-        with self.link.connect() as conn:
+        with self._participant.borrowed() as conn:
             self.finish_on(conn, xid, commit=commit)
 
     def finish_on(self, conn: psycopg.Connection[Any], xid: Xid, *, commit: bool) -> None:
@@ -67,7 +67,8 @@ class PostgresBranches(BranchProtocol):
             raise
 
     def prepared_branches(self) -> list[PreparedBranch]:
-        with self.link.connect() as conn, self.link.translated("list prepared transactions"):
+        listing = self.link.translated("list prepared transactions")
+        with self._participant.borrowed() as conn, listing:
             rows = conn.execute(_PREPARED_SQL).fetchall()
         server = self.link.server
         return [PreparedBranch(server, gid, Xid.from_pg_gid(gid), at, db) for gid, at, db in rows]

@@ -96,6 +96,9 @@ class FakeParticipant(Participant):
     def markers_of_coordinator(self, coordinator: str) -> set[tuple[str, str]]:
         return {(x.gtrid, x.bqual) for x in self.committed if x.gtrid.startswith(coordinator)}
 
+    def all_markers(self) -> set[tuple[str, str]]:
+        return {(x.gtrid, x.bqual) for x in self.committed}
+
     def forget_markers(self, gtrids: Sequence[str]) -> None:
         pass
 
