@@ -49,7 +49,7 @@ from twopc.coordinator import (
     check_coordinator_id,
     coordinator_of,
 )
-from twopc.coordinator.recovery import find_in_doubt
+from twopc.coordinator.listing import in_doubt_of_dead
 from twopc.participants import Participant
 from twopc.participants.lockwaits import LockWait
 from twopc.saga import (
@@ -285,8 +285,7 @@ def _report_recovery(coordinator: Coordinator) -> None:
 
 def _warn_in_doubt(home: Path, participants: list[Participant]) -> None:
     """One line when dead coordinators left branches in doubt: they hold locks we may hit."""
-    report = find_in_doubt(participants, home, with_blocking=False)
-    dead = {b.gtrid for b in report.branches if not b.coordinator_alive}
+    dead = in_doubt_of_dead(participants, home)
     if dead:
         click.echo(
             f"warning: {len(dead)} in-doubt transaction(s) of dead coordinators hold "

@@ -17,9 +17,11 @@ from twopc.coordinator.facts import (
     inspect_log,
     missing_log,
     prepared_everywhere,
+    txlog_root,
 )
 from twopc.participants import Participant, ParticipantError, Xid
 from twopc.participants.lockwaits import LockWait
+from twopc.txlog import is_locked
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,25 @@ def find_in_doubt(
         if not p.ours
     ]
     return InDoubtReport(branches, foreign)
+
+
+def in_doubt_of_dead(participants: Sequence[Participant], home: Path) -> set[str]:
+    """Gtrids of ours prepared on these servers whose coordinator is not alive (its log is
+    not locked, or it has none): cheap enough to ask before every transfer — one listing per
+    server and a lock probe per coordinator, no log read and no marker query."""
+    alive: dict[str | None, bool] = {}
+    dead = set()
+    for each in prepared_everywhere(participants):
+        if not each.ours:
+            continue
+        coordinator = each.coordinator
+        if coordinator not in alive:
+            alive[coordinator] = coordinator is not None and is_locked(
+                txlog_root(home) / coordinator
+            )
+        if not alive[coordinator]:
+            dead.add(each.gtrid)
+    return dead
 
 
 def _in_doubt(
