@@ -25,7 +25,7 @@ from twopc.devserver.procs import (
     server_pid,
     wait_until_gone,
 )
-from twopc.devserver.state import Placement, ServerInfo
+from twopc.devserver.state import EXTRA_DATABASES, Placement, ServerInfo
 from twopc.devserver.tls import ensure_tls_files
 
 USER = DEV_USER
@@ -33,7 +33,10 @@ DATABASE = DEV_DATABASE
 _READY_TIMEOUT = 60.0
 _STOP_TIMEOUT = 60.0
 _SETUP_SQL = (
-    f"CREATE DATABASE IF NOT EXISTS `{DATABASE}`",
+    *(
+        f"CREATE DATABASE IF NOT EXISTS `{db}`"
+        for db in (DATABASE, *EXTRA_DATABASES["mysql"].values())
+    ),
     f"CREATE USER IF NOT EXISTS '{USER}'@'127.0.0.1'",
     f"CREATE USER IF NOT EXISTS '{USER}'@'localhost'",
     f"GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'127.0.0.1' WITH GRANT OPTION",
@@ -100,6 +103,11 @@ class MariaDBServer:
         self.pidfile.unlink(missing_ok=True)
         process = self._spawn()
         self._wait_ready(process)
+        self._create_user_and_database()
+
+    def ensure_databases(self) -> None:
+        """Create the user and the databases the examples and tests use, if missing
+        (a server set up by an older version gets the new ones too)."""
         self._create_user_and_database()
 
     def stop(self) -> None:

@@ -25,7 +25,7 @@ from twopc.devserver.procs import (
     server_pid,
     wait_until_gone,
 )
-from twopc.devserver.state import Placement, ServerInfo
+from twopc.devserver.state import EXTRA_DATABASES, Placement, ServerInfo
 
 USER = DEV_USER
 DATABASE = DEV_DATABASE
@@ -170,9 +170,15 @@ class PostgresServer:
         if pid is not None and not pid_alive(pid):
             lock.unlink(missing_ok=True)
 
+    def ensure_databases(self) -> None:
+        """Create the databases the examples and tests use, if missing: ``twopc`` and those
+        of :data:`EXTRA_DATABASES` (a server set up by an older version gets them too)."""
+        self._ensure_database()
+
     def _ensure_database(self) -> None:
         import psycopg
 
+        wanted = [DATABASE, *EXTRA_DATABASES["pg"].values()]
         try:
             with psycopg.connect(
                 host=LOOPBACK,
@@ -182,15 +188,14 @@ class PostgresServer:
                 autocommit=True,
                 connect_timeout=10,
             ) as conn:
-                found = conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
-                ).fetchone()
-                if found is None:
-                    conn.execute(f'CREATE DATABASE "{DATABASE}"')
+                rows = conn.execute("SELECT datname FROM pg_database").fetchall()
+                present = {name for (name,) in rows}
+                for database in [d for d in wanted if d not in present]:
+                    conn.execute(f'CREATE DATABASE "{database}"')
         except psycopg.Error as err:
             raise DevServerError(
-                f"PostgreSQL started but creating database {DATABASE!r} failed: {err}; "
-                f"see {self.logfile}"
+                f"PostgreSQL started but creating its databases ({', '.join(wanted)}) failed: "
+                f"{err}; see {self.logfile}"
             ) from err
 
 

@@ -49,6 +49,7 @@ class DevServers:
                 server = self._server(stored, kind)
                 server.ensure_initialized()
                 server.start()
+                server.ensure_databases()  # already running: made by an older version?
             return self._live_state(stored)
 
     def down(self) -> None:

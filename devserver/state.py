@@ -15,6 +15,14 @@ from twopc.devserver.errors import DevServerError
 ServerKind = Literal["pg", "mysql"]
 STATE_VERSION = 1
 
+#: The databases each dev server holds besides ``twopc`` (the participants ``pg`` and
+#: ``mysql``), by the name of the participant each one is: the flight booking's three
+#: services, and two more per server for transactions over many branches.
+EXTRA_DATABASES: dict[ServerKind, dict[str, str]] = {
+    "pg": {"flights": "flights", "payments": "payments", "pg-a": "twopc_a", "pg-b": "twopc_b"},
+    "mysql": {"bookings": "bookings", "mysql-a": "twopc_a", "mysql-b": "twopc_b"},
+}
+
 
 @dataclass(frozen=True)
 class ServerInfo:
@@ -32,6 +40,10 @@ class ServerInfo:
     url: str
     tls_ca: Path | None = None  # the CA that verifies the server's TLS certificate, if any
 
+    def url_of(self, database: str) -> str:
+        """The URL of another database on this server."""
+        return f"{self.url.rpartition('/')[0]}/{database}"
+
 
 @dataclass(frozen=True)
 class DevState:
@@ -40,11 +52,27 @@ class DevState:
     pg: ServerInfo
     mysql: ServerInfo
 
+    def participants(self) -> dict[str, str]:
+        """The participants of the databases besides ``twopc`` (:data:`EXTRA_DATABASES`):
+        name -> URL, those of running servers only."""
+        found: dict[str, str] = {}
+        for info in (self.pg, self.mysql):
+            if info.running:
+                found |= {n: info.url_of(db) for n, db in EXTRA_DATABASES[info.kind].items()}
+        return found
+
     def env_lines(self) -> list[str]:
-        """Shell lines exporting TWOPC_PG_URL and TWOPC_MYSQL_URL (for ``eval``)."""
+        """Shell lines exporting TWOPC_PG_URL, TWOPC_MYSQL_URL and TWOPC_PARTICIPANTS (the
+        other databases, as space-separated NAME=URL pairs), for ``eval``."""
+        named = " ".join(
+            f"{name}={info.url_of(db)}"
+            for info in (self.pg, self.mysql)
+            for name, db in EXTRA_DATABASES[info.kind].items()
+        )
         return [
             f"export TWOPC_PG_URL={shlex.quote(self.pg.url)}",
             f"export TWOPC_MYSQL_URL={shlex.quote(self.mysql.url)}",
+            f"export TWOPC_PARTICIPANTS={shlex.quote(named)}",
         ]
 
 

@@ -47,10 +47,11 @@ def test_dev_servers_serve_the_cli_without_urls(home: Path) -> None:
     assert Path(authority).is_file() and status["pg"]["tls_ca"] is None
     assert f"TLS: verify the server with ?ssl_ca={authority}" in run(home, "dev", "status").stdout
     env_lines = run(home, "dev", "env").stdout.splitlines()
-    assert env_lines == [
+    assert env_lines[:2] == [
         f"export TWOPC_PG_URL={status['pg']['url']}",
         f"export TWOPC_MYSQL_URL={status['mysql']['url']}",
     ]
+    assert env_lines[2].startswith("export TWOPC_PARTICIPANTS='flights=postgresql://")
 
     assert run(home, "init", "--accounts", "3").returncode == 0
     moved = run(home, "transfer", "pg:a1", "mysql:a3", "2.50", "--json")

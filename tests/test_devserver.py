@@ -185,9 +185,14 @@ def test_start_fails_clearly_when_port_is_taken(servers: DevServers, state: DevS
 
 
 def test_env_lines_export_both_urls(state: DevState) -> None:
+    pg, mysql = f"twopc@127.0.0.1:{state.pg.port}", f"twopc@127.0.0.1:{state.mysql.port}"
     assert state.env_lines() == [
-        f"export TWOPC_PG_URL=postgresql://twopc@127.0.0.1:{state.pg.port}/twopc",
-        f"export TWOPC_MYSQL_URL=mysql://twopc@127.0.0.1:{state.mysql.port}/twopc",
+        f"export TWOPC_PG_URL=postgresql://{pg}/twopc",
+        f"export TWOPC_MYSQL_URL=mysql://{mysql}/twopc",
+        f"export TWOPC_PARTICIPANTS='flights=postgresql://{pg}/flights "
+        f"payments=postgresql://{pg}/payments pg-a=postgresql://{pg}/twopc_a "
+        f"pg-b=postgresql://{pg}/twopc_b bookings=mysql://{mysql}/bookings "
+        f"mysql-a=mysql://{mysql}/twopc_a mysql-b=mysql://{mysql}/twopc_b'",
     ]
 
 
