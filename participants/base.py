@@ -137,8 +137,13 @@ class Participant(ABC):
         settings; the caller closes it."""
 
     @abstractmethod
-    def _still_usable(self, conn: Any) -> bool:
-        """Whether an idle connection is open, in no transaction, and answers a ping."""
+    def _still_usable(self, conn: Any, *, ping: bool = True) -> bool:
+        """Whether an idle connection is open, in no transaction, and (``ping``) answers."""
+
+    def take(self, *, trust_recent: bool) -> tuple[Any, bool]:
+        """A connection for a branch, and whether the server was heard on it just now (see
+        :meth:`ConnectionPool.take`: an unverified one's first statement is the check)."""
+        return self.pool.take(trust_recent=trust_recent)
 
     def checkout(self) -> Any:
         """A connection for a branch or a local transaction: an idle one that still answers
@@ -260,8 +265,8 @@ class Connector(Protocol):
     def connect(self) -> Any:
         """A new autocommit driver connection; the caller closes it."""
 
-    def still_usable(self, conn: Any) -> bool:
-        """Whether an idle connection is open, in no transaction, and answers a ping."""
+    def still_usable(self, conn: Any, *, ping: bool = True) -> bool:
+        """Whether an idle connection is open, in no transaction, and (``ping``) answers."""
 
 
 @dataclass(frozen=True)
@@ -307,8 +312,8 @@ class ServerParticipant(Participant):
     def connect(self) -> Any:
         return self._roles.connector.connect()
 
-    def _still_usable(self, conn: Any) -> bool:
-        return self._roles.connector.still_usable(conn)
+    def _still_usable(self, conn: Any, *, ping: bool = True) -> bool:
+        return self._roles.connector.still_usable(conn, ping=ping)
 
     def begin(self, xid: Xid) -> Branch:
         return self._roles.branches.begin(xid)

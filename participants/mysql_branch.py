@@ -69,6 +69,12 @@ class MySQLBranches(BranchProtocol):
             raise UnknownXid(f"{self.link.server}: no prepared branch {xid}") from err
 
     def prepared_branches(self) -> list[PreparedBranch]:
+        """This participant's prepared branches (bqual: its name) and foreign ones.
+
+        ``XA RECOVER`` is server-wide and does not say which database a branch wrote to:
+        another participant's branch on the same server (another database) is left out
+        here, so it is never finished through this participant's connection.
+        """
         # A connection of its own, never pooled: reading the markers' times switches its
         # session to READ UNCOMMITTED, which no other work may inherit.
         conn = self.link.connect()
@@ -76,7 +82,11 @@ class MySQLBranches(BranchProtocol):
             with self.link.translated("xa recover"):
                 cursor = conn.cursor()
                 cursor.execute("XA RECOVER")
-                branches = [self._prepared_branch(*row) for row in cursor.fetchall()]
+                listed = [self._prepared_branch(*row) for row in cursor.fetchall()]
+            name = self._participant.name
+            branches = [
+                b for b in listed if b.xid is None or b.xid.bqual == name or not b.xid.is_ours
+            ]
             times = self._marker_times(conn, [b.xid for b in branches if b.xid is not None])
         finally:
             conn.close()

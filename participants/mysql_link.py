@@ -205,10 +205,12 @@ class MySQLLink:
         conn._read_timeout = conn._write_timeout = self.statement_limit
         return conn
 
-    def still_usable(self, conn: pymysql.connections.Connection[Any]) -> bool:
-        """Whether an idle connection is open and answers a ping."""
+    def still_usable(self, conn: pymysql.connections.Connection[Any], *, ping: bool = True) -> bool:
+        """Whether an idle connection is open and (``ping``) answers a ping."""
         if not conn.open:
             return False
+        if not ping:
+            return True
         try:
             conn.ping(reconnect=False)
         except pymysql.err.Error:

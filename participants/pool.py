@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 #: Idle connections a participant keeps for reuse (more are closed when given back).
 MAX_IDLE_CONNECTIONS = 16
+#: A connection given back less than this many seconds ago is handed out without a round
+#: trip to the server (see :meth:`ConnectionPool.take`).
+TRUSTED_FOR = 2.0
+
+
+class Health(Protocol):
+    def __call__(self, conn: Any, *, ping: bool) -> bool:
+        """Whether ``conn`` is open and in no transaction, and (with ``ping``) answers."""
 
 
 class ConnectionPool:
@@ -22,14 +31,17 @@ class ConnectionPool:
     def __init__(
         self,
         connect: Callable[[], Any],
-        still_usable: Callable[[Any], bool],
+        still_usable: Health,
         *,
         max_idle: int = MAX_IDLE_CONNECTIONS,
+        trusted_for: float = TRUSTED_FOR,
     ) -> None:
         self._connect = connect
-        self._still_usable = still_usable  # open, in no transaction, and answers a ping
+        self._still_usable = still_usable
         self._max_idle = max_idle
-        self._idle: list[Any] = []  # connections a finished branch or transaction gave back
+        self._trusted_for = trusted_for
+        # Connections a finished branch or transaction gave back, with when.
+        self._idle: list[tuple[Any, float]] = []
         self._lock = threading.Lock()
 
     @property
@@ -40,20 +52,31 @@ class ConnectionPool:
 
     def checkout(self) -> Any:
         """An idle connection that still answers (and is in no transaction), else a new one."""
+        return self.take(trust_recent=False)[0]
+
+    def take(self, *, trust_recent: bool) -> tuple[Any, bool]:
+        """A connection, and whether the server was heard on it just now.
+
+        With ``trust_recent``, one given back less than ``trusted_for`` seconds ago is
+        checked without a round trip (open, in no transaction) and handed out unverified: its
+        first statement is then the check, and the caller must redo that statement on a
+        verified connection if it fails for want of a server (nothing was done on it yet).
+        """
         while True:
             with self._lock:
-                conn = self._idle.pop() if self._idle else None
+                conn, since = self._idle.pop() if self._idle else (None, 0.0)
             if conn is None:
-                return self._connect()
-            if self._still_usable(conn):
-                return conn
+                return self._connect(), True
+            recent = trust_recent and time.monotonic() - since < self._trusted_for
+            if self._still_usable(conn, ping=not recent):
+                return conn, not recent
             self.discard(conn)
 
     def release(self, conn: Any) -> None:
         """Keep a connection whose work ended normally for the next :meth:`checkout`."""
         with self._lock:
             if len(self._idle) < self._max_idle:
-                self._idle.append(conn)
+                self._idle.append((conn, time.monotonic()))
                 return
         self.discard(conn)
 
@@ -67,5 +90,5 @@ class ConnectionPool:
         """Close the idle connections (the pool stays usable: it opens new ones)."""
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             self.discard(conn)

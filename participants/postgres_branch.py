@@ -4,11 +4,17 @@ Statements are sent explicitly on an autocommit connection rather than through p
 ``tpc_*`` API, because ``tpc_prepare()`` on a transaction that already failed returns without
 error and prepares nothing. Here the transaction status is checked first, and the server's
 reply to ``PREPARE TRANSACTION`` is checked too: a ``ROLLBACK`` reply is a NO vote.
+
+Round trips: ``BEGIN`` travels with the branch's first statement, and the outcome marker with
+``PREPARE TRANSACTION`` (psycopg's pipeline mode), so a one-statement branch costs three: its
+statement, its prepare, its commit. The marker is inserted only if the transaction wrote
+something, which is how a read-only branch is told without a query of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +26,7 @@ from twopc.participants.base import Participant, shut_down_socket
 from twopc.participants.branch import Branch, BranchProtocol, Cursor, PreparedBranch, Vote
 from twopc.participants.errors import (
     MisconfiguredServer,
+    ParticipantUnavailable,
     PrepareRefused,
     StatementFailed,
     UnknownXid,
@@ -30,6 +37,12 @@ from twopc.participants.xid import Xid
 
 _UNDEFINED_OBJECT = "42704"
 _PREPARED_DISABLED = "55000"
+# The branch's outcome marker, written only when the transaction has written something (an
+# INSERT of no row assigns no transaction id): its row count tells a read-only branch.
+_MARKER_IF_WRITTEN = (
+    "INSERT INTO twopc_outcomes (gtrid, branch, created_at) "
+    "SELECT %s, %s, %s WHERE txid_current_if_assigned() IS NOT NULL"
+)
 
 _PREPARED_SQL = """
     SELECT gid, extract(epoch FROM prepared)::float8, database
@@ -46,10 +59,9 @@ class PostgresBranches(BranchProtocol):
         self.markers = markers
 
     def begin(self, xid: Xid) -> PostgresBranch:
-        conn = self._participant.checkout()
-        with self.link.translated("begin"):
-            conn.execute("BEGIN")
-        return PostgresBranch(self._participant, self, conn, xid)
+        """A branch on a pooled connection; its ``BEGIN`` goes with its first statement."""
+        conn, verified = self._participant.take(trust_recent=True)
+        return PostgresBranch(self._participant, self, conn, xid, verified=verified)
 
     def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
         with self._participant.borrowed() as conn:
@@ -67,6 +79,9 @@ class PostgresBranches(BranchProtocol):
             raise
 
     def prepared_branches(self) -> list[PreparedBranch]:
+        """Every prepared branch in this database, ours and foreign. ``pg_prepared_xacts``
+        is cluster-wide, so it is filtered on the database: a branch another participant
+        prepared in another database of the same server is not listed here."""
         listing = self.link.translated("list prepared transactions")
         with self._participant.borrowed() as conn, listing:
             rows = conn.execute(_PREPARED_SQL).fetchall()
@@ -89,11 +104,15 @@ class PostgresBranch(Branch):
         protocol: PostgresBranches,
         conn: psycopg.Connection[Any],
         xid: Xid,
+        *,
+        verified: bool = True,
     ) -> None:
         super().__init__(participant, xid)
         self._protocol = protocol
         self._link = protocol.link
         self._conn = conn
+        self._verified = verified  # the server was heard on this connection when it was lent
+        self._begun = False  # BEGIN sent (with the first statement)
 
     @property
     def _connection(self) -> psycopg.Connection[Any]:
@@ -115,42 +134,69 @@ class PostgresBranch(Branch):
 
     def _sql_execute(self, query: str, params: Sequence[Any] | None) -> Cursor:
         with self._link.translated("execute"):
-            return self._conn.execute(query, params)
+            if self._begun:
+                return self._conn.execute(query, params)
+        return self._begin_with(query, params)
+
+    def _begin_with(self, query: str, params: Sequence[Any] | None) -> Cursor:
+        """``BEGIN`` and the first statement in one round trip. On a connection lent without
+        a check, a lost link there means it was dead in the pool: nothing was done on it, so
+        it is replaced by a verified one and the pair sent again."""
+        try:
+            cursor = self._pipelined(("BEGIN", None), (query, params))
+        except ParticipantUnavailable:
+            if self._verified:
+                self._disturbed = True  # never lent again
+                raise
+            self._participant.discard(self._conn)
+            self._conn, self._verified = self._participant.take(trust_recent=False)
+            cursor = self._begin_again(query, params)
+        self._begun = True
+        return cursor
+
+    def _begin_again(self, query: str, params: Sequence[Any] | None) -> Cursor:
+        try:
+            return self._pipelined(("BEGIN", None), (query, params))
+        except ParticipantUnavailable:
+            self._disturbed = True
+            raise
+
+    def _pipelined(self, *statements: tuple[Any, Sequence[Any] | None]) -> Cursor:
+        """Send ``statements`` in one round trip; the last one's cursor. The first error
+        raises (PostgreSQL skips what follows an error in a pipeline)."""
+        with self._link.translated("execute"), self._conn.pipeline():
+            cursors = [self._conn.execute(query, params) for query, params in statements]
+        return cursors[-1]
 
     def _sql_prepare(self) -> Vote:
+        if not self._begun:
+            return Vote.READ_ONLY  # not a statement sent: nothing to prepare or commit
         status = self._conn.info.transaction_status
         if status is not TransactionStatus.INTRANS:
             self._abandon()
             raise PrepareRefused(f"{self._link.server}: transaction is {status.name}")
-        if self._wrote_nothing():
-            self._sql_commit_one_phase()
-            return Vote.READ_ONLY
+        gid = sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(self.xid.pg_gid()))
+        marker = (self.xid.gtrid, self.xid.bqual, time.time())
         try:
-            self._protocol.markers.write(self._sql_execute, self.xid)
-        except StatementFailed as err:
-            self._abandon()
-            raise PrepareRefused(f"{self._link.server}: outcome marker: {err}") from err
-        return self._prepare_transaction()
-
-    def _prepare_transaction(self) -> Vote:
-        try:
-            with self._link.translated("prepare"):
-                query = sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(self.xid.pg_gid()))
-                reply = self._conn.execute(query).statusmessage
+            with self._link.translated("prepare"), self._conn.pipeline():
+                written = self._conn.execute(_MARKER_IF_WRITTEN, marker)
+                prepared = self._conn.execute(gid)
         except StatementFailed as err:
             self._abandon()
             if err.code == _PREPARED_DISABLED:
                 raise MisconfiguredServer(_disabled_message(self._link.server)) from err
             raise PrepareRefused(f"{self._link.server}: {err}") from err
+        return self._vote(written.rowcount, prepared.statusmessage)
+
+    def _vote(self, markers: int, reply: str | None) -> Vote:
         if reply != "PREPARE TRANSACTION":
             # The server turned the PREPARE into a ROLLBACK: nothing is prepared.
             raise PrepareRefused(f"{self._link.server}: server replied {reply!r} to PREPARE")
+        if markers == 0:  # it wrote nothing: finish the empty prepared transaction now
+            self._protocol.finish_on(self._conn, self.xid, commit=True)
+            self._finished_cleanly = True
+            return Vote.READ_ONLY
         return Vote.PREPARED
-
-    def _wrote_nothing(self) -> bool:
-        with self._link.translated("check for writes"):
-            row = self._conn.execute("SELECT txid_current_if_assigned() IS NULL").fetchone()
-        return bool(row and row[0])
 
     def _abandon(self) -> None:
         """Roll back whatever is left of the local transaction, ignoring a dead link."""
@@ -163,6 +209,8 @@ class PostgresBranch(Branch):
         self._protocol.finish_on(self._conn, self.xid, commit=True)
 
     def _sql_commit_one_phase(self) -> None:
+        if not self._begun:
+            return  # nothing was sent: nothing to commit
         with self._link.translated("commit"):
             self._conn.execute("COMMIT")
 
@@ -170,6 +218,8 @@ class PostgresBranch(Branch):
         if prepared:
             self._protocol.finish_on(self._conn, self.xid, commit=False)
             return
+        if not self._begun:
+            return  # nothing was sent: nothing to roll back
         with self._link.translated("rollback"):
             self._conn.execute("ROLLBACK")
 

@@ -92,10 +92,12 @@ class PostgresLink:
         conn.limit = self.statement_limit
         return conn
 
-    def still_usable(self, conn: psycopg.Connection[Any]) -> bool:
-        """Whether an idle connection is open, in no transaction, and answers."""
+    def still_usable(self, conn: psycopg.Connection[Any], *, ping: bool = True) -> bool:
+        """Whether an idle connection is open, in no transaction, and (``ping``) answers."""
         if conn.closed or conn.info.transaction_status is not TransactionStatus.IDLE:
             return False
+        if not ping:
+            return True
         try:
             conn.execute("SELECT 1")
         except psycopg.Error:

@@ -51,7 +51,7 @@ class FakeParticipant(Participant):
     def connect(self) -> object:
         return object()
 
-    def _still_usable(self, conn: Any) -> bool:
+    def _still_usable(self, conn: Any, *, ping: bool = True) -> bool:
         return True
 
     def begin(self, xid: Xid) -> FakeBranch:

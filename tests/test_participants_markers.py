@@ -66,7 +66,7 @@ def test_the_pool_reuses_what_still_answers_and_closes_the_rest() -> None:
         opened.append(FakeConnection(len(opened)))
         return opened[-1]
 
-    pool = ConnectionPool(connect, lambda conn: conn.usable, max_idle=2)
+    pool = ConnectionPool(connect, lambda conn, ping=True: conn.usable, max_idle=2)
     first, second, third = pool.checkout(), pool.checkout(), pool.checkout()
     for conn in (first, second, third):
         pool.release(conn)
@@ -79,3 +79,26 @@ def test_the_pool_reuses_what_still_answers_and_closes_the_rest() -> None:
     pool.close()
     assert first.closed and pool.idle == 0
     assert pool.checkout() is opened[4]  # a closed pool still lends connections
+
+
+def test_a_connection_given_back_just_now_is_lent_without_a_round_trip() -> None:
+    """``take(trust_recent=True)`` checks a recently given back connection locally only and
+    says it is unverified (its first statement is the check); an older one, or any with
+    ``trust_recent=False``, is pinged."""
+    pings: list[int] = []
+
+    def health(conn: FakeConnection, *, ping: bool) -> bool:
+        if ping:
+            pings.append(conn.number)
+        return conn.usable
+
+    pool = ConnectionPool(lambda: FakeConnection(len(pings)), health, trusted_for=60.0)
+    conn, verified = pool.take(trust_recent=True)
+    assert verified  # a new connection: the server just answered its connect
+    pool.release(conn)
+    assert pool.take(trust_recent=True) == (conn, False) and pings == []
+    pool.release(conn)
+    assert pool.take(trust_recent=False) == (conn, True) and pings == [conn.number]
+    stale = ConnectionPool(lambda: conn, health, trusted_for=0.0)
+    stale.release(conn)
+    assert stale.take(trust_recent=True) == (conn, True)  # too old to trust: pinged
