@@ -77,7 +77,17 @@ class OutcomeMarkers:
     def write(self, execute: Callable[[str, Sequence[Any]], object], xid: Xid) -> None:
         """Insert the marker of branch ``xid`` with ``execute``, the branch's own statement
         runner (so the marker commits or rolls back with the branch)."""
-        execute(self._sql.insert, (xid.gtrid, xid.bqual, time.time()))
+        execute(self._sql.insert, self.values(xid))
+
+    @property
+    def insert_sql(self) -> str:
+        """The marker insert, for a branch that sends it together with other statements."""
+        return self._sql.insert
+
+    @staticmethod
+    def values(xid: Xid) -> tuple[str, str, float]:
+        """The values :attr:`insert_sql` binds for branch ``xid``."""
+        return (xid.gtrid, xid.bqual, time.time())
 
     def has(self, xid: Xid) -> bool:
         """Whether the branch ``xid`` committed: its marker is visible to a new transaction."""

@@ -19,6 +19,7 @@ from twopc.participants.branch import Branch, BranchProtocol, Cursor, PreparedBr
 from twopc.participants.errors import (
     BranchBusy,
     ParticipantError,
+    ParticipantUnavailable,
     PrepareRefused,
     StatementFailed,
     UnknownXid,
@@ -44,10 +45,9 @@ class MySQLBranches(BranchProtocol):
         self.markers = markers
 
     def begin(self, xid: Xid) -> MySQLBranch:
-        conn = self._participant.checkout()
-        with self.link.translated("xa start"):
-            conn.cursor().execute(f"XA START {xid.mysql_literal()}")
-        return MySQLBranch(self._participant, self, conn, xid)
+        """A branch on a pooled connection; ``XA START`` goes with its first statement."""
+        conn, verified = self._participant.take(trust_recent=True)
+        return MySQLBranch(self._participant, self, conn, xid, verified=verified)
 
     def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
         with self._participant.borrowed() as conn:
@@ -123,12 +123,20 @@ class MySQLBranch(Branch):
     """A branch held open on one MySQL/MariaDB connection."""
 
     def __init__(
-        self, participant: Participant, protocol: MySQLBranches, conn: MySQLConnection, xid: Xid
+        self,
+        participant: Participant,
+        protocol: MySQLBranches,
+        conn: MySQLConnection,
+        xid: Xid,
+        *,
+        verified: bool = True,
     ) -> None:
         super().__init__(participant, xid)
         self._protocol = protocol
         self._link = protocol.link
         self._conn = conn
+        self._verified = verified  # the server was heard on this connection when it was lent
+        self._started = False  # XA START sent (with the first statement)
         self._ended = False  # XA END sent: the branch is IDLE on the server
 
     @property
@@ -158,25 +166,64 @@ class MySQLBranch(Branch):
             shut_down_socket(sock.fileno())
 
     def _sql_execute(self, query: str, params: Sequence[Any] | None) -> Cursor:
+        if self._started:
+            with self._link.translated("execute"):
+                cursor = self._conn.cursor()
+                cursor.execute(query, params)
+                return cursor  # type: ignore[no-any-return]
+        return self._start_with(query, params)
+
+    def _start_with(self, query: str, params: Sequence[Any] | None) -> Cursor:
+        """``XA START`` and the first statement in one round trip. On a connection lent
+        without a check, a lost link there means it was dead in the pool: nothing was done on
+        it, so it is replaced by a verified one and the pair sent again."""
+        try:
+            cursor = self._batch(f"XA START {self.xid.mysql_literal()}", (query, params))
+        except ParticipantUnavailable:
+            if self._verified:
+                self._disturbed = True  # never lent again
+                raise
+            self._participant.discard(self._conn)
+            self._conn, self._verified = self._participant.take(trust_recent=False)
+            try:
+                cursor = self._batch(f"XA START {self.xid.mysql_literal()}", (query, params))
+            except ParticipantUnavailable:
+                self._disturbed = True
+                raise
+        self._started = True
+        return cursor
+
+    def _batch(self, *statements: str | tuple[str, Sequence[Any] | None]) -> Cursor:
+        """Send ``statements`` (text, or a query with its values, bound by the driver) in one
+        round trip; the cursor on the last one's result. The server stops at the first error,
+        which raises here, while reading that statement's result."""
         with self._link.translated("execute"):
             cursor = self._conn.cursor()
-            cursor.execute(query, params)
+            texts = [s if isinstance(s, str) else cursor.mogrify(*s) for s in statements]
+            cursor.execute("; ".join(texts))
+            for _ in texts[1:]:
+                cursor.nextset()
             return cursor  # type: ignore[no-any-return]
 
     def _sql_prepare(self) -> Vote:
+        if not self._started:
+            return Vote.READ_ONLY  # not a statement sent: nothing to prepare or commit
+        lit = self.xid.mysql_literal()
+        marker = (self._protocol.markers.insert_sql, self._protocol.markers.values(self.xid))
         try:
-            self._protocol.markers.write(self._sql_execute, self.xid)
-            self._xa("end")
-            self._xa("prepare")
+            self._batch(marker, f"XA END {lit}", f"XA PREPARE {lit}")
         except StatementFailed as err:
             self._abandon()
             raise PrepareRefused(str(err)) from err
+        self._ended = True
         return Vote.PREPARED
 
     def _sql_commit_prepared(self) -> None:
         self._protocol.finish_on(self._conn, self.xid, commit=True)
 
     def _sql_commit_one_phase(self) -> None:
+        if not self._started:
+            return  # nothing was sent: nothing to commit
         self._xa("end")
         with self._link.translated("xa commit one phase"):
             self._conn.cursor().execute(f"XA COMMIT {self.xid.mysql_literal()} ONE PHASE")
@@ -185,6 +232,8 @@ class MySQLBranch(Branch):
         if prepared:
             self._protocol.finish_on(self._conn, self.xid, commit=False)
             return
+        if not self._started:
+            return  # nothing was sent: nothing to roll back
         self._xa("end")
         self._xa("rollback")
 

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 import pymysql
-from pymysql.constants import CR
+from pymysql.constants import CLIENT, CR
 
 from twopc.participants.base import translated_errors
 from twopc.participants.errors import (
@@ -152,10 +152,16 @@ class _ConnectWatchdog:
 
 
 def open_connection(
-    url: DatabaseURL, *, autocommit: bool, init_command: str | None = None
+    url: DatabaseURL,
+    *,
+    autocommit: bool,
+    init_command: str | None = None,
+    multi_statements: bool = False,
 ) -> pymysql.connections.Connection[Any]:
     """A PyMySQL connection to ``url`` (its TLS options included), utf8mb4, connected (and
-    ``init_command`` run) within :data:`CONNECT_TIMEOUT` seconds."""
+    ``init_command`` run) within :data:`CONNECT_TIMEOUT` seconds. With ``multi_statements``,
+    one round trip may carry several statements (the branch protocol's own: values are
+    always bound, never spliced)."""
     try:
         options = url.pymysql_kwargs()
     except InvalidURL as err:  # a TLS file option naming no file: ours to say, in one line
@@ -165,6 +171,7 @@ def open_connection(
         connect_timeout=CONNECT_TIMEOUT,
         charset="utf8mb4",
         init_command=init_command,
+        client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0,
         **options,
     )
 
@@ -199,7 +206,9 @@ class MySQLLink:
         # Set during the connect, so the connect bound covers it too.
         setting = f"SET SESSION innodb_lock_wait_timeout = {self.lock_wait_seconds:d}"
         with self.translated("connect"):
-            conn = open_connection(self.url, autocommit=True, init_command=setting)
+            conn = open_connection(
+                self.url, autocommit=True, init_command=setting, multi_statements=True
+            )
         # Every read and write from now on gives up after statement_limit (PyMySQL closes
         # the connection and raises 2013): a server that stops answering holds nobody.
         conn._read_timeout = conn._write_timeout = self.statement_limit
