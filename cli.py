@@ -16,7 +16,13 @@ import click
 
 from twopc.commands.accounts import balances, init
 from twopc.commands.bench import bench
-from twopc.commands.common import Context, HomeDirectory, given_url
+from twopc.commands.common import (
+    Context,
+    HomeDirectory,
+    ParticipantOption,
+    given_url,
+    named_participants,
+)
 from twopc.commands.demo import demo
 from twopc.commands.dev import dev
 from twopc.commands.logs import log_group
@@ -111,11 +117,26 @@ def _one_line(error: click.UsageError) -> click.UsageError | OneLineUsageError:
 @click.option(
     "--mysql-url", envvar="TWOPC_MYSQL_URL", help="mysql://user@host:port/db. Env: TWOPC_MYSQL_URL."
 )
+@click.option(
+    "--participant",
+    "participants",
+    multiple=True,
+    envvar="TWOPC_PARTICIPANTS",
+    type=ParticipantOption(),
+    help="Another database, NAME=URL (repeatable); NAME (letters, digits, _ . -; at most 64) "
+    "is its branches' bqual. Env: TWOPC_PARTICIPANTS, pairs separated by spaces or commas.",
+)
 @click.pass_context
-def main(ctx: click.Context, home: Path, pg_url: str | None, mysql_url: str | None) -> None:
+def main(
+    ctx: click.Context,
+    home: Path,
+    pg_url: str | None,
+    mysql_url: str | None,
+    participants: tuple[tuple[str, str], ...],
+) -> None:
     """Atomic transfers across PostgreSQL and MySQL/MariaDB with two-phase commit.
 
-    With no URL configured, the servers started by `twopc dev up` are used.
+    With no URL configured, the databases of the servers started by `twopc dev up` are used.
     Exit codes: 0 ok, 1 failure, 2 misuse, 3 in-doubt transactions or unfinished sagas remain.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -123,7 +144,7 @@ def main(ctx: click.Context, home: Path, pg_url: str | None, mysql_url: str | No
         "pg": given_url(pg_url, "TWOPC_PG_URL"),
         "mysql": given_url(mysql_url, "TWOPC_MYSQL_URL"),
     }
-    ctx.obj = Context(home, urls)
+    ctx.obj = Context(home, urls, named_participants(participants, urls))
 
 
 for _command in (

@@ -6,11 +6,12 @@ import functools
 import json
 import math
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,8 +20,9 @@ import click
 from twopc.bank import InvalidInput, TransferRejected
 from twopc.coordinator import CoordinatorError, InDoubt, TransactionAborted
 from twopc.coordinator.recovery import RecoveryError
-from twopc.devserver import DevServerError, DevServers
+from twopc.devserver import DevServerError, DevServers, DevState
 from twopc.participants import (
+    Backend,
     DatabaseURL,
     InvalidURL,
     LockWaitNotice,
@@ -34,67 +36,195 @@ from twopc.saga import InvalidSagaId, SagaError, parse_duration
 EXIT_IN_DOUBT = 3
 MAX_LOCK_WAIT = 24 * 3600.0  # one day; PostgreSQL's lock_timeout tops out near 24.8 days
 _F = TypeVar("_F", bound=Callable[..., Any])
-_URL_OPTIONS = {"pg": "--pg-url / TWOPC_PG_URL", "mysql": "--mysql-url / TWOPC_MYSQL_URL"}
+#: The participants ``--pg-url`` and ``--mysql-url`` configure (the bank's two sides).
+URL_OPTIONS = {"pg": "--pg-url / TWOPC_PG_URL", "mysql": "--mysql-url / TWOPC_MYSQL_URL"}
+NAMED_OPTION = "--participant / TWOPC_PARTICIPANTS"
+#: A participant's name is the bqual of its branches (at most 64 bytes on both servers); it
+#: also appears in account references (``pg:a1``) and before ``=`` in NAME=URL, so it is
+#: kept to a plain, readable alphabet.
+_PARTICIPANT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass
 class Context:
-    """What every command gets: the home directory and the configured database URLs."""
+    """What every command gets: the home directory and the configured participants — ``pg``
+    and ``mysql`` from their URL options, and any others named with ``--participant``.
+
+    With no URL configured at all, the databases of the running dev servers are used.
+    """
 
     home: Path
     urls: dict[str, str | None]
+    named: dict[str, str] = field(default_factory=dict)
 
     @property
     def dev(self) -> DevServers:
         return DevServers(self.home / "dev")
 
-    def url(self, side: str) -> DatabaseURL:
-        """The URL for ``side`` from its option/env var, else the running dev servers.
+    def url(self, name: str) -> DatabaseURL:
+        """The URL of participant ``name``: as configured, else the running dev servers'.
 
         An empty URL is refused rather than read as "none given": falling back to the dev
         servers would run the command against a database nobody named.
         """
+        text = self.named.get(name) or self._side_url(name) or self._dev_participant(name)
+        try:
+            url = DatabaseURL.parse(text, expect=_expected_backend(name, self.named))
+            url.check_files()  # a TLS file option naming no file is bad input, not a failure
+        except InvalidURL as err:
+            raise BadInput(f"{name} URL: {err}") from None
+        return url
+
+    def participants(
+        self,
+        names: Iterable[str],
+        lock_wait: float = 30.0,
+        *,
+        on_lock_wait: LockWaitNotice | None = None,
+    ) -> list[Participant]:
+        """One participant per name, each told ``on_lock_wait`` when a statement of its
+        waits on a prepared branch."""
+        return [
+            participant_for(name, self.url(name), lock_wait=lock_wait, on_lock_wait=on_lock_wait)
+            for name in names
+        ]
+
+    def participant_names(self) -> list[str]:
+        """Every configured participant: ``pg`` and ``mysql`` where given (or the dev
+        servers run), then the named ones (with no URL configured at all: the dev servers'
+        other databases). :class:`BadInput` when there is none."""
+        sides = [s for s in URL_OPTIONS if self.urls[s] is not None or self._dev_url(s)]
+        names = [*sides, *(n for n in self.named if n not in sides)]
+        if self._nothing_configured():
+            names += [n for n in self._dev_participants() if n not in names]
+        if not names:
+            raise BadInput(
+                f"no database configured: set {URL_OPTIONS['pg']}, {URL_OPTIONS['mysql']} or "
+                f"{NAMED_OPTION} (NAME=URL), or run `twopc dev up`"
+            )
+        return names
+
+    def all_participants(self, lock_wait: float = 30.0) -> list[Participant]:
+        """A participant for every configured name (:meth:`participant_names`)."""
+        return self.participants(self.participant_names(), lock_wait)
+
+    def _side_url(self, side: str) -> str | None:
+        """``pg``'s or ``mysql``'s URL from its option/env var, else the dev servers'."""
+        if side not in URL_OPTIONS:
+            return None
         given = self.urls[side]
         if given is not None and not given.strip():
             raise BadInput(
-                f"{side} URL is empty ({_URL_OPTIONS[side]}): give a URL, or leave it unset "
+                f"{side} URL is empty ({URL_OPTIONS[side]}): give a URL, or leave it unset "
                 "to use the servers of `twopc dev up`"
             )
         text = given or self._dev_url(side)
         if text is None:
             raise BadInput(
-                f"no {side} database configured: set {_URL_OPTIONS[side]} or run `twopc dev up`"
+                f"no {side} database configured: set {URL_OPTIONS[side]} or run `twopc dev up`"
             )
-        try:
-            url = DatabaseURL.parse(text, expect="pg" if side == "pg" else "mysql")
-            url.check_files()  # a TLS file option naming no file is bad input, not a failure
-        except InvalidURL as err:
-            raise BadInput(f"{side} URL: {err}") from None
-        return url
+        return text
 
-    def participants(
-        self,
-        sides: Iterator[str] | tuple[str, ...],
-        lock_wait: float = 30.0,
-        *,
-        on_lock_wait: LockWaitNotice | None = None,
-    ) -> list[Participant]:
-        """One participant per side, each told ``on_lock_wait`` when a statement of its
-        waits on a prepared branch."""
-        return [
-            participant_for(side, self.url(side), lock_wait=lock_wait, on_lock_wait=on_lock_wait)
-            for side in sides
-        ]
+    def _dev_participant(self, name: str) -> str:
+        """The dev servers' database for ``name``, used only when nothing is configured."""
+        found = self._dev_participants().get(name) if self._nothing_configured() else None
+        if found is None:
+            raise BadInput(
+                f"no participant {name!r} configured: give {NAMED_OPTION} {name}=URL, "
+                "or run `twopc dev up`"
+            )
+        return found
 
-    def _dev_url(self, side: str) -> str | None:
+    def _nothing_configured(self) -> bool:
+        return not self.named and all(url is None for url in self.urls.values())
+
+    def _dev_state(self) -> DevState | None:
         try:
-            state = self.dev.status()
+            return self.dev.status()
         except DevServerError:
             return None
+
+    def _dev_url(self, side: str) -> str | None:
+        state = self._dev_state()
         if state is None:
             return None
         info = state.pg if side == "pg" else state.mysql
         return info.url if info.running else None
+
+    def _dev_participants(self) -> dict[str, str]:
+        state = self._dev_state()
+        return {} if state is None else state.participants()
+
+
+def _expected_backend(name: str, named: dict[str, str]) -> Backend | None:
+    """``pg`` and ``mysql`` given by their own options must be of their kind; a named
+    participant may be of either."""
+    if name in named:
+        return None
+    return "pg" if name == "pg" else "mysql" if name == "mysql" else None
+
+
+def participant_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a participant (None when it can)."""
+    if not _PARTICIPANT_NAME.fullmatch(name):
+        return (
+            f"participant name {name!r} must be 1 to 64 characters of A-Z a-z 0-9 _ . - "
+            "starting with a letter"
+        )
+    return None
+
+
+class ParticipantOption(click.ParamType[tuple[str, str]]):
+    """``NAME=URL``: a participant's name (the bqual of its branches) and its database.
+    In TWOPC_PARTICIPANTS the pairs are separated by whitespace or commas."""
+
+    name = "name=url"
+
+    def split_envvar_value(self, rv: str) -> Sequence[str]:
+        return [part for part in re.split(r"[\s,]+", rv) if part]
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        name, equals, url = str(value).partition("=")
+        if not equals:  # the text is not echoed: it may be a URL holding a password
+            self.fail(f"expected NAME=URL, got no '=' ({NAMED_OPTION})", param, ctx)
+        problem = participant_name_problem(name)
+        if problem is not None:
+            self.fail(f"{problem} ({NAMED_OPTION})", param, ctx)
+        if not url.strip():
+            self.fail(f"participant {name!r} has an empty URL ({NAMED_OPTION})", param, ctx)
+        return name, url
+
+
+def named_participants(
+    given: Sequence[tuple[str, str]], urls: dict[str, str | None]
+) -> dict[str, str]:
+    """The participants named with ``--participant``, by name; a name given twice, or one
+    ``--pg-url``/``--mysql-url`` already configures, is refused. Names differing only in
+    case count as the same: MariaDB compares the outcome markers' names without case."""
+    taken = [side for side, url in urls.items() if url is not None]
+    named: dict[str, str] = {}
+    for name, url in given:
+        clash = next((n for n in [*taken, *named] if n.lower() == name.lower()), None)
+        if clash is not None:
+            raise click.UsageError(_configured_twice(name, clash))
+        named[name] = url
+    return named
+
+
+def _configured_twice(name: str, clash: str) -> str:
+    if clash in URL_OPTIONS:
+        where = f"by {URL_OPTIONS[clash]} and by {NAMED_OPTION}"
+    else:
+        where = f"in {NAMED_OPTION}"
+    same = f" (as {clash!r}: names differing only in case are one name)" if clash != name else ""
+    return (
+        f"participant {name!r} is configured twice {where}{same}: each participant needs a "
+        "name of its own"
+    )
 
 
 def given_url(value: str | None, envvar: str) -> str | None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 
 import click
 
-from twopc.bank import SIDES
 from twopc.commands.common import (
     EXIT_IN_DOUBT,
     BadInput,
@@ -37,9 +37,9 @@ from twopc.saga import SagaRecoveryReport, recover_sagas
 @click.pass_obj
 @operational_errors
 def in_doubt(obj: Context, as_json: bool) -> None:
-    """List prepared branches on both servers: ours with their log's decision and what they
-    block, and foreign ones (never touched)."""
-    report = find_in_doubt(obj.participants(SIDES), obj.home)
+    """List prepared branches on every configured participant: ours with their log's
+    decision and what they block, and foreign ones (never touched)."""
+    report = find_in_doubt(obj.all_participants(), obj.home)
     # One list, one shape: foreign entries carry "foreign": true and decision "foreign".
     document = [b.to_json() for b in report.branches] + [f.to_json() for f in report.foreign]
     emit(as_json, document, _in_doubt_text(report))
@@ -49,10 +49,14 @@ def _in_doubt_text(report: InDoubtReport) -> str:
     if not report.branches and not report.foreign:
         return "nothing in doubt"
     lines = []
+    width = _width(
+        [b.participant for b in report.branches] + [f.participant for f in report.foreign]
+    )
     for branch in report.branches:
         alive = {True: "alive", False: "dead", None: "no log"}[branch.coordinator_alive]
         lines.append(
-            f"{branch.gtrid}  {branch.participant:<5}  coordinator {branch.coordinator} ({alive})"
+            f"{branch.gtrid}  {branch.participant:<{width}}  coordinator {branch.coordinator}"
+            f" ({alive})"
             f"  prepared {_seconds(branch.prepared_seconds)} ago  decision: {_decision(branch)}"
         )
         for wait in branch.blocking:
@@ -61,8 +65,15 @@ def _in_doubt_text(report: InDoubtReport) -> str:
                 f" {wait['query']}"
             )
     for foreign in report.foreign:
-        lines.append(f"foreign: {foreign.participant:<5} {foreign.name}  (not ours: never touched)")
+        lines.append(
+            f"foreign: {foreign.participant:<{width}} {foreign.name}  (not ours: never touched)"
+        )
     return "\n".join(lines)
+
+
+def _width(names: Iterable[str]) -> int:
+    """The column width of participant names (at least 5, as ``mysql``)."""
+    return max([5, *(len(name) for name in names)])
 
 
 def _decision(branch: InDoubtBranch) -> str:
@@ -99,7 +110,7 @@ def recover(obj: Context, dry_run: bool, retry_deadline: float | None, as_json: 
     resume from their logs: forward while their steps can complete, backward (compensations
     in reverse order) once a step failed.
     """
-    participants = obj.participants(SIDES)
+    participants = obj.all_participants()
     report = run_recovery(participants, obj.home, dry_run=dry_run)
     config = saga_config(obj, None, retry_deadline)
     saga_report = recover_sagas(participants, config, dry_run=dry_run)
@@ -111,7 +122,10 @@ def recover(obj: Context, dry_run: bool, retry_deadline: float | None, as_json: 
 
 
 def _recovery_text(report: RecoveryReport) -> str:
-    lines = [f"{r.gtrid}  {r.participant:<5}  {r.action}: {r.reason}" for r in report.resolutions]
+    width = _width(r.participant for r in report.resolutions)
+    lines = [
+        f"{r.gtrid}  {r.participant:<{width}}  {r.action}: {r.reason}" for r in report.resolutions
+    ]
     lines += [f"{gtrid}  ended (END record written)" for gtrid in report.ended]
     lines += [
         f"log of coordinator {cid} removed (nothing unfinished)" for cid in report.removed_logs
@@ -163,10 +177,12 @@ def resolve(
             "(see `twopc in-doubt`)"
         )
     decision = "commit" if commit else "rollback"
-    outcome = resolve_by_hand(obj.participants(SIDES), obj.home, gtrid, commit=commit, force=force)
+    participants = obj.all_participants()
+    outcome = resolve_by_hand(participants, obj.home, gtrid, commit=commit, force=force)
     heuristic = " (heuristic outcome: against the log's decision)" if outcome.heuristic else ""
+    width = _width(b.participant for b in outcome.branches)
     text = "\n".join(
-        [f"{b.gtrid}  {b.participant:<5}  {b.action}" for b in outcome.branches]
+        [f"{b.gtrid}  {b.participant:<{width}}  {b.action}" for b in outcome.branches]
         + [f"recorded: {decision} by operator{heuristic}"]
     )
     emit(as_json, outcome.to_json(), text)
@@ -184,7 +200,7 @@ def resolve(
 @operational_errors
 def audit_command(obj: Context, as_json: bool) -> None:
     """Check that every transaction the logs know about is all-or-nothing."""
-    report = run_audit(obj.participants(SIDES), obj.home)
+    report = run_audit(obj.all_participants(), obj.home)
     lines = [
         f"{e.gtrid}  {e.verdict}  " + ", ".join(f"{k}: {v}" for k, v in e.branches.items())
         for e in report.entries
