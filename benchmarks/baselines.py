@@ -105,24 +105,28 @@ class SQLAlchemyTwoPhase:
         self._sessions = sessionmaker(twophase=True, binds=binds)
 
     def move(self, pg_account: str, mysql_account: str, amount: Decimal, pg_pays: bool) -> None:
+
+        pg = self._change(self._pg_table, pg_account, amount, debit=pg_pays)
+        mysql = self._change(self._mysql_table, mysql_account, amount, debit=not pg_pays)
+        # PostgreSQL first, whatever the direction (as the coordinator's transfers do): two
+        # opposite transfers never wait for each other across the servers, a cycle neither
+        # server could see.
+        with self._sessions() as session:
+            for statement, account in (pg, mysql):
+                if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]
+                    session.rollback()
+                    raise Refused(account)
+            session.commit()
+
+    @staticmethod
+    def _change(table: Any, account: str, amount: Decimal, *, debit: bool) -> tuple[Any, str]:
         from sqlalchemy import update
 
-        pg, mysql = (self._pg_table, pg_account), (self._mysql_table, mysql_account)
-        (payer, payer_id), (payee, payee_id) = (pg, mysql) if pg_pays else (mysql, pg)
-        debit = (
-            update(payer)
-            .where(payer.c.id == payer_id, payer.c.balance >= amount)
-            .values(balance=payer.c.balance - amount)
-        )
-        credit = (
-            update(payee).where(payee.c.id == payee_id).values(balance=payee.c.balance + amount)
-        )
-        with self._sessions() as session:
-            if session.execute(debit).rowcount != 1:  # type: ignore[attr-defined]
-                session.rollback()
-                raise Refused(payer_id)
-            session.execute(credit)
-            session.commit()
+        change = update(table).where(table.c.id == account)
+        if debit:
+            change = change.where(table.c.balance >= amount)
+        delta = -amount if debit else amount
+        return change.values(balance=table.c.balance + delta), account
 
     def close(self) -> None:
         for engine in self._engines:
