@@ -59,6 +59,7 @@ class AuditReport:
 
     def to_json(self) -> dict[str, object]:
         return {
+            "atomic": self.atomic,
             "transactions": [e.to_json() for e in self.entries],
             "committed": self.count(ATOMIC),
             "in_doubt": self.count(IN_DOUBT),

@@ -165,6 +165,24 @@ class _Session:
             return "committed"
         return "rolled back"
 
+    def elsewhere(self, coordinators: Sequence[str]) -> set[str]:
+        """Those of ``coordinators`` with a branch still prepared on a configured server by
+        another participant (another database or bqual, perhaps one this recovery is not
+        configured with). Their logs must stay: without a log, a later recovery could not
+        presume abort for that branch. Asked after acting, so branches just finished do not
+        count; a server that does not answer may hold some, so then every log stays."""
+        if not coordinators:
+            return set()
+        wanted = set(coordinators)
+        found: set[str] = set()
+        for participant in self.participants:
+            try:
+                gtrids = participant.prepared_elsewhere()
+            except ParticipantError:
+                return wanted
+            found |= {c for c in map(coordinator_of, gtrids) if c in wanted}
+        return found
+
     def collect_markers(self, coordinators: Sequence[str], unfinished: set[str]) -> None:
         """Delete the markers of every gtrid these coordinators minted that no log still
         needs (``unfinished``) and no server holds prepared (the caller holds their logs).
@@ -242,6 +260,7 @@ def _recover_coordinators(
     """Recover a chunk of coordinators: hold the logs that can be held, decide and act on
     every branch at once, then END, collect markers and release (or remove) each log."""
     held: dict[str, TransactionLog] = {}
+    keep: set[str] = set()  # logs that must stay though nothing in them is unfinished
     orphans: list[str] = []
     plans: list[tuple[Prepared, BranchFacts]] = []
     try:
@@ -258,11 +277,19 @@ def _recover_coordinators(
         session.act_all(plans)
         session.end_complete(held)
         unfinished = {g for txlog in held.values() for g in txlog.unfinished()}
-        session.collect_markers(list(held), unfinished)
+        keep = session.elsewhere([c for c, txlog in held.items() if not txlog.unfinished()])
+        session.collect_markers([c for c in held if c not in keep], unfinished)
         _collect_orphan_markers(home, orphans, session)
+        for coordinator in sorted(keep):
+            session.report.problems.append(
+                f"coordinator {coordinator} still has branches prepared on these servers that "
+                "this recovery did not finish (other databases or participants it is not "
+                "configured with?): its log is kept for a recovery that can (add them with "
+                "--participant NAME=URL)"
+            )
     finally:
         for coordinator, txlog in held.items():
-            _release(coordinator, txlog, session.report)
+            _release(coordinator, txlog, session.report, keep=coordinator in keep)
 
 
 def _hold(
@@ -294,8 +321,10 @@ def _held_facts(
     return BranchFacts(logged, alive=False, evidence=evidence.of(prepared.gtrid))
 
 
-def _release(coordinator: str, txlog: TransactionLog, report: RecoveryReport) -> None:
-    if txlog.unfinished():
+def _release(
+    coordinator: str, txlog: TransactionLog, report: RecoveryReport, *, keep: bool = False
+) -> None:
+    if keep or txlog.unfinished():
         txlog.close()
     else:
         txlog.destroy()

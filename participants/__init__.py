@@ -90,7 +90,13 @@ def participant_for(
     on_lock_wait: LockWaitNotice | None = None,
     notice_after: float = 1.0,
 ) -> Participant:
-    """The adapter for the URL's backend."""
+    """The adapter for the URL's backend, called ``name``.
+
+    The name is the bqual of every branch the participant holds (several participants may
+    share a server, each with its own name), so it must be a valid one: :class:`InvalidXid`
+    otherwise, before anything connects.
+    """
+    Xid(FORMAT_ID, "participant", name)  # validates the name as a bqual
     kind = PostgresParticipant if url.backend == "pg" else MySQLParticipant
     return kind(
         name, url, lock_wait=lock_wait, on_lock_wait=on_lock_wait, notice_after=notice_after

@@ -196,6 +196,13 @@ class Participant(ABC):
     def prepared_branches(self) -> list[PreparedBranch]:
         """Every prepared branch on the server (ours and foreign) in this database."""
 
+    def prepared_elsewhere(self) -> set[str]:
+        """Gtrids of twopc branches prepared on this participant's server by *another*
+        participant (another database or bqual of the same server). They are never finished
+        through this participant; recovery keeps their coordinators' logs for one that is
+        configured with that participant."""
+        return set()
+
     def check_ready(self) -> None:
         """Raise :class:`MisconfiguredServer` when the server cannot run 2PC branches (and
         :class:`ParticipantUnavailable` when it does not answer). Checked once: a server
@@ -323,6 +330,9 @@ class ServerParticipant(Participant):
 
     def prepared_branches(self) -> list[PreparedBranch]:
         return self._roles.branches.prepared_branches()
+
+    def prepared_elsewhere(self) -> set[str]:
+        return self._roles.branches.prepared_elsewhere()
 
     def _check_server(self) -> None:
         self._roles.branches.check_server()

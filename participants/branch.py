@@ -227,6 +227,11 @@ class BranchProtocol(ABC):
         """Every prepared branch on the server (ours and foreign) in this database."""
 
     @abstractmethod
+    def prepared_elsewhere(self) -> set[str]:
+        """Gtrids of our branches prepared on this server by other participants (other
+        databases, other bquals): seen, never acted on."""
+
+    @abstractmethod
     def check_server(self) -> None:
         """Raise :class:`MisconfiguredServer` when the server cannot run 2PC branches (and
         :class:`ParticipantUnavailable` when it does not answer)."""

@@ -92,6 +92,19 @@ class MySQLBranches(BranchProtocol):
             conn.close()
         return [replace(b, prepared_at=times.get(b.xid)) if b.xid else b for b in branches]
 
+    def prepared_elsewhere(self) -> set[str]:
+        conn = self.link.connect()
+        try:
+            with self.link.translated("xa recover"):
+                cursor = conn.cursor()
+                cursor.execute("XA RECOVER")
+                listed = [self._prepared_branch(*row) for row in cursor.fetchall()]
+        finally:
+            conn.close()
+        name = self._participant.name
+        xids = [b.xid for b in listed if b.xid is not None]
+        return {x.gtrid for x in xids if x.is_ours and x.bqual != name}
+
     def check_server(self) -> None:
         self.link.connect().close()  # MySQL and MariaDB need no setting for XA: it answers
 

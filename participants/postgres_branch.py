@@ -49,6 +49,8 @@ _PREPARED_SQL = """
       FROM pg_prepared_xacts WHERE database = current_database()
 """
 
+_ELSEWHERE_SQL = "SELECT gid FROM pg_prepared_xacts WHERE database <> current_database()"
+
 
 class PostgresBranches(BranchProtocol):
     """Branches of global transactions in one PostgreSQL database."""
@@ -87,6 +89,13 @@ class PostgresBranches(BranchProtocol):
             rows = conn.execute(_PREPARED_SQL).fetchall()
         server = self.link.server
         return [PreparedBranch(server, gid, Xid.from_pg_gid(gid), at, db) for gid, at, db in rows]
+
+    def prepared_elsewhere(self) -> set[str]:
+        listing = self.link.translated("list prepared transactions")
+        with self._participant.borrowed() as conn, listing:
+            rows = conn.execute(_ELSEWHERE_SQL).fetchall()
+        xids = (Xid.from_pg_gid(gid) for (gid,) in rows)
+        return {x.gtrid for x in xids if x is not None and x.is_ours}
 
     def check_server(self) -> None:
         with self.link.connect() as conn, self.link.translated("check max_prepared_transactions"):
