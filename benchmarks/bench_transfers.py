@@ -49,11 +49,14 @@ from twopc.benchmarks.baselines import (
     Refused,
     SQLAlchemyTwoPhase,
 )
+from twopc.benchmarks.roundtrips import count_round_trips
 from twopc.coordinator import Coordinator, CoordinatorConfig
 from twopc.participants import DatabaseURL, LockWaitTimeout, Participant
 from twopc.saga import COMPLETED, Orchestrator, SagaConfig
 
 MODES = ("2pc", "saga", "naive", "sqlalchemy", "local")
+# Transfers (one at a time, through counting relays) over which round trips are counted.
+ROUND_TRIP_TRANSFERS = 40
 AMOUNT = Decimal("0.01")
 # Pause between two audit reads, so the auditor does not starve the transfers of CPU.
 _AUDIT_PAUSE = 0.005
@@ -110,6 +113,15 @@ def run_transfer_benchmark(
             for mode in [*modes[turn:], *modes[:turn]]:
                 run = _run(participants, home, mode, count, transfers, accounts, chooser, done)
                 runs.append(run | {"round": round_number + 1})
+    round_trips = count_round_trips(
+        participants,
+        home,
+        modes,
+        _mover,
+        _request,
+        transfers=min(transfers, ROUND_TRIP_TRANSFERS),
+        accounts=accounts,
+    )
     return {
         "transfers": transfers,
         "accounts": accounts,
@@ -117,6 +129,7 @@ def run_transfer_benchmark(
         "rounds": rounds,
         "runs": runs,
         "modes": summarize(runs),
+        "round_trips": round_trips,
     }
 
 
@@ -426,7 +439,26 @@ def format_transfer_benchmark(result: dict[str, Any]) -> list[str]:
         "done); off+pending: the same counting saga holds as pending money; cpu ms: client CPU "
         "per transfer"
     )
-    return [*lines, "", *format_modes(result["modes"], result["rounds"])]
+    return [
+        *lines,
+        "",
+        *format_modes(result["modes"], result["rounds"]),
+        "",
+        *format_round_trips(result["round_trips"]),
+    ]
+
+
+def format_round_trips(counted: dict[str, dict[str, float]]) -> list[str]:
+    """Round trips per transfer by mode and server, as counted on the wire."""
+    names = sorted({n for row in counted.values() for n in row} - {"total", "failed"})
+    lines = [
+        "round trips per transfer, counted on the wire (one at a time, pooled connections):",
+        f"{'mode':<10} " + " ".join(f"{n:>7}" for n in names) + f" {'total':>7}",
+    ]
+    for mode, row in counted.items():
+        cells = " ".join(f"{row.get(n, 0):>7.2f}" for n in names)
+        lines.append(f"{mode:<10} {cells} {row['total']:>7.2f}")
+    return lines
 
 
 def format_modes(modes: Sequence[dict[str, Any]], rounds: int) -> list[str]:
