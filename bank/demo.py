@@ -1,33 +1,37 @@
 """``twopc demo blocking``: the blocking of two-phase commit, shown with real processes.
 
-A transfer's coordinator is paused after both branches prepared, then killed with SIGKILL;
-a second transfer on the same account blocks on the in-doubt branch's row lock; recovery
-resolves the branch (presumed abort: no COMMIT record was logged); the second transfer then
-completes, and the balances prove that neither transfer was half-applied.
+A transfer's coordinator, in a process of its own, stops once both branches are prepared and
+is killed there with SIGKILL; a second transfer on the same account, run here through the
+library, blocks on the in-doubt branch's row lock and is told why (the participants'
+lock-wait notice); recovery resolves the branch (presumed abort: no COMMIT record was
+logged); the second transfer then completes, and the balances prove that neither transfer
+was half-applied.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import queue
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import IO
 
-from twopc.bank.transfer import Balances, read_balances
-from twopc.coordinator.recovery import find_in_doubt, recover
-from twopc.participants import Participant
+from twopc.bank.accounts import AccountRef
+from twopc.bank.transfer import Balances, Transfer, read_balances, run_transfer
+from twopc.coordinator import CallAt, Coordinator, CoordinatorConfig, CrashPoint
+from twopc.coordinator.listing import find_in_doubt, lock_wait_lines
+from twopc.coordinator.recovery import recover
+from twopc.participants import DatabaseURL, LockWait, Participant, participant_for
 
-_PAUSED = re.compile(r"paused at after-prepare: pid (\d+) gtrid (\S+)")
-_WAITING = "waiting for a row lock"
+_START_PATIENCE = 60.0  # for the doomed coordinator's process to start and prepare
+_NOTICE_PATIENCE = 30.0  # for the second transfer to report its wait
+_FINISH_PATIENCE = 60.0  # for the second transfer to finish once recovery ran
+_BLOCKED_LOCK_WAIT = 120.0  # how long the second transfer may wait for its lock
 
 
 class DemoError(Exception):
@@ -46,35 +50,9 @@ class DemoFigures:
     total_after: Decimal
 
 
-class _Lines:
-    """Reads a child's stderr on a thread, so the demo can wait for a line with a timeout."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._queue: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._queue.put(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            self.seen.append(line)
-            if re.search(pattern, line):
-                return line
-        raise DemoError(f"expected output matching {pattern!r}; got: {' | '.join(self.seen)}")
-
-
 def blocking_demo(
     participants: Sequence[Participant],
     home: Path,
-    env: dict[str, str],
     say: Callable[[str], None],
     *,
     hold: float = 3.0,
@@ -83,48 +61,131 @@ def blocking_demo(
     if find_in_doubt(participants, home, with_blocking=False).branches:
         raise DemoError("transactions are already in doubt: run `twopc recover` first")
     before = read_balances(list(participants))
-    total_before = before.overall
-    first = _start(
-        env, "pg:a1", "mysql:a1", "10.00", "--pause-at", "after-prepare", "--pause-seconds", "600"
-    )
-    try:
-        gtrid = _kill_when_prepared(first, say)
-    finally:
-        _reap(first)
+    gtrid = _kill_when_prepared(participants, home, say)
     _show_in_doubt(participants, home, say)
-    second, seconds_until_notice, started = _blocked_transfer(env, say)
-    try:
-        say(f"4. Holding the in-doubt branch {hold:g}s more, so the wait is plain to see...")
-        time.sleep(hold)
-        seconds_recovering = _recover(participants, home, say)
-        seconds_blocked = _finish(second, started, say)
-    finally:
-        _reap(second)
+    second = _BlockedTransfer(participants, home)
+    say("3. A second transfer pg:a1 -> mysql:a2 5.00 needs pg:a1's row lock...")
+    seconds_until_notice, notice = second.start()
+    say(f"   after {seconds_until_notice:.1f}s it reports: {notice}")
+    say(f"4. Holding the in-doubt branch {hold:g}s more, so the wait is plain to see...")
+    time.sleep(hold)
+    seconds_recovering = _recover(participants, home, say)
+    seconds_blocked = second.finish()
+    say(f"6. The second transfer went through after {seconds_blocked:.1f}s in all.")
     total_after = _show_balances(participants, say, before)
     return DemoFigures(
-        gtrid, seconds_until_notice, seconds_blocked, seconds_recovering, total_before, total_after
+        gtrid,
+        seconds_until_notice,
+        seconds_blocked,
+        seconds_recovering,
+        before.overall,
+        total_after,
     )
 
 
-def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "twopc", "transfer", *args]
-    return subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def _doomed_transfer(pairs: list[tuple[str, str]], home: str, report: Connection) -> None:
+    """In a process of its own: transfer pg:a1 -> mysql:a1 10.00, and once both branches are
+    prepared tell the parent (pid, gtrid) and wait to be killed."""
+
+    def prepared(gtrid: str) -> None:
+        report.send((os.getpid(), gtrid))
+        time.sleep(600)
+
+    participants = [participant_for(name, DatabaseURL.parse(url)) for name, url in pairs]
+    hooks = CallAt(CrashPoint.AFTER_PREPARE, prepared)
+    with Coordinator.open(participants, CoordinatorConfig(Path(home), hooks=hooks)) as coordinator:
+        transfer = Transfer(AccountRef("pg", "a1"), AccountRef("mysql", "a1"), Decimal("10.00"))
+        run_transfer(coordinator, transfer)
 
 
-def _kill_when_prepared(process: subprocess.Popen[str], say: Callable[[str], None]) -> str:
-    say("1. Transfer pg:a1 -> mysql:a1 10.00 starts and pauses once both branches are prepared.")
-    assert process.stderr is not None
-    line = _Lines(process.stderr).wait_for(_PAUSED.pattern, timeout=30)
-    match = _PAUSED.search(line)
-    assert match is not None
-    pid, gtrid = int(match.group(1)), match.group(2)
-    os.kill(pid, signal.SIGKILL)
-    process.wait(timeout=10)
+def _kill_when_prepared(
+    participants: Sequence[Participant], home: Path, say: Callable[[str], None]
+) -> str:
+    say("1. Transfer pg:a1 -> mysql:a1 10.00 starts and stops once both branches are prepared.")
+    context = multiprocessing.get_context("spawn")  # no copy of this process's connections
+    ours, theirs = context.Pipe(duplex=False)
+    pairs = [(p.name, p.url.with_password()) for p in participants]
+    process = context.Process(target=_doomed_transfer, args=(pairs, str(home), theirs))
+    process.start()
+    theirs.close()  # so that a child that dies early is seen as the pipe's end
+    try:
+        if not ours.poll(_START_PATIENCE):
+            raise DemoError(f"the first transfer did not prepare within {_START_PATIENCE:g}s")
+        try:
+            pid, gtrid = ours.recv()
+        except EOFError:
+            process.join(10)
+            raise DemoError(
+                f"the first transfer's coordinator exited ({process.exitcode}) before preparing"
+            ) from None
+        os.kill(pid, signal.SIGKILL)
+        process.join(10)
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join(10)
+        ours.close()
     say(f"2. kill -9 {pid}: the coordinator of {gtrid} is dead. No COMMIT record was logged,")
     say("   but its branches stay prepared, holding their row locks on pg:a1 and mysql:a1.")
-    return gtrid
+    return str(gtrid)
+
+
+class _BlockedTransfer:
+    """The second transfer, run on a thread of this process with participants of its own
+    whose lock-wait notice reports what it waits on."""
+
+    def __init__(self, participants: Sequence[Participant], home: Path) -> None:
+        self.home = home
+        self.participants = [
+            participant_for(
+                p.name,
+                p.url,
+                lock_wait=_BLOCKED_LOCK_WAIT,
+                on_lock_wait=self._notice,
+                notice_after=1.0,
+            )
+            for p in participants
+        ]
+        self.noticed: list[str] = []
+        self.failure: BaseException | None = None
+        self._heard = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="twopc-demo", daemon=True)
+        self._started = 0.0
+
+    def start(self) -> tuple[float, str]:
+        self._started = time.monotonic()
+        self._thread.start()
+        if not self._heard.wait(_NOTICE_PATIENCE):
+            raise DemoError(f"the second transfer reported no lock wait in {_NOTICE_PATIENCE:g}s")
+        if self.failure is not None:
+            raise DemoError(f"the second transfer failed: {self.failure}")
+        if not self.noticed:
+            raise DemoError("the second transfer went through without waiting for the lock")
+        return time.monotonic() - self._started, self.noticed[0]
+
+    def finish(self) -> float:
+        self._thread.join(_FINISH_PATIENCE)
+        if self._thread.is_alive():
+            raise DemoError("the blocked transfer did not finish after recovery")
+        if self.failure is not None:
+            raise DemoError(f"the blocked transfer failed: {self.failure}")
+        return time.monotonic() - self._started
+
+    def _notice(self, participant: Participant, waits: list[LockWait]) -> None:
+        self.noticed += lock_wait_lines(self.home, participant, waits)
+        self._heard.set()
+
+    def _run(self) -> None:
+        transfer = Transfer(AccountRef("pg", "a1"), AccountRef("mysql", "a2"), Decimal("5.00"))
+        try:
+            with Coordinator.open(self.participants, CoordinatorConfig(self.home)) as coordinator:
+                run_transfer(coordinator, transfer)
+        except Exception as err:  # reported by start() or finish()
+            self.failure = err
+        finally:
+            self._heard.set()
+            for participant in self.participants:
+                participant.close()
 
 
 def _show_in_doubt(
@@ -136,19 +197,6 @@ def _show_in_doubt(
             f"   in doubt: {branch.gtrid} on {branch.participant}, coordinator {alive}, "
             f"decision: {branch.decision}"
         )
-
-
-def _blocked_transfer(
-    env: dict[str, str], say: Callable[[str], None]
-) -> tuple[subprocess.Popen[str], float, float]:
-    say("3. A second transfer pg:a1 -> mysql:a2 5.00 needs pg:a1's row lock...")
-    started = time.monotonic()
-    process = _start(env, "pg:a1", "mysql:a2", "5.00", "--lock-wait", "120")
-    assert process.stderr is not None
-    line = _Lines(process.stderr).wait_for(_WAITING, timeout=30)
-    waited = time.monotonic() - started
-    say(f"   after {waited:.1f}s it reports: {line}")
-    return process, waited, started
 
 
 def _recover(participants: Sequence[Participant], home: Path, say: Callable[[str], None]) -> float:
@@ -163,18 +211,6 @@ def _recover(participants: Sequence[Participant], home: Path, say: Callable[[str
         )
     say(f"   recovery took {elapsed * 1000:.0f} ms")
     return elapsed
-
-
-def _finish(process: subprocess.Popen[str], started: float, say: Callable[[str], None]) -> float:
-    try:
-        out, err = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        raise DemoError("the blocked transfer did not finish after recovery") from None
-    blocked = time.monotonic() - started
-    if process.returncode != 0:
-        raise DemoError(f"the blocked transfer failed: {err.strip()}")
-    say(f"6. The second transfer went through after {blocked:.1f}s in all: {out.splitlines()[0]}")
-    return blocked
 
 
 def _show_balances(
@@ -203,9 +239,3 @@ _SHOWN = ("pg:a1", "mysql:a1", "mysql:a2")
 
 def _accounts(balances: Balances) -> dict[str, Decimal]:
     return {f"{side}:{i}": b for side, rows in balances.sides.items() for i, b in rows}
-
-
-def _reap(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=10)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from decimal import Decimal
 
 import click
@@ -38,12 +37,9 @@ def demo_blocking(obj: Context, hold: float, as_json: bool) -> None:
     participants = obj.participants(SIDES)
     for participant in participants:
         init_schema(participant.url, accounts_count=2, balance=Decimal("1000.00"), reset=False)
-    env = dict(os.environ, TWOPC_HOME=str(obj.home.resolve()))
-    env.update({f"TWOPC_{p.name.upper()}_URL": p.url.with_password() for p in participants})
-    env.pop("TWOPC_COORDINATOR_ID", None)
     say = (lambda line: None) if as_json else click.echo
     try:
-        figures = blocking_demo(participants, obj.home, env, say, hold=hold)
+        figures = blocking_demo(participants, obj.home, say, hold=hold)
     except DemoError as err:
         raise click.ClickException(str(err)) from None
     if as_json:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,22 +46,18 @@ from twopc.coordinator import (
     RetryPolicy,
     TxState,
     check_coordinator_id,
-    coordinator_of,
 )
-from twopc.coordinator.listing import in_doubt_of_dead
+from twopc.coordinator.listing import in_doubt_of_dead, lock_wait_lines
 from twopc.participants import Participant
 from twopc.participants.lockwaits import LockWait
 from twopc.saga import (
-    KillSagaAt,
     Orchestrator,
-    PauseSagaAt,
     SagaConfig,
     SagaHooks,
     SagaOutcome,
     check_saga_id,
 )
 from twopc.saga.logs import read_orchestrator
-from twopc.txlog import is_locked
 
 _POINTS = [point.value for point in CrashPoint]
 _SAGA_POINTS = list(TRANSFER_POINTS)
@@ -296,24 +291,8 @@ def _warn_in_doubt(home: Path, participants: list[Participant]) -> None:
 
 def _say_blocked(home: Path, participant: Participant, waits: list[LockWait]) -> None:
     """Printed once when a statement has waited a while on a lock held by a prepared branch."""
-    prepared = {b.xid: b.prepared_at for b in participant.prepared_branches() if b.xid}
-    for wait in waits:
-        if wait.blocker is None:
-            click.echo(
-                f"waiting for a lock on {participant.name} held by {wait.blocker_name}", err=True
-            )
-            continue
-        gtrid = wait.blocker.gtrid
-        at = prepared.get(wait.blocker)
-        since = f"in doubt for {time.time() - at:.1f}s" if at else "in doubt"
-        owner = coordinator_of(gtrid)
-        state = "alive" if owner and is_locked(home / "txlog" / owner) else "dead"
-        click.echo(
-            f"waiting for a row lock on {participant.name} held by in-doubt transaction "
-            f"{gtrid} ({since}; its coordinator {owner} is {state}); "
-            "resolve it with: twopc recover",
-            err=True,
-        )
+    for line in lock_wait_lines(home, participant, waits):
+        click.echo(line, err=True)
 
 
 def _coordinator_id(value: str | None) -> str | None:
@@ -437,5 +416,5 @@ def _saga_hooks(points: Points) -> SagaHooks | None:
     found = TRANSFER_POINTS[name]
     step = found.step if points.step is None else points.step
     if points.crash_at:
-        return KillSagaAt(found.point, step)
-    return PauseSagaAt(found.point, points.seconds, step, name=name)
+        return KillAt(found.point, step)
+    return PauseAt(found.point, points.seconds, step, name=name)

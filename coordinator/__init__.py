@@ -9,6 +9,7 @@ stop it at each step of the protocol.
 from twopc.coordinator.coordinator import Coordinator, CoordinatorConfig, log_directory
 from twopc.coordinator.crashpoints import (
     CRASH_POINT_HELP,
+    CallAt,
     CrashPoint,
     KillAt,
     PauseAt,
@@ -44,6 +45,7 @@ __all__ = [
     "GlobalTransaction",
     "InDoubt",
     "InvalidCoordinatorId",
+    "CallAt",
     "KillAt",
     "Outcome",
     "OutcomeUnknown",

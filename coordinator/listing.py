@@ -3,6 +3,7 @@ what recovery would do with them and which sessions they block; foreign ones apa
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from twopc.coordinator.facts import (
     prepared_everywhere,
     txlog_root,
 )
+from twopc.coordinator.ids import coordinator_of
 from twopc.participants import Participant, ParticipantError, Xid
 from twopc.participants.lockwaits import LockWait
 from twopc.txlog import is_locked
@@ -182,3 +184,26 @@ def wait_json(wait: LockWait) -> dict[str, object]:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+def lock_wait_lines(home: Path, participant: Participant, waits: Sequence[LockWait]) -> list[str]:
+    """What to tell a user whose statement on ``participant`` waits on these locks: for a
+    prepared branch, its gtrid, how long it has been in doubt, whether its coordinator is
+    alive, and what resolves it."""
+    prepared = {b.xid: b.prepared_at for b in participant.prepared_branches() if b.xid}
+    lines = []
+    for wait in waits:
+        if wait.blocker is None:
+            lines.append(f"waiting for a lock on {participant.name} held by {wait.blocker_name}")
+            continue
+        gtrid = wait.blocker.gtrid
+        at = prepared.get(wait.blocker)
+        since = f"in doubt for {time.time() - at:.1f}s" if at else "in doubt"
+        owner = coordinator_of(gtrid)
+        state = "alive" if owner and is_locked(txlog_root(home) / owner) else "dead"
+        lines.append(
+            f"waiting for a row lock on {participant.name} held by in-doubt transaction "
+            f"{gtrid} ({since}; its coordinator {owner} is {state}); "
+            "resolve it with: twopc recover"
+        )
+    return lines

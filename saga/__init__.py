@@ -14,7 +14,7 @@ business domain: the demo bank's transfer is one definition on top of it.
 """
 
 from twopc.saga.attempts import retry_policy
-from twopc.saga.crashpoints import SAGA_POINT_HELP, KillSagaAt, PauseSagaAt, SagaHooks, SagaPoint
+from twopc.saga.crashpoints import SAGA_POINT_HELP, KillAt, PauseAt, SagaHooks, SagaPoint
 from twopc.saga.definition import (
     InvalidSagaDefinition,
     Params,
@@ -77,11 +77,11 @@ __all__ = [
     "InvalidSagaId",
     "KeyReused",
     "Keyed",
-    "KillSagaAt",
+    "KillAt",
     "Orchestrator",
     "OrchestratorLog",
     "Params",
-    "PauseSagaAt",
+    "PauseAt",
     "SagaBusy",
     "SagaConfig",
     "SagaDefinition",

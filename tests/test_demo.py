@@ -7,6 +7,9 @@ from decimal import Decimal
 
 from conftest import Databases
 
+from twopc.bank.demo import blocking_demo
+from twopc.participants import DatabaseURL, participant_for
+
 
 def test_demo_blocking_narrates_kill_block_recover(db: Databases) -> None:
     result = db.twopc("demo", "blocking", "--hold", "0.5")
@@ -37,6 +40,28 @@ def test_demo_blocking_json_figures(db: Databases) -> None:
     assert figures["seconds_until_notice"] > 0
     assert figures["seconds_blocked"] >= figures["seconds_until_notice"]
     assert figures["total_before"] == figures["total_after"] == "20000.00"
+
+
+def test_demo_drives_the_library(db: Databases) -> None:
+    """The story as a library call: a coordinator process killed at a crash point through
+    a hook, the second transfer's wait reported by the participants' lock-wait notice."""
+    participants = [
+        participant_for(name, DatabaseURL.parse(url))
+        for name, url in (("pg", db.state.pg.url), ("mysql", db.state.mysql.url))
+    ]
+    lines: list[str] = []
+    try:
+        figures = blocking_demo(participants, db.home, lines.append, hold=0)
+    finally:
+        for participant in participants:
+            participant.close()
+    assert figures.total_before == figures.total_after
+    assert figures.seconds_blocked >= figures.seconds_until_notice > 0
+    assert figures.killed_gtrid in "\n".join(lines)
+    assert any("held by in-doubt transaction " + figures.killed_gtrid in x for x in lines)
+    assert db.balance("pg", "a1") == Decimal("995.00")
+    assert db.balance("mysql", "a2") == Decimal("1005.00")
+    assert db.pg_prepared() == [] and db.mysql_prepared() == []
 
 
 def test_demo_refuses_when_something_is_already_in_doubt(db: Databases) -> None:

@@ -37,7 +37,7 @@ from twopc.saga import (
     COMPENSATED,
     COMPLETED,
     REJECTED,
-    KillSagaAt,
+    KillAt,
     Orchestrator,
     SagaConfig,
     SagaDefinition,
@@ -409,7 +409,7 @@ def run_then_die(
         PostgresParticipant("pg", DatabaseURL.parse(pg_url)),
         MySQLParticipant("mysql", DatabaseURL.parse(mysql_url)),
     ]
-    hooks = KillSagaAt(SagaPoint(point), int(step) if step != "any" else None)
+    hooks = KillAt(SagaPoint(point), int(step) if step != "any" else None)
     settings = SagaConfig(home, "shop-1", retry=QUICK, hooks=hooks, definitions=SHOP)
     with Orchestrator.open(both, settings) as orchestrator:
         orchestrator.run(ORDER, {**BOOK, "amount": amount}, "k-1")
