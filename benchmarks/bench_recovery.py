@@ -24,10 +24,10 @@ from typing import Any
 
 from twopc.bank import AccountRef, Transfer, run_transfer
 from twopc.coordinator import Coordinator, CoordinatorConfig, mint_gtrid
+from twopc.coordinator.facts import coordinator_home
 from twopc.coordinator.records import BranchEntry, CommitDecision
-from twopc.coordinator.recovery import recover, txlog_root
+from twopc.coordinator.recovery import recover
 from twopc.participants import FORMAT_ID, Participant, Xid
-from twopc.txlog import TransactionLog
 
 TABLE = "bench_in_doubt"
 _TABLE_DDL = f"CREATE TABLE IF NOT EXISTS {TABLE} (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"
@@ -99,7 +99,7 @@ def _ensure_rows(participants: Sequence[Participant], count: int) -> None:
 def _make_in_doubt(
     by_name: dict[str, Participant], home: Path, count: int, coordinators: int
 ) -> None:
-    logs = [TransactionLog.open(txlog_root(home) / f"bench-{n}") for n in range(coordinators)]
+    logs = [coordinator_home(home).open(f"bench-{n}") for n in range(coordinators)]
     try:
         for row in range(count):
             log = logs[row % coordinators]

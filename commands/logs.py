@@ -11,12 +11,13 @@ import click
 
 from twopc.commands.common import BadInput, Context, Failure, emit, json_option, operational_errors
 from twopc.coordinator import InvalidCoordinatorId, check_coordinator_id
-from twopc.coordinator.recovery import OPERATOR_LOG, txlog_root
+from twopc.coordinator.facts import OPERATOR_LOG, coordinator_home
 from twopc.saga.ids import check_orchestrator_id
-from twopc.saga.logs import orchestrator_ids, saga_root
+from twopc.saga.logs import orchestrator_home
 from twopc.txlog import (
     LogContents,
     LogError,
+    LogHome,
     LogMissing,
     Record,
     VerifyReport,
@@ -56,24 +57,18 @@ class LogDir:
 def _log_dirs(obj: Context, coordinator: str | None, orchestrator: str | None) -> list[LogDir]:
     if coordinator is not None and orchestrator is not None:
         raise click.UsageError("--coordinator and --orchestrator cannot be combined")
-    root = txlog_root(obj.home)
+    coordinators, orchestrators = coordinator_home(obj.home), orchestrator_home(obj.home)
     if coordinator is not None:
-        return [_one(root, coordinator, _coordinator_role(coordinator), "coordinator")]
+        return [_one(coordinators, coordinator, _coordinator_role(coordinator), "coordinator")]
     if orchestrator is not None:
-        return [
-            _one(
-                saga_root(obj.home),
-                check_orchestrator_id(orchestrator),
-                "orchestrator",
-                "saga orchestrator",
-            )
-        ]
+        checked = check_orchestrator_id(orchestrator)
+        return [_one(orchestrators, checked, "orchestrator", "saga orchestrator")]
     # As recovery does, a directory whose name no coordinator could have is not a log.
-    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    found = [LogDir(_role_of(name), name, root / name) for name in names if _is_log_name(name)]
+    operator = [OPERATOR_LOG] if coordinators.exists(OPERATOR_LOG) else []
+    names = sorted([*operator, *coordinators.owners()])
+    found = [LogDir(_role_of(name), name, coordinators.path(name)) for name in names]
     return found + [
-        LogDir("orchestrator", name, saga_root(obj.home) / name)
-        for name in orchestrator_ids(obj.home)
+        LogDir("orchestrator", name, orchestrators.path(name)) for name in orchestrators.owners()
     ]
 
 
@@ -91,17 +86,10 @@ def _role_of(name: str) -> str:
     return "operator" if name == OPERATOR_LOG else "coordinator"
 
 
-def _is_log_name(name: str) -> bool:
-    try:
-        return name == OPERATOR_LOG or bool(check_coordinator_id(name))
-    except InvalidCoordinatorId:
-        return False
-
-
-def _one(root: Path, name: str, role: str, what: str) -> LogDir:
-    path = root / name
+def _one(logs: LogHome, name: str, role: str, what: str) -> LogDir:
+    path = logs.path(name)
     if not path.is_dir():
-        raise click.ClickException(f"no log for {what} {name} under {root}")
+        raise click.ClickException(f"no log for {what} {name} under {logs.root}")
     return LogDir(role, name, path)
 
 

@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twopc.coordinator.facts import OPERATOR_LOG, RESOLVE, coordinator_logs, inspect_log, txlog_root
+from twopc.coordinator.facts import (
+    OPERATOR_LOG,
+    RESOLVE,
+    coordinator_home,
+    coordinator_logs,
+    inspect_log,
+)
 from twopc.coordinator.records import CommitDecision, EndedBy
 from twopc.participants import FORMAT_ID, Participant, ParticipantError, Xid
 from twopc.txlog import LogError, read_log
@@ -134,7 +140,7 @@ def _verdict(values: list[str]) -> str:
 
 def _resolutions(home: Path, report: AuditReport) -> dict[str, dict[str, object]]:
     """The latest recorded resolution of each gtrid, with the heuristic ones listed."""
-    path = txlog_root(home) / OPERATOR_LOG
+    path = coordinator_home(home).path(OPERATOR_LOG)
     if not path.is_dir():
         return {}
     try:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from twopc.coordinator.crashpoints import ProtocolHooks
 from twopc.coordinator.errors import CoordinatorBusy, CoordinatorError
-from twopc.coordinator.ids import check_coordinator_id, fresh_coordinator_id, mint_gtrid
+from twopc.coordinator.facts import coordinator_home
+from twopc.coordinator.ids import fresh_coordinator_id, mint_gtrid
 from twopc.coordinator.recovery import RecoveryReport, forget_markers, recover_own
 from twopc.coordinator.retry import RetryPolicy
 from twopc.coordinator.transaction import GlobalTransaction, TxState
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def log_directory(home: Path, coordinator_id: str) -> Path:
     """Where the log of ``coordinator_id`` lives under ``home``."""
-    return home / "txlog" / check_coordinator_id(coordinator_id)
+    return coordinator_home(home).path(coordinator_id)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from twopc.coordinator.decisions import BranchFacts, Logged
 from twopc.coordinator.ids import check_coordinator_id, coordinator_of
 from twopc.coordinator.records import CommitDecision, EndRecord, Kind
 from twopc.participants import Participant, ParticipantError, PreparedBranch, Xid
-from twopc.txlog import LogError, LogMissing, is_locked, read_log
+from twopc.txlog import LogError, LogHome, LogMissing
 
 #: The operator's log of manual resolutions: not a valid coordinator id, so never one's log.
 OPERATOR_LOG = "_operator"
@@ -23,8 +23,13 @@ RESOLVE = Kind.RESOLVE.value
 DECISION_NONE = Logged.NONE.value  # what the in-doubt listing says for presumed abort
 
 
+def coordinator_home(home: Path) -> LogHome:
+    """The coordinators' logs under ``home`` (``<home>/txlog/<id>/``), and the operator's."""
+    return LogHome(home / "txlog", check_coordinator_id, frozenset({OPERATOR_LOG}))
+
+
 def txlog_root(home: Path) -> Path:
-    return home / "txlog"
+    return coordinator_home(home).root
 
 
 @dataclass(frozen=True)
@@ -50,12 +55,13 @@ class LogState:
 
 def inspect_log(home: Path, coordinator: str) -> LogState:
     """Read ``coordinator``'s log (no lock taken); damage is reported in ``error``."""
-    path = txlog_root(home) / coordinator
+    logs = coordinator_home(home)
+    path = logs.path(coordinator)
     if not path.is_dir():
         return LogState(coordinator, path, exists=False, alive=False)
-    alive = is_locked(path)
+    alive = logs.alive(coordinator)
     try:
-        records = read_log(path).records
+        records = logs.read(coordinator).records
         commits = {
             r.txid: CommitDecision.from_record(r) for r in records if r.kind == Kind.COMMIT.value
         }
@@ -75,18 +81,7 @@ def missing_log(home: Path, coordinator: str | None) -> LogState:
 
 def coordinator_logs(home: Path) -> list[str]:
     """Ids of every coordinator with a log directory under ``home``."""
-    root = txlog_root(home)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _is_coordinator_id(p.name))
-
-
-def _is_coordinator_id(name: str) -> bool:
-    try:
-        check_coordinator_id(name)
-    except ValueError:
-        return False
-    return True
+    return coordinator_home(home).owners()
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,16 @@ from twopc.coordinator.decisions import decide
 from twopc.coordinator.facts import (
     LogState,
     Prepared,
+    coordinator_home,
     facts_of,
     gather_evidence,
     inspect_log,
     missing_log,
     prepared_everywhere,
-    txlog_root,
 )
 from twopc.coordinator.ids import coordinator_of
 from twopc.participants import Participant, ParticipantError, Xid
 from twopc.participants.lockwaits import LockWait
-from twopc.txlog import is_locked
 
 
 @dataclass(frozen=True)
@@ -129,8 +128,8 @@ def in_doubt_of_dead(participants: Sequence[Participant], home: Path) -> set[str
             continue
         coordinator = each.coordinator
         if coordinator not in alive:
-            alive[coordinator] = coordinator is not None and is_locked(
-                txlog_root(home) / coordinator
+            alive[coordinator] = coordinator is not None and coordinator_home(home).alive(
+                coordinator
             )
         if not alive[coordinator]:
             dead.add(each.gtrid)
@@ -200,7 +199,7 @@ def lock_wait_lines(home: Path, participant: Participant, waits: Sequence[LockWa
         at = prepared.get(wait.blocker)
         since = f"in doubt for {time.time() - at:.1f}s" if at else "in doubt"
         owner = coordinator_of(gtrid)
-        state = "alive" if owner and is_locked(txlog_root(home) / owner) else "dead"
+        state = "alive" if owner and coordinator_home(home).alive(owner) else "dead"
         lines.append(
             f"waiting for a row lock on {participant.name} held by in-doubt transaction "
             f"{gtrid} ({since}; its coordinator {owner} is {state}); "

@@ -40,6 +40,7 @@ from twopc.coordinator.facts import (
     LogState,
     Prepared,
     by_coordinator,
+    coordinator_home,
     coordinator_logs,
     facts_of,
     gather_evidence,
@@ -297,9 +298,10 @@ def _hold(
 ) -> LogState | None:
     """Open a dead coordinator's log as its writer into ``held`` (None); else say why not:
     the state of a live, missing or damaged log."""
-    path = txlog_root(home) / coordinator
+    logs = coordinator_home(home)
+    path = logs.path(coordinator)
     try:
-        held[coordinator] = TransactionLog.open(path, create=False)
+        held[coordinator] = logs.open(coordinator, create=False)
         return None
     except LogLocked:
         return inspect_log(home, coordinator)
@@ -341,7 +343,7 @@ def _collect_orphan_markers(home: Path, orphans: Sequence[str], session: _Sessio
     try:
         for coordinator in done:
             try:
-                held.append(TransactionLog.open(txlog_root(home) / coordinator))
+                held.append(coordinator_home(home).open(coordinator))
             except LogError:
                 continue
         session.collect_markers([t.path.name for t in held], set())

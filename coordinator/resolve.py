@@ -27,11 +27,11 @@ from twopc.coordinator.facts import (
     Evidence,
     LogState,
     Prepared,
+    coordinator_home,
     gather_evidence,
     inspect_log,
     missing_log,
     prepared_everywhere,
-    txlog_root,
 )
 from twopc.coordinator.ids import coordinator_of
 from twopc.coordinator.records import EndedBy, EndRecord
@@ -183,7 +183,7 @@ def _outcome(
 def _record(home: Path, outcome: ManualResolution) -> None:
     """Forced to the operator's log; a violation stays unfinished there, never checkpointed."""
     record = Record(RESOLVE, outcome.gtrid, outcome.to_json(), final=not outcome.violation)
-    with TransactionLog.open(txlog_root(home) / OPERATOR_LOG) as log:
+    with coordinator_home(home).open(OPERATOR_LOG) as log:
         log.append(record, force=True)
 
 

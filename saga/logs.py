@@ -11,34 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from twopc.saga.ids import InvalidSagaId, check_orchestrator_id
+from twopc.saga.ids import check_orchestrator_id
 from twopc.saga.state import SagaState, replay_records
-from twopc.txlog import LogError, LogMissing, is_locked, read_log
+from twopc.txlog import LogError, LogHome, LogMissing
+
+
+def orchestrator_home(home: Path) -> LogHome:
+    """The orchestrators' logs under ``home`` (``<home>/sagas/<id>/``)."""
+    return LogHome(home / "sagas", check_orchestrator_id)
 
 
 def saga_root(home: Path) -> Path:
-    return home / "sagas"
-
-
-def orchestrator_log(home: Path, orchestrator_id: str) -> Path:
-    """The log directory of ``orchestrator_id`` under ``home``."""
-    return saga_root(home) / check_orchestrator_id(orchestrator_id)
+    return orchestrator_home(home).root
 
 
 def orchestrator_ids(home: Path) -> list[str]:
     """Ids of every orchestrator with a log directory under ``home``."""
-    root = saga_root(home)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _is_orchestrator_id(p.name))
-
-
-def _is_orchestrator_id(name: str) -> bool:
-    try:
-        check_orchestrator_id(name)
-    except InvalidSagaId:
-        return False
-    return True
+    return orchestrator_home(home).owners()
 
 
 @dataclass(frozen=True)
@@ -53,10 +42,10 @@ class OrchestratorLog:
 
 def read_orchestrator(home: Path, orchestrator_id: str) -> OrchestratorLog:
     """Read one orchestrator's log; damage is reported in ``error``, never raised."""
-    path = saga_root(home) / orchestrator_id
-    alive = is_locked(path)
+    logs = orchestrator_home(home)
+    alive = logs.alive(orchestrator_id)
     try:
-        unfinished = read_log(path).unfinished()
+        unfinished = logs.read(orchestrator_id).unfinished()
     except LogMissing:
         return OrchestratorLog(orchestrator_id, alive)
     except LogError as err:

@@ -48,7 +48,7 @@ from twopc.saga.ids import (
     fresh_orchestrator_id,
     fresh_saga_id,
 )
-from twopc.saga.logs import OrchestratorLog, orchestrator_log, owner_of
+from twopc.saga.logs import OrchestratorLog, orchestrator_home, owner_of
 from twopc.saga.records import begin_body, blocked, checked_params, refused_step
 from twopc.saga.registry import SagaRegistry, resolve
 from twopc.saga.report import outcome_of
@@ -498,7 +498,7 @@ class Orchestrator:
 def open_log(home: Path, orchestrator_id: str, *, create: bool = True) -> TransactionLog:
     """Open ``orchestrator_id``'s log as its writer; :class:`SagaBusy` if it is held."""
     try:
-        return TransactionLog.open(orchestrator_log(home, orchestrator_id), create=create)
+        return orchestrator_home(home).open(orchestrator_id, create=create)
     except LogLocked as err:
         raise SagaBusy(
             f"orchestrator {orchestrator_id} is running, or being recovered (its log is locked)"

@@ -1,0 +1,62 @@
+"""A home of logs (one per owner, locked while its owner lives), without servers: the one
+mechanism coordinators, orchestrators, recovery and the CLI find and probe logs with."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from twopc.coordinator.facts import OPERATOR_LOG, coordinator_home
+from twopc.coordinator.ids import InvalidCoordinatorId
+from twopc.saga.ids import InvalidSagaId
+from twopc.saga.logs import orchestrator_home
+from twopc.txlog import LogLocked, LogMissing, Record
+
+
+def test_owners_are_the_valid_ids_with_a_log(tmp_path: Path) -> None:
+    logs = coordinator_home(tmp_path)
+    assert logs.root == tmp_path / "txlog" and logs.owners() == []
+    for owner in ("b-2", "a1", OPERATOR_LOG):
+        logs.open(owner).close()
+    (logs.root / "not an id!").mkdir()  # no coordinator could have this name
+    (logs.root / "stray-file").write_text("")  # not a directory
+    assert logs.owners() == ["a1", "b-2"]  # the operator's log is no coordinator's
+    assert logs.exists(OPERATOR_LOG) and not logs.exists("c3")
+    with pytest.raises(InvalidCoordinatorId):
+        logs.path("../escape")
+
+
+def test_a_live_writer_holds_the_lock_and_readers_need_none(tmp_path: Path) -> None:
+    logs = orchestrator_home(tmp_path)
+    assert logs.root == tmp_path / "sagas"
+    with logs.open("orch-1") as log:
+        log.append(Record("BEGIN", "saga-1", {"n": 1}), force=True)
+        assert logs.alive("orch-1")
+        with pytest.raises(LogLocked):
+            logs.open("orch-1")
+        assert [r.txid for r in logs.read("orch-1").records] == ["saga-1"]
+    assert not logs.alive("orch-1")
+    with pytest.raises(LogMissing):
+        logs.open("orch-2", create=False)
+    with pytest.raises(InvalidSagaId):
+        logs.path("no/slashes")
+
+
+def test_a_dead_owner_is_not_alive(tmp_path: Path) -> None:
+    """The lock goes with the process, however it dies: a SIGKILLed writer is dead."""
+    script = (
+        "import os, signal, sys; from pathlib import Path;"
+        "from twopc.coordinator.facts import coordinator_home;"
+        "log = coordinator_home(Path(sys.argv[1])).open('killed');"
+        "print('open', flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == -9 and done.stdout.strip() == "open", done.stderr
+    logs = coordinator_home(tmp_path)
+    assert logs.owners() == ["killed"] and not logs.alive("killed")
+    logs.open("killed", create=False).close()  # taken over, as recovery does
