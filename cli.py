@@ -145,6 +145,7 @@ def main(
         "mysql": given_url(mysql_url, "TWOPC_MYSQL_URL"),
     }
     ctx.obj = Context(home, urls, named_participants(participants, urls))
+    ctx.call_on_close(ctx.obj.close)
 
 
 for _command in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -56,6 +57,7 @@ class Context:
     home: Path
     urls: dict[str, str | None]
     named: dict[str, str] = field(default_factory=dict)
+    made: list[Participant] = field(default_factory=list, repr=False)
 
     @property
     def dev(self) -> DevServers:
@@ -84,10 +86,20 @@ class Context:
     ) -> list[Participant]:
         """One participant per name, each told ``on_lock_wait`` when a statement of its
         waits on a prepared branch."""
-        return [
+        made = [
             participant_for(name, self.url(name), lock_wait=lock_wait, on_lock_wait=on_lock_wait)
             for name in names
         ]
+        self.made += made
+        return made
+
+    def close(self) -> None:
+        """Close the participants made for the command (their idle connections and lock-wait
+        watchdogs): the command is over, whether it ran in its own process or not."""
+        for participant in self.made:
+            with contextlib.suppress(Exception):
+                participant.close()
+        self.made.clear()
 
     def participant_names(self) -> list[str]:
         """Every configured participant: ``pg`` and ``mysql`` where given (or the dev

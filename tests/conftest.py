@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,9 +23,11 @@ from typing import Any
 import psycopg
 import pymysql
 import pytest
+from click.testing import CliRunner
 from psycopg import sql
 
 from twopc.bank.schema import init_schema
+from twopc.cli import main as cli_main
 from twopc.devserver import DevServers, DevState
 from twopc.participants import DatabaseURL, MySQLParticipant, PostgresParticipant, Xid
 
@@ -137,22 +140,45 @@ class Databases:
         return env
 
     def twopc(
-        self, *args: str, timeout: float = 120, **env: str
+        self, *args: str, timeout: float = 120, process: bool = False, **env: str
     ) -> subprocess.CompletedProcess[str]:
-        """Run the installed ``twopc`` command as a separate process."""
-        return subprocess.run(
-            [twopc_executable(), *args],
-            env=self.env(**env),
-            text=True,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
+        """Run the ``twopc`` command: in this process (click's test runner: output, exit
+        code and environment as a process would have them), or as a process of its own when
+        ``process`` is true or the command may kill itself (``--crash-at``) or hold
+        (``--pause-at``). ``TWOPC_TEST_CLI=process`` runs every command as a process."""
+        if process or _NEEDS_A_PROCESS & set(args) or os.environ.get("TWOPC_TEST_CLI") == "process":
+            return subprocess.run(
+                [twopc_executable(), *args],
+                env=self.env(**env),
+                text=True,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        return run_in_process(list(args), self.env(**env))
 
     def twopc_json(self, *args: str) -> Any:
         result = self.twopc(*args, "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
+
+
+# Options with which a command kills itself or holds: those run as processes of their own.
+_NEEDS_A_PROCESS = {"--crash-at", "--pause-at"}
+
+
+def run_in_process(args: list[str], environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``twopc ARGS`` with click's test runner, in this process, with exactly ``environ``
+    as its environment. What a process would show is kept: stdout and stderr apart, the exit
+    code, and an unexpected exception's traceback on stderr (exit code 1)."""
+    unset: dict[str, str | None] = {k: None for k in os.environ if k not in environ}
+    result = CliRunner().invoke(cli_main, args, env={**environ, **unset}, catch_exceptions=True)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        info = result.exc_info
+        assert info is not None
+        stderr += "".join(traceback.format_exception(*info))
+    return subprocess.CompletedProcess(["twopc", *args], result.exit_code, result.stdout, stderr)
 
 
 def twopc_executable() -> str:
