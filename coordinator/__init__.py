@@ -30,8 +30,8 @@ from twopc.coordinator.ids import (
     fresh_coordinator_id,
     mint_gtrid,
 )
-from twopc.coordinator.retry import RetryPolicy
 from twopc.coordinator.transaction import COMMIT, END, GlobalTransaction, Outcome, TxState
+from twopc.retry import RetryPolicy
 
 __all__ = [
     "COMMIT",

@@ -22,10 +22,10 @@ from twopc.coordinator.errors import CoordinatorBusy, CoordinatorError
 from twopc.coordinator.facts import coordinator_home
 from twopc.coordinator.ids import fresh_coordinator_id, mint_gtrid
 from twopc.coordinator.recovery import RecoveryReport, forget_markers, recover_own
-from twopc.coordinator.retry import RetryPolicy
 from twopc.coordinator.transaction import GlobalTransaction, TxState
 from twopc.coordinator.workers import Workers
 from twopc.participants import Participant
+from twopc.retry import RetryPolicy
 from twopc.txlog import LogCorrupt, LogError, LogLocked, TransactionLog
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 import secrets
 
-# Starts with a letter or digit: names beginning with "_" are reserved (the operator's log).
-_COORDINATOR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
-_GTRID = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]{0,39})\.([0-9a-f]{20})")
+from twopc.txlog.home import OWNER_ID, is_owner_id
+
+# A coordinator id names its log (names beginning with "_" are reserved: the operator's log).
+_GTRID = re.compile(rf"({OWNER_ID})\.([0-9a-f]{{20}})")
 
 
 class InvalidCoordinatorId(ValueError):
@@ -21,7 +22,7 @@ class InvalidCoordinatorId(ValueError):
 
 def check_coordinator_id(coordinator_id: str) -> str:
     """Return the id when it is 1-40 characters of ``[A-Za-z0-9_-]``; raise otherwise."""
-    if not _COORDINATOR_ID.fullmatch(coordinator_id):
+    if not is_owner_id(coordinator_id):
         raise InvalidCoordinatorId(
             f"coordinator id {coordinator_id!r} must be 1-40 letters, digits, _ or -, "
             "starting with a letter or digit"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twopc.coordinator import RetryPolicy
 from twopc.participants import ParticipantError
+from twopc.retry import RetryPolicy
 from twopc.saga.errors import CompensationFailed
 from twopc.saga.idempotency import CommitUncertain, StepResult
 

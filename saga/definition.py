@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twopc.coordinator import RetryPolicy
 from twopc.participants import LocalTransaction, Participant
+from twopc.retry import RetryPolicy
 from twopc.saga.idempotency import StepResult
 from twopc.saga.ids import compensation_key, release_key, step_key
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from twopc.coordinator import InvalidCoordinatorId, check_coordinator_id
+from twopc.txlog.home import is_owner_id
 
 _SAGA_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -39,11 +39,14 @@ def fresh_orchestrator_id() -> str:
 
 
 def check_orchestrator_id(orchestrator_id: str) -> str:
-    """Orchestrator ids follow the coordinator id rules (they name a log directory)."""
-    try:
-        return check_coordinator_id(orchestrator_id)
-    except InvalidCoordinatorId as err:
-        raise InvalidSagaId(str(err).replace("coordinator", "orchestrator")) from None
+    """Return the id when it can name a log directory (the coordinator id rules: 1-40
+    characters of ``[A-Za-z0-9_-]``, starting with a letter or digit); raise otherwise."""
+    if not is_owner_id(orchestrator_id):
+        raise InvalidSagaId(
+            f"orchestrator id {orchestrator_id!r} must be 1-40 letters, digits, _ or -, "
+            "starting with a letter or digit"
+        )
+    return orchestrator_id
 
 
 def step_key(saga_id: str, n: int) -> str:

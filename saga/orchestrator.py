@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from twopc.coordinator import RetryPolicy
 from twopc.participants import Participant, ParticipantError
+from twopc.retry import RetryPolicy
 from twopc.saga.attempts import Exhausted, attempt, retry_policy
 from twopc.saga.crashpoints import SagaHooks, SagaPoint
 from twopc.saga.definition import Params, SagaDefinition, SagaRun

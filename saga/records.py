@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from twopc.coordinator import RetryPolicy
+from twopc.retry import RetryPolicy
 from twopc.saga.attempts import Exhausted
 from twopc.saga.definition import Params, SagaDefinition
 from twopc.saga.idempotency import REJECTED, KeyReused, StepResult

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from twopc.coordinator import RetryPolicy
+from twopc.retry import RetryPolicy
 from twopc.saga.definition import Params, SagaDefinition
 from twopc.saga.idempotency import APPLIED, StepResult
 from twopc.txlog import Record

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 
-from twopc.coordinator import RetryPolicy
+from twopc.retry import RetryPolicy
 from twopc.saga.definition import SagaDefinition, SagaRun, Step, StepFunction
 from twopc.saga.idempotency import APPLIED, Change, StepResult
 from twopc.saga.ids import compensation_key, release_key, step_key

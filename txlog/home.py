@@ -9,6 +9,7 @@ when the process dies, however it dies.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,16 @@ from pathlib import Path
 from twopc.txlog.locking import is_locked
 from twopc.txlog.log import TransactionLog
 from twopc.txlog.replay import LogContents, read_log
+
+#: An owner id names a directory: 1-40 letters, digits, _ or -, starting with a letter or
+#: digit (names beginning with "_" are left for logs that are no owner's).
+OWNER_ID = r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}"
+_OWNER_ID = re.compile(OWNER_ID)
+
+
+def is_owner_id(name: str) -> bool:
+    """Whether ``name`` can be an owner's id (see :data:`OWNER_ID`)."""
+    return _OWNER_ID.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

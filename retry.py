@@ -1,4 +1,5 @@
-"""Retry policy for phase 2 and for rolling back prepared branches: data, validated once."""
+"""The retry policy of both engines — phase 2 and rolling back prepared branches in 2PC, a
+saga's steps and compensations — as data, validated once."""
 
 from __future__ import annotations
 
