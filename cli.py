@@ -140,6 +140,9 @@ def main(
     Exit codes: 0 ok, 1 failure, 2 misuse, 3 in-doubt transactions or unfinished sagas remain.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # psycopg logs what it ignores while a lost connection's pipeline ends; the command
+    # reports the loss itself, in one line.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     urls = {
         "pg": given_url(pg_url, "TWOPC_PG_URL"),
         "mysql": given_url(mysql_url, "TWOPC_MYSQL_URL"),

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -145,8 +146,15 @@ class Databases:
         """Run the ``twopc`` command: in this process (click's test runner: output, exit
         code and environment as a process would have them), or as a process of its own when
         ``process`` is true or the command may kill itself (``--crash-at``) or hold
-        (``--pause-at``). ``TWOPC_TEST_CLI=process`` runs every command as a process."""
-        if process or _NEEDS_A_PROCESS & set(args) or os.environ.get("TWOPC_TEST_CLI") == "process":
+        (``--pause-at``), or when called from another thread than the main one (the runner
+        swaps this process's standard streams, and only the main thread may set signal
+        handlers). ``TWOPC_TEST_CLI=process`` runs every command as a process."""
+        if (
+            process
+            or _NEEDS_A_PROCESS & set(args)
+            or threading.current_thread() is not threading.main_thread()
+            or os.environ.get("TWOPC_TEST_CLI") == "process"
+        ):
             return subprocess.run(
                 [twopc_executable(), *args],
                 env=self.env(**env),
