@@ -145,11 +145,12 @@ class Trip:
         pairs = " ".join(f"{name}={url}" for name, url in self.urls.items())
         return env | {"TWOPC_HOME": str(self.home), "TWOPC_PARTICIPANTS": pairs}
 
-    def cli(self, *args: str) -> Result:
-        """``twopc ARGS`` run in this process (click's runner), configured by :meth:`env`."""
+    def cli(self, *args: str, **env: str) -> Result:
+        """``twopc ARGS`` run in this process (click's runner), configured by :meth:`env`
+        (and ``env``)."""
         unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TWOPC_")}
-        env = unset | {k: v for k, v in self.env().items() if k.startswith("TWOPC_")}
-        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+        ours = {k: v for k, v in self.env().items() if k.startswith("TWOPC_")} | env
+        return CliRunner().invoke(main, list(args), env=unset | ours, catch_exceptions=False)
 
     # -- a clean slate -----------------------------------------------------------------------
 
