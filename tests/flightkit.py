@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class Trip:
     servers: DevServers
     state: DevState
     home: Path
+    connections: dict[str, Any] = field(default_factory=dict)
 
     @property
     def urls(self) -> dict[str, str]:
@@ -67,21 +68,32 @@ class Trip:
         }
 
     def query(self, name: str, text: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Run ``text`` in database ``name``, autocommit."""
+        """Run ``text`` in database ``name``, autocommit (on one connection per database,
+        kept for the test)."""
+        conn = self._connection(name)
         if name != BOOKINGS:
-            with psycopg.connect(self.urls[name], autocommit=True) as conn:
-                cursor = conn.execute(text, params)  # type: ignore[arg-type]
-                return cursor.fetchall() if cursor.description else []
-        info = self.state.mysql
-        conn = pymysql.connect(
-            host=info.host, port=info.port, user=info.user, database="bookings", autocommit=True
-        )
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(text, params)
-                return list(cursor.fetchall())
-        finally:
+            cursor = conn.execute(text, params)
+            return cursor.fetchall() if cursor.description else []
+        with conn.cursor() as cursor:
+            cursor.execute(text, params)
+            return list(cursor.fetchall())
+
+    def _connection(self, name: str) -> Any:
+        if name not in self.connections:
+            if name != BOOKINGS:
+                self.connections[name] = psycopg.connect(self.urls[name], autocommit=True)
+            else:
+                info = self.state.mysql
+                self.connections[name] = pymysql.connect(
+                    host=info.host, port=info.port, user=info.user, database="bookings",
+                    autocommit=True,
+                )  # fmt: skip
+        return self.connections[name]
+
+    def close(self) -> None:
+        for conn in self.connections.values():
             conn.close()
+        self.connections.clear()
 
     # -- what the databases hold ------------------------------------------------------------
 
@@ -163,12 +175,11 @@ class Trip:
     def clear_prepared(self) -> None:
         """Roll back whatever a test left prepared in the three databases."""
         for name in (FLIGHTS, PAYMENTS):
-            with psycopg.connect(self.urls[name], autocommit=True) as conn:
-                gids = conn.execute(
-                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
-                ).fetchall()
-                for (gid,) in gids:
-                    conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+            gids = self.query(
+                name, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+            )
+            for (gid,) in gids:
+                self.query(name, sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))  # type: ignore[arg-type]
         deadline = time.monotonic() + 10
         while rows := self.query(BOOKINGS, "XA RECOVER"):
             for fmt, glen, _, data in rows:
@@ -191,6 +202,7 @@ def trip_tables(dev_servers: DevServers, tmp_path_factory: pytest.TempPathFactor
     init_flights(participants, rows=ROWS, reset=True)
     for participant in participants.values():
         participant.close()
+    handle.close()
     return state
 
 
@@ -201,3 +213,4 @@ def trip(dev_servers: DevServers, trip_tables: DevState, tmp_path: Path) -> Iter
     yield handle
     handle.state = dev_servers.up()
     handle.clear_prepared()
+    handle.close()
