@@ -3,6 +3,8 @@ as a saga."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -51,7 +53,7 @@ from twopc.flights import (
     read_flights,
 )
 from twopc.flights.booking import is_flight
-from twopc.participants import Participant
+from twopc.participants import Participant, UndefinedTable
 from twopc.saga import (
     COMPENSATED,
     COMPLETED,
@@ -191,15 +193,40 @@ def book(
     config = CoordinatorConfig(
         obj.home, hooks=_hooks(point, crash=bool(crash_at), seconds=pause_seconds)
     )
-    with interruptible(), Coordinator.open(list(participants.values()), config) as coordinator:
+    details: dict[str, object] = {"mode": "2pc", "booking_id": booking_id}
+    with (
+        interruptible(),
+        _tables_needed(),
+        Coordinator.open(list(participants.values()), config) as coordinator,
+    ):
         try:
             booked = book_with_2pc(coordinator, request, booking_id, fail_at)
         except BookingRefused as err:
             raise Refused(
-                f"booking refused: {err}; rolled back, nothing was changed",
-                {"mode": "2pc", "booking_id": booking_id},
+                f"booking refused: {err}; rolled back, nothing was changed", details
+            ) from None
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say what it left
+            if coordinator.unsettled():
+                raise InDoubtRemains(
+                    f"interrupted: booking {booking_id} is in doubt; `twopc recover` "
+                    "finishes it from its coordinator's log",
+                    details,
+                ) from None
+            raise Failure(
+                "interrupted: the booking was rolled back; nothing changed",
+                details,
+                outcome="aborted",
             ) from None
     emit(as_json, _booked_document(request, booked), _booked_text(request, booked))
+
+
+@contextmanager
+def _tables_needed() -> Iterator[None]:
+    """A missing table means `twopc flights init` was not run: say so."""
+    try:
+        yield
+    except UndefinedTable as err:
+        raise Failure(f"{err}: create the booking's tables with `twopc flights init`") from None
 
 
 def _hooks(point: str | None, *, crash: bool, seconds: float) -> ProtocolHooks | None:
@@ -260,8 +287,19 @@ def _book_saga(
     as_json: bool,
 ) -> None:
     config = saga_config(obj, None, None, hooks)
-    with interruptible(), Orchestrator.open(list(participants.values()), config) as orchestrator:
-        outcome = orchestrator.run(BOOKING_SAGA, booking_params(request, fail_at), booking_id)
+    try:
+        with (
+            interruptible(),
+            Orchestrator.open(list(participants.values()), config) as orchestrator,
+        ):
+            outcome = orchestrator.run(BOOKING_SAGA, booking_params(request, fail_at), booking_id)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the log says where the saga stands
+        raise InDoubtRemains(
+            f"interrupted: booking {booking_id} may be unfinished; `twopc recover` finishes "
+            "it, forward or backward (see `twopc sagas`)",
+            {"mode": "saga", "booking_id": booking_id},
+            outcome="unfinished",
+        ) from None
     emit(as_json, _saga_document(request, outcome), _saga_text(request, outcome))
     _saga_exit(outcome)
 
@@ -333,7 +371,8 @@ def show(obj: Context, flight: str | None, as_json: bool) -> None:
     if flight is not None and not is_flight(flight):
         raise BadInput(f"flight {flight!r} must be two capital letters or digits and 1-4 digits")
     participants = _participants(obj)
-    view = read_flights(participants, flight)
+    with _tables_needed():
+        view = read_flights(participants, flight)
     in_doubt = find_in_doubt(list(participants.values()), obj.home, with_blocking=False)
     doubtful = [
         {"gtrid": b.gtrid, "participant": b.participant, "decision": b.decision}

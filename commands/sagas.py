@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from twopc.commands.common import (
     seconds_option,
 )
 from twopc.coordinator import RetryPolicy
-from twopc.flights import BOOKING_SAGA
+from twopc.flights import BOOKING_SAGA, request_of
 from twopc.participants import Participant, ParticipantError
 from twopc.saga import (
     ABORTED,
@@ -200,6 +201,9 @@ def _what(state: SagaState) -> str:
     transfer = saga_transfer(state)
     if transfer is not None:
         return f"{transfer.source} -> {transfer.destination} {transfer.amount}"
+    if state.definition == BOOKING_SAGA.name:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            return f"book {request_of(state.params)}"
     return f"saga {state.definition}" if state.definition else "None"  # as it always read
 
 
