@@ -68,6 +68,12 @@ def test_2pc_killed_at_each_point_then_recovered_is_all_or_nothing(
 ) -> None:
     killed(trip, "--crash-at", point)
     assert len(trip.prepared()) == prepared
+    if point == "after-first-prepare":  # the flights branch is the first
+        assert trip.prepared()[0].startswith("pg:flights:")
+    if point == "after-first-commit":  # a plain reader sees the seat booked, nothing else
+        assert (trip.seat("TP101", "2C")[0], trip.bookings(), trip.payments()) == (
+            "booked", {}, []
+        )  # fmt: skip
     if prepared:  # what `flights show` says meanwhile
         shown = json.loads(trip.cli("flights", "show", "TP101", "--json").output)
         assert len(shown["in_doubt"]) == prepared
