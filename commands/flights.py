@@ -107,9 +107,15 @@ def init_command(obj: Context, rows: int, reset: bool, as_json: bool) -> None:
     """Create the booking's tables in the three databases (idempotent) and seed the seats.
 
     --reset is refused, with nothing dropped, while any of them holds a prepared
-    transaction (see `twopc in-doubt`).
+    transaction (see `twopc in-doubt`) or a booking saga is unfinished (see `twopc sagas`).
     """
     participants = _participants(obj, lock_wait=10.0)
+    unfinished = [str(u["booking_id"]) for u in _unfinished_bookings(obj)]
+    if reset and unfinished:
+        raise Failure(
+            f"reset refused, nothing dropped: booking saga(s) {', '.join(unfinished)} are "
+            "unfinished and would lose their rows; finish them with `twopc recover`, then retry"
+        )
     added = init_flights(participants, rows=rows, reset=reset)
     text = "\n".join(
         [f"{name:<9} {p.url.location()}: tables ready" for name, p in participants.items()]

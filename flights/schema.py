@@ -9,7 +9,7 @@ three databases holds a prepared transaction, whose locks the drop would wait fo
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -79,7 +79,7 @@ def _seed(participant: Participant, seats: list[tuple[str, str]]) -> dict[str, i
     return added
 
 
-def refuse_while_prepared(participants: Any) -> None:
+def refuse_while_prepared(participants: Iterable[Participant]) -> None:
     """:class:`ResetRefused` when any of ``participants`` holds a prepared transaction."""
     held = {p.name: len(p.prepared_branches()) for p in participants}
     found = {name: n for name, n in held.items() if n}

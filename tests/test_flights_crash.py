@@ -117,6 +117,10 @@ def test_saga_killed_at_each_point_then_recovered_completes_or_compensates(
         assert shown["pending"] == {"seats": ["TP101 2C"], "bookings": [booking_id]}
         (unfinished,) = shown["unfinished_sagas"]
         assert (unfinished["booking_id"], unfinished["orchestrator_alive"]) == (booking_id, False)
+        reset = trip.cli("flights", "init", "--reset")  # would drop the saga's rows
+        assert reset.exit_code == 1 and "reset refused, nothing dropped: booking saga" in (
+            reset.stderr
+        )
 
     report = recover(trip)
     sagas = report["sagas"]["resolutions"]  # type: ignore[index]
