@@ -189,16 +189,26 @@ def book(
         raise BadInput(str(err)) from None
     if crash_at and pause_at:
         raise click.UsageError("--crash-at and --pause-at cannot be combined")
-    point = crash_at or pause_at
-    participants = _participants(obj, lock_wait)
-    booking_id = fresh_booking_id()
+    point, crash = crash_at or pause_at, bool(crash_at)
+    participants = _participants(obj, lock_wait)  # nothing connects before the first step
     if mode == "saga":
-        hooks = _saga_hooks(point, crash=bool(crash_at), seconds=pause_seconds)
-        _book_saga(obj, participants, request, booking_id, fail_at, hooks, as_json)
+        hooks = _saga_hooks(point, crash=crash, seconds=pause_seconds)
+        outcome = _book_saga(obj, participants, request, fail_at, hooks)
+        emit(as_json, _saga_document(request, outcome), _saga_text(request, outcome))
+        _saga_exit(outcome)
         return
-    config = CoordinatorConfig(
-        obj.home, hooks=_hooks(point, crash=bool(crash_at), seconds=pause_seconds)
-    )
+    config = CoordinatorConfig(obj.home, hooks=_hooks(point, crash=crash, seconds=pause_seconds))
+    booked = _book_2pc(config, participants, request, fail_at)
+    emit(as_json, _booked_document(request, booked), _booked_text(request, booked))
+
+
+def _book_2pc(
+    config: CoordinatorConfig,
+    participants: dict[str, Participant],
+    request: BookingRequest,
+    fail_at: str | None,
+) -> Booked:
+    booking_id = fresh_booking_id()
     details: dict[str, object] = {"mode": "2pc", "booking_id": booking_id}
     with (
         interruptible(),
@@ -206,7 +216,7 @@ def book(
         Coordinator.open(list(participants.values()), config) as coordinator,
     ):
         try:
-            booked = book_with_2pc(coordinator, request, booking_id, fail_at)
+            return book_with_2pc(coordinator, request, booking_id, fail_at)
         except BookingRefused as err:
             raise Refused(
                 f"booking refused: {err}; rolled back, nothing was changed", details
@@ -223,7 +233,6 @@ def book(
                 details,
                 outcome="aborted",
             ) from None
-    emit(as_json, _booked_document(request, booked), _booked_text(request, booked))
 
 
 @contextmanager
@@ -287,18 +296,17 @@ def _book_saga(
     obj: Context,
     participants: dict[str, Participant],
     request: BookingRequest,
-    booking_id: str,
     fail_at: str | None,
     hooks: SagaHooks | None,
-    as_json: bool,
-) -> None:
+) -> SagaOutcome:
+    booking_id = fresh_booking_id()  # the saga's id
     config = saga_config(obj, None, None, hooks)
     try:
         with (
             interruptible(),
             Orchestrator.open(list(participants.values()), config) as orchestrator,
         ):
-            outcome = orchestrator.run(BOOKING_SAGA, booking_params(request, fail_at), booking_id)
+            return orchestrator.run(BOOKING_SAGA, booking_params(request, fail_at), booking_id)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the log says where the saga stands
         raise InDoubtRemains(
             f"interrupted: booking {booking_id} may be unfinished; `twopc recover` finishes "
@@ -306,8 +314,6 @@ def _book_saga(
             {"mode": "saga", "booking_id": booking_id},
             outcome="unfinished",
         ) from None
-    emit(as_json, _saga_document(request, outcome), _saga_text(request, outcome))
-    _saga_exit(outcome)
 
 
 def _saga_document(request: BookingRequest, outcome: SagaOutcome) -> dict[str, object]:
