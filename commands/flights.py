@@ -385,7 +385,7 @@ def show(obj: Context, flight: str | None, as_json: bool) -> None:
     participants = _participants(obj)
     with _tables_needed():
         view = read_flights(participants, flight)
-    in_doubt = find_in_doubt(list(participants.values()), obj.home, with_blocking=False)
+        in_doubt = find_in_doubt(list(participants.values()), obj.home, with_blocking=False)
     doubtful = [
         {"gtrid": b.gtrid, "participant": b.participant, "decision": b.decision}
         for b in in_doubt.branches
