@@ -9,6 +9,7 @@ kill it); recovery runs the same command in this process.
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 
@@ -137,3 +138,32 @@ def test_saga_killed_at_each_point_then_recovered_completes_or_compensates(
         ]  # fmt: skip
         assert trip.confirmations() == []
     assert recover(trip)["sagas"]["resolutions"] == []  # type: ignore[index]
+
+
+# -- stopped by SIGTERM (or Ctrl-C) while it holds at a point -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "point", "said"),
+    [
+        ("2pc", "after-decision", "is in doubt; `twopc recover` finishes it"),
+        ("saga", "after-booking", "may be unfinished; `twopc recover` finishes it"),
+    ],
+)
+def test_a_booking_stopped_by_sigterm_says_what_it_left_and_recover_finishes_it(
+    trip: Trip, mode: str, point: str, said: str
+) -> None:
+    args = [*BOOK, "--mode", mode, "--pause-at", point, "--pause-seconds", "60"]
+    with subprocess.Popen(
+        [twopc_executable(), *args], env=trip.env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    ) as booking:  # fmt: skip
+        assert booking.stderr is not None
+        ready, _, _ = select.select([booking.stderr], [], [], 60)
+        assert ready and booking.stderr.readline().startswith(f"paused at {point}: pid ")
+        booking.send_signal(signal.SIGTERM)
+        _, stderr = booking.communicate(timeout=60)
+    assert booking.returncode == 3, stderr
+    assert stderr.startswith("Error: interrupted: booking bk-") and said in stderr
+    recover(trip)
+    booked_once(trip)
