@@ -451,4 +451,3 @@ def _show_text(document: dict[str, Any]) -> str:
         for d in document["in_doubt"]
     ]
     return "\n".join(lines)
-

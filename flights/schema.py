@@ -43,9 +43,7 @@ def seats_of(flights: Sequence[str], rows: int) -> list[tuple[str, str]]:
     ]
 
 
-def init_flights(
-    participants: dict[str, Participant], *, rows: int, reset: bool
-) -> dict[str, int]:
+def init_flights(participants: dict[str, Participant], *, rows: int, reset: bool) -> dict[str, int]:
     """Create the tables in the three databases and seed the demo flights' missing seats;
     returns how many seats were added per flight."""
     if reset:  # all three checked before any is dropped: a refusal leaves all as they were

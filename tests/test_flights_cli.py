@@ -119,4 +119,3 @@ def test_init_is_idempotent_and_a_reset_waits_for_nothing_prepared(trip: Trip) -
     reset = trip.cli("flights", "init", "--reset", "--rows", "2")
     assert reset.exit_code == 0, reset.output
     assert trip.taken() == {} and trip.bookings() == {}
-
