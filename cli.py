@@ -25,6 +25,7 @@ from twopc.commands.common import (
 )
 from twopc.commands.demo import demo
 from twopc.commands.dev import dev
+from twopc.commands.flights import flights
 from twopc.commands.logs import log_group
 from twopc.commands.recovery import audit_command, in_doubt, recover, resolve
 from twopc.commands.sagas import sagas
@@ -164,6 +165,7 @@ for _command in (
     log_group,
     demo,
     bench,
+    flights,
 ):
     main.add_command(_command)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from twopc.bank import SIDES, TRANSFER_SAGAS, amount_held, saga_transfer, transfer_reports
+from twopc.bank import SIDES, TRANSFER_SAGA, amount_held, saga_transfer, transfer_reports
 from twopc.commands.common import (
     EXIT_IN_DOUBT,
     Context,
@@ -21,6 +22,7 @@ from twopc.commands.common import (
     seconds_option,
 )
 from twopc.coordinator import RetryPolicy
+from twopc.flights import BOOKING_SAGA, request_of
 from twopc.participants import Participant, ParticipantError
 from twopc.saga import (
     ABORTED,
@@ -30,6 +32,7 @@ from twopc.saga import (
     SagaError,
     SagaHooks,
     SagaOutcome,
+    SagaRegistry,
     SagaState,
     all_orchestrators,
     outcome_of,
@@ -39,6 +42,9 @@ from twopc.saga import (
 from twopc.saga import DEFAULT_RETENTION as DEFAULT_SAGA_RETENTION
 
 EXIT_FOR_OUTCOME = {COMPLETED: 0, COMPENSATED: 1, ABORTED: 1}
+#: The sagas the CLI runs, resumes and recovers: the bank's transfer (also for logs naming
+#: no definition) and the flight booking.
+CLI_SAGAS = SagaRegistry([TRANSFER_SAGA, BOOKING_SAGA], unnamed=TRANSFER_SAGA.name)
 
 
 def saga_config(
@@ -49,7 +55,7 @@ def saga_config(
 ) -> SagaConfig:
     """Sagas begun with it retry for ``retry_deadline`` (default 30 s); sagas it resumes
     keep to their own run's deadline unless ``retry_deadline`` is given. It resumes the
-    bank's transfer sagas (the CLI's only definition)."""
+    sagas of :data:`CLI_SAGAS`."""
     policy = RetryPolicy(deadline=30.0 if retry_deadline is None else retry_deadline)
     return SagaConfig(
         obj.home,
@@ -59,7 +65,7 @@ def saga_config(
         hooks=hooks,
         on_retry=say_retry,
         recorded_retry=retry_deadline is None,
-        definitions=TRANSFER_SAGAS,
+        definitions=CLI_SAGAS,
     )
 
 
@@ -195,6 +201,9 @@ def _what(state: SagaState) -> str:
     transfer = saga_transfer(state)
     if transfer is not None:
         return f"{transfer.source} -> {transfer.destination} {transfer.amount}"
+    if state.definition == BOOKING_SAGA.name:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            return f"book {request_of(state.params)}"
     return f"saga {state.definition}" if state.definition else "None"  # as it always read
 
 
@@ -251,7 +260,7 @@ def sagas_retry(obj: Context, saga_id: str, retry_deadline: float | None, as_jso
     unfinished, 1 if there is no such unfinished saga.
     """
     config = saga_config(obj, None, retry_deadline)
-    outcome = retry_saga(obj.participants(SIDES), config, saga_id)
+    outcome = retry_saga(obj.all_participants(), config, saga_id)
     emit(as_json, saga_document(outcome), saga_text(outcome))
     saga_exit(outcome, finished_is_success=True)
 

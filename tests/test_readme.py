@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+import shlex
+import signal
 import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
 
-from conftest import OPENING, Databases
+from conftest import OPENING, Databases, twopc_executable
+from flightkit import Trip, trip, trip_tables
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+__all__ = ["trip", "trip_tables"]  # fixtures
 
 
 def test_library_example_moves_money(db: Databases, tmp_path: Path) -> None:
@@ -54,3 +58,31 @@ def test_saga_example_runs_a_saga_of_your_own(db: Databases, tmp_path: Path) -> 
     keys = [k for (k,) in db.pg_query("SELECT idempotency_key FROM saga_steps ORDER BY 1")]
     assert keys == ["order-17-step-1", "order-17-step-3"]
     assert db.mysql_query("SELECT idempotency_key FROM saga_steps") == [("order-17-step-2",)]
+
+
+def test_flights_example_runs_as_written(trip: Trip) -> None:
+    """The README's flight booking commands, in order, with the exit status each comment
+    gives: in this process, but for the one that kills itself (the installed command)."""
+    text = README.read_text()
+    example = re.search(r"<!-- flights-example -->\n```sh\n(.*?)```", text, re.S)
+    assert example, "README lost its flight booking example"
+    commands = [line for line in example.group(1).splitlines() if line.startswith("twopc ")]
+    assert len(commands) == 11
+    for line in commands:
+        command, _, comment = line.partition("  #")
+        args = shlex.split(command)[1:]
+        code = re.search(r"\(exit (\d)\)", comment)
+        if "killed" in comment:
+            done = subprocess.run(
+                [twopc_executable(), *args], env=trip.env(), capture_output=True, text=True,
+                timeout=60, check=False,
+            )  # fmt: skip
+            assert done.returncode == -signal.SIGKILL, (line, done.stderr)
+            continue
+        result = trip.cli(*args)
+        assert result.exit_code == (int(code.group(1)) if code else 0), (line, result.output)
+    assert trip.taken() == {
+        "TP101 3C": "booked", "TP101 4C": "booked", "TP101 6C": "booked", "TP202 1A": "booked",
+    }  # fmt: skip
+    assert sorted(trip.bookings().values()) == ["cancelled", *["confirmed"] * 4]
+    assert len(trip.confirmations()) == 4 and trip.prepared() == []

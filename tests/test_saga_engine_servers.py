@@ -444,12 +444,13 @@ def test_killed_at_each_saga_point_then_recovered(
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     before = counts(shop)
 
-    # The CLI knows only the bank's transfer: it leaves the order alone and says why.
+    # The CLI knows the bank's transfer and the flight booking: it leaves the order alone.
     cli = shop.twopc("recover", "--json")
     assert cli.returncode == 3, cli.stdout + cli.stderr
     (left,) = json.loads(cli.stdout)["sagas"]["resolutions"]
     assert (left["saga_id"], left["action"], left["finished"]) == ("k-1", "left alone", False)
-    assert "saga definition 'order' is not registered here (known: transfer)" in left["reason"]
+    known = "known: flight-booking, transfer"
+    assert f"saga definition 'order' is not registered here ({known})" in left["reason"]
     assert counts(shop) == before
 
     # The shop's own recovery has the definition: it finishes the saga, once.
