@@ -57,9 +57,7 @@ from twopc.participants import Participant, UndefinedTable
 from twopc.saga import (
     COMPENSATED,
     COMPLETED,
-    KillSagaAt,
     Orchestrator,
-    PauseSagaAt,
     SagaHooks,
     SagaOutcome,
     all_orchestrators,
@@ -261,8 +259,8 @@ def _saga_hooks(point: str | None, *, crash: bool, seconds: float) -> SagaHooks 
         )
     found = BOOKING_POINTS[point]
     if crash:
-        return KillSagaAt(found.point, found.step)
-    return PauseSagaAt(found.point, seconds, found.step, name=point)
+        return KillAt(found.point, found.step)
+    return PauseAt(found.point, seconds, found.step, name=point)
 
 
 def _booked_document(request: BookingRequest, booked: Booked) -> dict[str, object]:
