@@ -79,10 +79,7 @@ class MySQLBranches(BranchProtocol):
         # session to READ UNCOMMITTED, which no other work may inherit.
         conn = self.link.connect()
         try:
-            with self.link.translated("xa recover"):
-                cursor = conn.cursor()
-                cursor.execute("XA RECOVER")
-                listed = [self._prepared_branch(*row) for row in cursor.fetchall()]
+            listed = self._xa_recover(conn)
             name = self._participant.name
             branches = [
                 b for b in listed if b.xid is None or b.xid.bqual == name or not b.xid.is_ours
@@ -95,15 +92,19 @@ class MySQLBranches(BranchProtocol):
     def prepared_elsewhere(self) -> set[str]:
         conn = self.link.connect()
         try:
-            with self.link.translated("xa recover"):
-                cursor = conn.cursor()
-                cursor.execute("XA RECOVER")
-                listed = [self._prepared_branch(*row) for row in cursor.fetchall()]
+            listed = self._xa_recover(conn)
         finally:
             conn.close()
         name = self._participant.name
         xids = [b.xid for b in listed if b.xid is not None]
         return {x.gtrid for x in xids if x.is_ours and x.bqual != name}
+
+    def _xa_recover(self, conn: Any) -> list[PreparedBranch]:
+        """Every prepared branch on the server (``XA RECOVER`` is server-wide)."""
+        with self.link.translated("xa recover"):
+            cursor = conn.cursor()
+            cursor.execute("XA RECOVER")
+            return [self._prepared_branch(*row) for row in cursor.fetchall()]
 
     def check_server(self) -> None:
         self.link.connect().close()  # MySQL and MariaDB need no setting for XA: it answers
