@@ -23,10 +23,12 @@ from twopc.commands.common import (
     given_url,
     named_participants,
 )
+from twopc.commands.consume import consume
 from twopc.commands.demo import demo
 from twopc.commands.dev import dev
 from twopc.commands.logs import log_group
 from twopc.commands.recovery import audit_command, in_doubt, recover, resolve
+from twopc.commands.relay import relay
 from twopc.commands.sagas import sagas
 from twopc.commands.transfer import transfer
 
@@ -160,6 +162,8 @@ for _command in (
     log_group,
     demo,
     bench,
+    relay,
+    consume,
 ):
     main.add_command(_command)
 
