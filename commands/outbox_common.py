@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +29,11 @@ def broker_url_option(command: _F) -> _F:
 
 
 def resolve_broker_url(obj: Context, given: str | None) -> str:
-    """The broker URL given, else the running dev broker's; BadInput when there is none."""
+    """The broker URL given, else the running dev broker's; BadInput when there is none.
+
+    Also silences pika's own log: it logs every failed connection attempt at ERROR, in
+    several lines, where the outbox reports the failure once, in its own words."""
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     url = given or _dev_broker_url(obj)
     if url is None:
         raise BadInput(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 
 import click
 
 from twopc.bank import SIDES
 from twopc.bank.notifications import TOPOLOGY
-from twopc.commands.common import Context, Failure, emit, json_option, operational_errors
+from twopc.commands.common import BadInput, Context, Failure, emit, json_option, operational_errors
 from twopc.commands.outbox_common import (
     broker_url_option,
     outbox_errors,
@@ -139,6 +140,10 @@ def _parked_line(side: str, parked: ParkedEvent) -> str:
 @operational_errors
 def relay_retry(obj: Context, event_id: str) -> None:
     """Put a parked event back in its outbox (the relay publishes it again)."""
+    try:
+        uuid.UUID(event_id)
+    except ValueError:
+        raise BadInput(f"{event_id!r} is not an event id (a UUID)") from None
     for side, participant in zip(SIDES, obj.participants(SIDES), strict=True):
         if retry_parked(participant, event_id):
             click.echo(f"event {event_id} is back in the {side} outbox")

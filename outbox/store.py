@@ -34,19 +34,28 @@ from twopc.outbox.tables import OUTBOX_TABLE, PARKED_TABLE
 from twopc.participants import LocalTransaction, Participant
 
 _COLUMNS = "seq, event_id, aggregate, event_type, {payload}, created_at, attempts, not_before"
-_HEADS = f"""
-    SELECT {_COLUMNS} FROM {OUTBOX_TABLE} o
+# What to claim is found by plain reads, and claimed by locking rows by primary key only:
+# on MariaDB a locking read with a subquery on the same table locks (or skips) the
+# subquery's rows too, and two relays deadlocked deleting what they had published.
+_HEAD_CANDIDATES = f"""
+    SELECT o.seq FROM {OUTBOX_TABLE} o
      WHERE o.not_before <= %s
        AND NOT EXISTS (SELECT 1 FROM {OUTBOX_TABLE} p
                         WHERE p.aggregate = o.aggregate AND p.seq < o.seq)
-     ORDER BY o.seq LIMIT %s FOR UPDATE SKIP LOCKED
+     ORDER BY o.seq LIMIT %s
 """
-_FOLLOWERS = f"""
-    SELECT {_COLUMNS} FROM {OUTBOX_TABLE}
+_FOLLOWER_CANDIDATES = f"""
+    SELECT seq, aggregate FROM {OUTBOX_TABLE}
      WHERE aggregate IN ({{aggregates}}) AND seq NOT IN ({{heads}})
-     ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED
+     ORDER BY seq LIMIT %s
 """
-_DELETE = f"DELETE FROM {OUTBOX_TABLE} WHERE seq IN ({{seqs}})"
+_LOCK = f"""
+    SELECT {_COLUMNS} FROM {OUTBOX_TABLE}
+     WHERE seq IN ({{seqs}}) ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED
+"""
+#: Heads looked at per row a claim wants: room for the heads other relays hold.
+CANDIDATES_PER_ROW = 4
+_DELETE_ONE = f"DELETE FROM {OUTBOX_TABLE} WHERE seq = %s"
 _REFUSED = (
     f"UPDATE {OUTBOX_TABLE} SET attempts = attempts + 1, not_before = %s, last_error = %s "
     "WHERE seq = %s"
@@ -148,40 +157,61 @@ def _level(variable: str) -> str:
 def claim(
     tx: LocalTransaction, participant: Participant, batch: int, now: float | None = None
 ) -> list[PendingEvent]:
-    """Lock up to ``batch`` publishable rows, in ``seq`` order: aggregates' heads, then the
-    rows after the heads claimed (a refused row's back-off holds back its followers)."""
+    """Lock up to ``batch`` publishable rows, in ``seq`` order: aggregates' heads (no
+    earlier row of theirs left) that no other relay holds, then the rows after the heads
+    claimed (a refused row's back-off holds back its followers)."""
     at = time.time() if now is None else now
-    payload = _payload(participant)
-    rows = tx.execute(_HEADS.format(payload=payload), (at, batch)).fetchall()
-    heads = [_pending(row) for row in rows]
+    found = tx.execute(_HEAD_CANDIDATES, (at, batch * CANDIDATES_PER_ROW)).fetchall()
+    heads = _lock(tx, participant, [int(seq) for (seq,) in found], batch)
     room = batch - len(heads)
     if not heads or room <= 0:
         return heads
     aggregates = sorted({p.event.aggregate for p in heads})
-    query = _FOLLOWERS.format(
-        payload=payload, aggregates=_marks(len(aggregates)), heads=_marks(len(heads))
+    query = _FOLLOWER_CANDIDATES.format(
+        aggregates=_marks(len(aggregates)), heads=_marks(len(heads))
     )
-    params = (*aggregates, *(p.seq for p in heads), room)
-    followers = [_pending(row) for row in tx.execute(query, params).fetchall()]
-    return sorted(heads + _ready_prefixes(followers, at), key=lambda p: p.seq)
+    rows = tx.execute(query, (*aggregates, *(p.seq for p in heads), room)).fetchall()
+    wanted = [(int(seq), str(aggregate)) for seq, aggregate in rows]
+    locked = _lock(tx, participant, [seq for seq, _ in wanted], room)
+    return sorted(heads + followers_in_order(wanted, locked, at), key=lambda p: p.seq)
 
 
-def _ready_prefixes(followers: list[PendingEvent], now: float) -> list[PendingEvent]:
-    """Per aggregate, the followers up to the first one still backing off."""
+def _lock(
+    tx: LocalTransaction, participant: Participant, seqs: list[int], limit: int
+) -> list[PendingEvent]:
+    """Lock those rows of ``seqs`` that still exist and no other relay holds, at most
+    ``limit``, in ``seq`` order."""
+    if not seqs:
+        return []
+    query = _LOCK.format(payload=_payload(participant), seqs=_marks(len(seqs)))
+    return [_pending(row) for row in tx.execute(query, (*seqs, limit)).fetchall()]
+
+
+def followers_in_order(
+    wanted: Sequence[tuple[int, str]], locked: Sequence[PendingEvent], now: float
+) -> list[PendingEvent]:
+    """The followers that go out with their heads: per aggregate, the rows of ``wanted``
+    (``(seq, aggregate)`` in ``seq`` order) up to the first one not locked here (another
+    relay's, or gone) or still backing off."""
+    by_seq = {p.seq: p for p in locked}
     blocked: set[str] = set()
     ready = []
-    for pending in followers:
-        if pending.not_before > now:
-            blocked.add(pending.event.aggregate)
-        if pending.event.aggregate not in blocked:
-            ready.append(pending)
+    for seq, aggregate in wanted:
+        pending = by_seq.get(seq)
+        if aggregate in blocked or pending is None or pending.not_before > now:
+            blocked.add(aggregate)
+            continue
+        ready.append(pending)
     return ready
 
 
 def delete_published(tx: LocalTransaction, seqs: Sequence[int]) -> None:
-    """Delete the rows the broker confirmed (published events leave the outbox at once)."""
-    if seqs:
-        tx.execute(_DELETE.format(seqs=_marks(len(seqs))), tuple(seqs))
+    """Delete the rows the broker confirmed (published events leave the outbox at once).
+
+    One row per statement: MariaDB reads ``seq IN (…)`` as a range and locks the next row
+    past it too, which another relay may hold (two relays deadlocked that way)."""
+    for seq in seqs:
+        tx.execute(_DELETE_ONE, (seq,))
 
 
 def note_refusal(tx: LocalTransaction, seq: int, error: str, not_before: float) -> None:
@@ -194,7 +224,7 @@ def park(tx: LocalTransaction, seq: int, error: str, now: float | None = None) -
     after it in its aggregate go on without it."""
     at = time.time() if now is None else now
     tx.execute(_PARK, (error[:2000], at, seq))
-    tx.execute(_DELETE.format(seqs="%s"), (seq,))
+    tx.execute(_DELETE_ONE, (seq,))
 
 
 def parked_events(participant: Participant, limit: int = 1000) -> list[ParkedEvent]:
