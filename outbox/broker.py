@@ -81,13 +81,11 @@ class Topology:
 
 
 def redacted(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages)."""
+    """``url`` without its credentials: user and password become ``***`` (for messages)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def check_url(url: str) -> None:

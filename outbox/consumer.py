@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from twopc.outbox.backoff import Backoff
 from twopc.outbox.broker import Delivery, Subscriber, Subscription, Topology
-from twopc.outbox.errors import BrokerUnavailable, InvalidEvent
+from twopc.outbox.errors import BrokerUnavailable, InvalidEvent, OutboxError
 from twopc.outbox.events import OutboxEvent
 from twopc.outbox.tables import CONSUMED_TABLE, ensure_consumed_table
 from twopc.participants import (
@@ -164,21 +164,27 @@ class ConsumerRunner:
         return cls(consumer, participant, subscriber, config)
 
     def run(self, stop: Callable[[], bool], idle_exit: float | None = None) -> ConsumerStats:
-        """Consume until ``stop()``, or until ``idle_exit`` seconds pass with no message."""
+        """Consume until ``stop()``, or until ``idle_exit`` seconds pass with no message.
+
+        Outages of the broker or the database are ridden out (bounded back-off); they count
+        as idle time, and an ``idle_exit`` reached in the middle of one raises its error."""
         failures, idle_since = 0, time.monotonic()
+        outage: OutboxError | ParticipantUnavailable | None = None
         prune_consumed(self.participant, self.consumer.name, self.config.retention)
-        while not stop():
-            try:
-                idle_since = self._consume_some(stop, idle_exit, idle_since)
-                failures = 0
-            except (BrokerUnavailable, ParticipantUnavailable) as err:
-                failures += 1
-                self._outage(err, failures)
-                idle_since = time.monotonic()
-                continue
-            if idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
-                break
-        self.subscriber.close()
+        try:
+            while not stop():
+                try:
+                    idle_since = self._consume_some(stop, idle_exit, idle_since)
+                    failures, outage = 0, None
+                except (BrokerUnavailable, ParticipantUnavailable) as err:
+                    failures, outage = failures + 1, err
+                    self._outage(err, failures)
+                if idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
+                    if outage is not None:
+                        raise outage
+                    break
+        finally:
+            self.subscriber.close()
         return self.stats
 
     def _consume_some(
