@@ -1,10 +1,13 @@
 """The relay's side of the outbox table: claim a batch, settle it, park, list and retry.
 
-**Claiming.** A batch is claimed with ``SELECT … FOR UPDATE SKIP LOCKED`` inside one local
-transaction that stays open while the batch is published, and that deletes what the broker
-confirmed before it commits. Several relays therefore never claim the same row; a relay that
-dies drops its connection, and the database releases its rows at once for the others (they
-are published again: at least once, never zero times).
+**Claiming.** A batch is claimed inside one local transaction that stays open while the
+batch is published, and that deletes what the broker confirmed before it commits. The rows
+to claim are found by a plain read, then locked by primary key with ``SELECT … FOR UPDATE
+SKIP LOCKED``: rows another relay holds are skipped, rows it already deleted are gone.
+Several relays therefore never claim the same row; a relay that dies drops its connection,
+and the database releases its rows at once for the others (they are published again: at
+least once, never zero times). Deletes go one row at a time, so no relay locks a row past
+the ones it claimed (MariaDB locks the row after a ``seq IN (…)`` range).
 
 **Order per aggregate.** Only an aggregate's *head* (no earlier row of the same aggregate
 is left in the outbox) can start a claim; the rows after a head the relay holds are taken
