@@ -34,6 +34,8 @@ def resolve_broker_url(obj: Context, given: str | None) -> str:
     Also silences pika's own log: it logs every failed connection attempt at ERROR, in
     several lines, where the outbox reports the failure once, in its own words."""
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+    if given is not None and not given.strip():
+        raise BadInput("the broker URL is empty: give --broker-url / TWOPC_BROKER_URL a URL")
     url = given or _dev_broker_url(obj)
     if url is None:
         raise BadInput(

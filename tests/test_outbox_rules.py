@@ -130,6 +130,7 @@ NOWHERE = {
         ["consume", "nobody"],
         ["consume", "notifications", "--retention", "forever"],
         ["consume", "notifications", "--broker-url", "amqp://relay:s3cret@[::1"],
+        ["relay", "--once", "--broker-url", ""],
         ["demo", "dual-write", "--operations", "0"],
         ["demo", "dual-write", "--kill-chance", "1.5"],
         ["demo", "dual-write", "--seed", "-1"],
