@@ -45,7 +45,8 @@ def find_rabbitmq_server() -> Path:
             return candidate
     raise DevServerError(
         "RabbitMQ server not found (need /usr/lib/rabbitmq/bin/rabbitmq-server); install it "
-        "with: sudo apt-get install -y rabbitmq-server  (or run scripts/bootstrap.sh as root)"
+        "with: sudo apt-get install -y rabbitmq-server  (or run scripts/bootstrap.sh as root), "
+        "or start the databases alone: twopc dev up --no-broker"
     )
 
 
