@@ -34,12 +34,17 @@ from twopc.outbox import (
     Backoff,
     ConsumerConfig,
     ConsumerRunner,
+    OutboxEvent,
+    Outcome,
     Publisher,
     Relay,
     RelayConfig,
+    Subscriber,
     Subscription,
     Topology,
+    consume,
     parked_events,
+    prepare,
     prune_consumed,
     write_event,
 )
@@ -322,3 +327,24 @@ def test_an_unreachable_broker_is_one_line_exit_1_without_its_password(outbox: O
         assert all(line.startswith("WARNING: consumer notifications: ") for line in retries)
         assert secret not in result.stderr + result.stdout and "user" not in result.stderr
     assert outbox_rows(db.pg()) == 1  # nothing published, nothing deleted
+
+
+def test_a_consumer_that_dies_before_its_ack_gets_the_event_again_and_absorbs_it(
+    outbox: Outbox,
+) -> None:
+    """The effect committed, the acknowledgement never sent (the link dropped): RabbitMQ
+    delivers the message again, and the consumer finds its id recorded and changes nothing."""
+    db, pg = outbox.db, outbox.db.pg()
+    _transfer_event(db.mysql(), "t-lost-ack")
+    assert outbox.relay("mysql").drain().published == 1
+    prepare(pg, NOTIFICATIONS)
+    first = Subscriber(outbox.url, TOPOLOGY, NOTIFICATIONS.subscription)
+    delivery = next(d for d in first.deliveries(inactivity=5.0) if d is not None)
+    event = OutboxEvent.from_message(delivery.body)
+    assert consume(pg, NOTIFICATIONS, event) is Outcome.APPLIED
+    first.close()  # no ack: the broker requeues the message
+
+    runner = ConsumerRunner.open(NOTIFICATIONS, pg, outbox.url, TOPOLOGY)
+    stats = runner.run(lambda: False, idle_exit=0.5)
+    assert (stats.applied, stats.duplicates) == (0, 1)
+    assert db.pg_query("SELECT transfer_id FROM transfer_confirmations") == [("t-lost-ack",)]
