@@ -145,6 +145,7 @@ class ConsumerRunner:
         self.config = config or ConsumerConfig()
         self.stats = ConsumerStats()
         self._failures: dict[bytes, int] = {}  # effect failures in a row, per message
+        self._next_prune = 0.0  # time.monotonic() of the next prune: the first delivery's
 
     @classmethod
     def open(
@@ -170,7 +171,6 @@ class ConsumerRunner:
         as idle time, and an ``idle_exit`` reached in the middle of one raises its error."""
         failures, idle_since = 0, time.monotonic()
         outage: OutboxError | ParticipantUnavailable | None = None
-        prune_consumed(self.participant, self.consumer.name, self.config.retention)
         try:
             while not stop():
                 try:
@@ -192,6 +192,7 @@ class ConsumerRunner:
     ) -> float:
         wait = 0.2 if idle_exit is None else min(0.2, idle_exit)
         for delivery in self.subscriber.deliveries(inactivity=wait):
+            self._prune_when_due()
             if delivery is None:
                 if stop() or (idle_exit is not None and time.monotonic() - idle_since >= idle_exit):
                     return idle_since
@@ -201,6 +202,15 @@ class ConsumerRunner:
             if stop():
                 break
         return idle_since
+
+    def _prune_when_due(self) -> None:
+        """Forget applied ids older than the retention: at start, then every tenth of the
+        retention (at most hourly), so the record stays bounded under endless load."""
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        prune_consumed(self.participant, self.consumer.name, self.config.retention)
+        self._next_prune = now + min(self.config.retention / 10, 3600.0)
 
     def handle(self, delivery: Delivery) -> None:
         """Apply one delivery and settle it with the broker (acknowledged after commit)."""

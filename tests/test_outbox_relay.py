@@ -343,8 +343,12 @@ def test_a_consumer_that_dies_before_its_ack_gets_the_event_again_and_absorbs_it
     event = OutboxEvent.from_message(delivery.body)
     assert consume(pg, NOTIFICATIONS, event) is Outcome.APPLIED
     first.close()  # no ack: the broker requeues the message
+    stale = "INSERT INTO consumed_events (consumer, event_id, consumed_at) VALUES (%s, %s, 0)"
+    db.pg_query(stale, (NOTIFICATIONS.name, "long-ago"))
 
     runner = ConsumerRunner.open(NOTIFICATIONS, pg, outbox.url, TOPOLOGY)
     stats = runner.run(lambda: False, idle_exit=0.5)
     assert (stats.applied, stats.duplicates) == (0, 1)
+    # The record of applied ids is pruned past its retention as the consumer runs.
+    assert db.pg_query("SELECT event_id FROM consumed_events") == [(event.event_id,)]
     assert db.pg_query("SELECT transfer_id FROM transfer_confirmations") == [("t-lost-ack",)]
