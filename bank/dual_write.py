@@ -11,12 +11,13 @@ with one event:
 
 The process doing the work is a forked child that, with chance ``kill_chance`` per
 operation, SIGKILLs itself at a random moment between the database write and the publish
-(outbox: before or right after its commit; the relay too, with the same chance per batch,
-after the broker confirmed an event and before its row is deleted). A killed worker is
-started again from the next operation. Afterwards a consumer reads the queue: **lost**
-events are operations that committed and were never delivered, **phantom** events were
-delivered for operations that never committed, and **duplicates** are deliveries the
-consumer absorbed (it records event ids in the same local transaction as its effect).
+(outbox: before or right after its commit; the relay too, with the same chance per wave
+it publishes, once the broker has the wave on disk and before the rows are deleted). A
+killed worker is started again from the next operation. Afterwards a consumer reads the
+queue: **lost** events are operations that committed and were never delivered, **phantom**
+events were delivered for operations that never committed, and **duplicates** are
+deliveries the consumer absorbed (it records event ids in the same local transaction as its
+effect).
 
 Whether a worker dies at operation n is drawn from ``Random(f"{seed}/{mode}/{n}")``, so the
 parent knows where to restart it without asking, and a seed replays a run.
@@ -29,7 +30,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
@@ -183,13 +184,11 @@ class _Plan:
         """A random pause (seconds) inside the gap before the kill."""
         return random.Random(f"{self.seed}/{self.mode}/{op}/moment").uniform(0.0, 0.002)
 
-    def relay_dies(self, run: int, published: int) -> bool:
-        """Whether relay run ``run`` dies right after its ``published``-th confirm: each
-        batch of :data:`RELAY_BATCH` events dies with the chance, after one of its confirms."""
-        batch, place = divmod(published - 1, RELAY_BATCH)
-        draw = random.Random(f"{self.seed}/relay/{run}/{batch}")
-        dies, at = draw.random() < self.chance, draw.randrange(RELAY_BATCH)
-        return run < MAX_RELAY_RUNS and dies and place == at
+    def relay_dies(self, run: int, waves: int) -> bool:
+        """Whether relay run ``run`` dies right after the broker committed its ``waves``-th
+        wave (a wave of one batch: its events of distinct aggregates)."""
+        draw = random.Random(f"{self.seed}/relay/{run}/{waves}")
+        return run < MAX_RELAY_RUNS and draw.random() < self.chance
 
 
 def _in_child(work: Callable[[], None]) -> bool:
@@ -248,17 +247,19 @@ def _operation(tx: LocalTransaction, run_id: str, op: int) -> None:
 
 
 class _KilledAfterConfirm(Publisher):
-    """The relay's publisher, killed (per the plan) after a confirm, before the delete."""
+    """The relay's publisher, killed (per the plan) once the broker has a wave on disk,
+    before the relay deletes its rows."""
 
     def __init__(self, url: str, plan: _Plan, run: int) -> None:
         super().__init__(url, TOPOLOGY)
         self._plan, self._run, self._published = plan, run, 0
 
-    def publish(self, event: OutboxEvent, headers: dict[str, Any] | None = None) -> None:
-        super().publish(event, headers)
+    def publish_wave(self, wave: Sequence[tuple[OutboxEvent, Mapping[str, Any]]]) -> dict[str, str]:
+        refusals = super().publish_wave(wave)
         self._published += 1
         if self._plan.relay_dies(self._run, self._published):
             _die_after(0.0)
+        return refusals
 
 
 def _relay_until_empty(url: DatabaseURL, broker_url: str, plan: _Plan) -> int:

@@ -6,10 +6,12 @@ dead-letter queue, ``twopc.<name>.dead``, for messages it cannot apply. Both the
 the consumers declare the whole topology (declaring is idempotent), so a consumer's queue
 holds events published before the consumer first ran.
 
-Durability: the relay publishes persistent messages (delivery mode 2), mandatory, on a
-channel in confirm mode. RabbitMQ confirms a persistent message routed to a durable queue
-only once it is written to disk, so a confirmed event survives a broker crash; an
-unroutable message (no queue wants its type) comes back, and counts as refused. pika errors
+Durability: the relay publishes persistent messages (delivery mode 2), mandatory, in AMQP
+transactions (waves). RabbitMQ answers a commit only once the persistent messages routed to
+durable queues are written to disk, so a committed event survives a broker crash; an
+unroutable message (no queue wants its type) comes back before that answer, and counts as
+refused. (Publisher confirms give the same guarantee per message; pika's blocking channel
+waits for each confirm before the next publish, one disk write per message.) pika errors
 become :class:`BrokerUnavailable` or :class:`BrokerRefused` here, once.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -118,8 +120,12 @@ def _describe(err: BaseException) -> str:
 
 
 class Publisher:
-    """Publishes events one at a time and waits for each confirm (pika's blocking
-    channel); reconnects lazily after :class:`BrokerUnavailable`."""
+    """Publishes events in waves, each one AMQP transaction on a channel of its own, and
+    waits for its commit; reconnects lazily after :class:`BrokerUnavailable`.
+
+    RabbitMQ answers ``tx.commit`` once the wave's persistent messages routed to durable
+    queues are on disk, and sends back (``basic.return``, before its answer) every mandatory
+    message no queue took: one fsync per wave instead of one per message."""
 
     def __init__(self, url: str, topology: Topology, *, timeout: float = TIMEOUT) -> None:
         self.url = url
@@ -127,34 +133,44 @@ class Publisher:
         self._timeout = timeout
         self._connection: Any = None
         self._channel: Any = None
+        self._returned: dict[str, str] = {}  # message id -> why, for the wave in flight
 
-    def publish(self, event: OutboxEvent, headers: dict[str, Any] | None = None) -> None:
-        """Publish ``event`` and wait until the broker has it on disk. Raises
+    def publish(self, event: OutboxEvent, headers: Mapping[str, Any] | None = None) -> None:
+        """Publish ``event`` alone and wait until the broker has it on disk. Raises
         :class:`BrokerRefused` (this message only) or :class:`BrokerUnavailable`."""
+        refusals = self.publish_wave([(event, headers or {})])
+        if event.event_id in refusals:
+            raise BrokerRefused(refusals[event.event_id])
+
+    def publish_wave(self, wave: Sequence[tuple[OutboxEvent, Mapping[str, Any]]]) -> dict[str, str]:
+        """Publish ``(event, headers)`` pairs in one transaction and wait for its commit.
+        Returns the refused events' ids, each with why (the others are on disk). Raises
+        :class:`BrokerUnavailable`: then nothing of the wave is known to be published."""
         channel = self._ready_channel()
-        properties = pika.BasicProperties(
-            message_id=event.event_id,
-            type=event.type,
-            timestamp=int(event.created_at),
-            content_type="application/json",
-            delivery_mode=pika.DeliveryMode.Persistent,
-            app_id="twopc-relay",
-            headers={"aggregate": event.aggregate, **(headers or {})},
-        )
+        self._returned.clear()
         try:
-            channel.basic_publish(
-                EXCHANGE, event.type, event.to_message(), properties, mandatory=True
-            )
-        except pika.exceptions.UnroutableError:
-            raise BrokerRefused(f"unroutable: no queue is bound to {event.type!r}") from None
-        except pika.exceptions.NackError:
-            raise BrokerRefused("the broker nacked the message") from None
+            for event, headers in wave:
+                channel.basic_publish(
+                    EXCHANGE, event.type, event.to_message(), _properties(event, headers), True
+                )
+            channel.tx_commit()
+            self._connection.process_data_events(0)  # hands over the returned messages
         except pika.exceptions.ChannelClosedByBroker as err:
-            self._channel = None  # the broker closed it because of this message
-            raise BrokerRefused(f"channel closed by the broker: {err}") from None
+            self._channel = None  # closed because of a message of this wave, not committed
+            if len(wave) == 1:
+                return {wave[0][0].event_id: f"channel closed by the broker: {err}"}
+            refusals: dict[str, str] = {}
+            for item in wave:  # one at a time, to tell which message it was
+                refusals |= self.publish_wave([item])
+            return refusals
         except (*_LINK_ERRORS, pika.exceptions.AMQPError) as err:
             self.close()
             raise BrokerUnavailable(f"lost the broker while publishing: {_describe(err)}") from err
+        return dict(self._returned)
+
+    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
+        why = f"unroutable: no queue is bound to {method.routing_key!r} ({method.reply_text})"
+        self._returned[str(properties.message_id)] = why
 
     def idle(self, seconds: float) -> None:
         """Wait ``seconds`` while keeping the connection alive (heartbeats)."""
@@ -180,13 +196,27 @@ class Publisher:
         if self._channel is None or not self._channel.is_open:
             try:
                 channel = self._connection.channel()
-                channel.confirm_delivery()
                 self._topology.declare(channel)
+                channel.tx_select()
+                channel.add_on_return_callback(self._on_return)
             except (*_LINK_ERRORS, pika.exceptions.AMQPError) as err:
                 self.close()
                 raise BrokerUnavailable(f"broker {redacted(self.url)}: {_describe(err)}") from err
             self._channel = channel
         return self._channel
+
+
+def _properties(event: OutboxEvent, headers: Mapping[str, Any]) -> Any:
+    """A persistent message (delivery mode 2) carrying the event's id and type."""
+    return pika.BasicProperties(
+        message_id=event.event_id,
+        type=event.type,
+        timestamp=int(event.created_at),
+        content_type="application/json",
+        delivery_mode=pika.DeliveryMode.Persistent,
+        app_id="twopc-relay",
+        headers={"aggregate": event.aggregate, **headers},
+    )
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The relay: publishes what the outboxes hold to the broker, deleting only what it confirmed.
 
 One batch on one source (a participant's outbox) is one local transaction: claim (see
-:mod:`twopc.outbox.store`), publish each event in ``seq`` order and wait for its confirm,
-delete the confirmed rows, count refusals (parking a row past ``max_attempts``), commit.
+:mod:`twopc.outbox.store`), publish the events in waves (one broker transaction each, at
+most one event per aggregate, in ``seq`` order) and wait for each wave's commit, delete the
+published rows, count refusals (parking a row past ``max_attempts``), commit.
 
 - A crash anywhere before the commit leaves every claimed row in the outbox: those already
   confirmed are published again by the next relay (at least once, never zero times).
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 from twopc.outbox.backoff import Backoff
 from twopc.outbox.broker import Publisher
-from twopc.outbox.errors import BrokerRefused, BrokerUnavailable
+from twopc.outbox.errors import BrokerUnavailable
 from twopc.outbox.store import (
     PendingEvent,
     claim,
@@ -142,21 +143,26 @@ class Relay:
         time.sleep(pause)
 
     def _publish(self, source: Participant, batch: list[PendingEvent]) -> _Settlement:
+        """Publish ``batch`` in waves of at most one event per aggregate, in ``seq`` order:
+        a refused event's later rows are in later waves, and are held back."""
         published: list[int] = []
         refused: list[tuple[PendingEvent, str]] = []
         held_back: set[str] = set()  # aggregates with a refused event in this batch
-        for pending in batch:
-            if pending.event.aggregate in held_back:
-                continue
+        waiting = batch
+        while waiting:
+            wave, waiting = split_wave(waiting, held_back)
+            items = [(p.event, {"source": source.name, "seq": p.seq}) for p in wave]
             try:
-                self.publisher.publish(pending.event, {"source": source.name, "seq": pending.seq})
-            except BrokerRefused as err:
-                refused.append((pending, str(err)))
-                held_back.add(pending.event.aggregate)
-                continue
+                refusals = self.publisher.publish_wave(items)
             except BrokerUnavailable as err:
                 return _Settlement(published, refused, err)
-            published.append(pending.seq)
+            for pending in wave:
+                why = refusals.get(pending.event.event_id)
+                if why is None:
+                    published.append(pending.seq)
+                else:
+                    refused.append((pending, why))
+                    held_back.add(pending.event.aggregate)
         return _Settlement(published, refused, None)
 
     def _settle(self, tx: LocalTransaction, settlement: _Settlement) -> None:
@@ -190,3 +196,20 @@ class Relay:
             for pending, _ in settlement.refused
             if pending.attempts + 1 >= self.config.max_attempts
         )
+
+
+def split_wave(
+    waiting: Sequence[PendingEvent], held_back: set[str]
+) -> tuple[list[PendingEvent], list[PendingEvent]]:
+    """The next wave (the first waiting event of each aggregate not held back, in ``seq``
+    order) and what waits after it; rows of held-back aggregates are dropped."""
+    wave: list[PendingEvent] = []
+    later: list[PendingEvent] = []
+    taken: set[str] = set()
+    for pending in waiting:
+        aggregate = pending.event.aggregate
+        if aggregate in held_back:
+            continue
+        (later if aggregate in taken else wave).append(pending)
+        taken.add(aggregate)
+    return wave, later

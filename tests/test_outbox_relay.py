@@ -111,37 +111,35 @@ from twopc.participants import DatabaseURL, participant_for
 from outbox_kit import TOPOLOGY
 
 class Crashing(Publisher):
-    published = 0
-    def publish(self, event, headers=None):
-        super().publish(event, headers)  # confirmed by the broker: on disk
-        Crashing.published += 1
-        if Crashing.published == int(sys.argv[2]):
-            os.kill(os.getpid(), signal.SIGKILL)  # before the rows are deleted
+    def publish_wave(self, wave):
+        refusals = super().publish_wave(wave)  # committed by the broker: on disk
+        os.kill(os.getpid(), signal.SIGKILL)  # before the rows are deleted
 
 source = participant_for("mysql", DatabaseURL.parse(sys.argv[1]))
-Relay([source], Crashing(os.environ["TWOPC_BROKER_URL"], TOPOLOGY), RelayConfig(batch=10)).drain()
+config = RelayConfig(batch=int(sys.argv[2]))
+Relay([source], Crashing(os.environ["TWOPC_BROKER_URL"], TOPOLOGY), config).drain()
 """
 
 
-def _transfer_event(participant: Participant, transfer_id: str) -> None:
+def _transfer_event(participant: Participant, transfer_id: str, account: str = "a2") -> None:
     payload = {
         "transfer_id": transfer_id,
         "source": "pg:a1",
-        "destination": "mysql:a2",
+        "destination": f"mysql:{account}",
         "amount": "1.00",
         "mode": "2pc",
     }
     with participant.local_transaction() as tx:
-        write_event(tx, "mysql:a2", TRANSFER_COMMITTED, payload)
+        write_event(tx, f"mysql:{account}", TRANSFER_COMMITTED, payload)
 
 
 def test_relay_killed_after_publish_republishes_and_consumer_absorbs(outbox: Outbox) -> None:
-    """SIGKILL after the broker confirmed 3 of 5 events, before their rows were deleted: the
+    """SIGKILL after the broker committed 3 of 5 events, before their rows were deleted: the
     claim dies with the connection, the next relay publishes all 5 again (at least once),
     and the consumer applies each transfer once, absorbing the 3 duplicates."""
     db, mysql = outbox.db, outbox.db.mysql()
-    for n in range(5):
-        _transfer_event(mysql, f"t{n}")
+    for n in range(5):  # five accounts: a batch of 3 goes out in one wave
+        _transfer_event(mysql, f"t{n}", f"a{n + 1}")
     tests_dir = os.path.dirname(__file__)
     crashed = subprocess.run(
         [sys.executable, "-c", _CRASHING_RELAY, db.mysql_url, "3"],

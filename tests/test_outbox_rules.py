@@ -22,6 +22,7 @@ from twopc.outbox import (
     check_url,
     redacted,
 )
+from twopc.outbox.relay import split_wave
 from twopc.outbox.store import followers_in_order
 
 
@@ -142,3 +143,19 @@ def test_bad_outbox_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]
     assert result.exit_code == 2, result.output
     assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
     assert "s3cret" not in result.stderr and "relay:" not in result.stderr
+
+
+def test_a_batch_goes_out_in_waves_of_one_event_per_aggregate_in_seq_order() -> None:
+    batch = [
+        _pending(1, "x"),
+        _pending(2, "y"),
+        _pending(3, "x"),
+        _pending(4, "x"),
+        _pending(5, "z"),
+    ]
+    wave, later = split_wave(batch, held_back=set())
+    assert ([p.seq for p in wave], [p.seq for p in later]) == ([1, 2, 5], [3, 4])
+    wave, later = split_wave(later, held_back=set())
+    assert ([p.seq for p in wave], [p.seq for p in later]) == ([3], [4])
+    # x was refused: its later rows wait for the next batch, after its back-off.
+    assert split_wave(batch, held_back={"x"}) == ([batch[1], batch[4]], [])
