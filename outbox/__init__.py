@@ -2,11 +2,12 @@
 consumers.
 
 A domain announces a change by writing an event (:class:`OutboxEvent`, written by
-:func:`write_event` or :func:`append`) into the ``outbox`` table **in the same transaction as the
-change**: the branch of its 2PC global transaction, or its saga step's local transaction.
-The :class:`Relay` later publishes each event to the broker (:class:`Publisher`: persistent
-messages, publisher confirms) and deletes it only once the broker confirmed it, so a
-committed event is published at least once and a rolled-back one never. Events of one
+:func:`write_event` or :func:`append`) into the ``outbox`` table **in the same transaction
+as the change**: the branch of its 2PC global transaction, or its saga step's local
+transaction. The :class:`Relay` later publishes each event to the broker
+(:class:`Publisher`: persistent messages, in broker transactions it waits for) and deletes
+it only once the broker has it on disk, so a committed event is published at least once
+and a rolled-back one never. Events of one
 aggregate are published in the order they were written; several relays may run at once;
 an event the broker keeps refusing is parked (:func:`parked_events`, :func:`retry_parked`).
 A :class:`Consumer` applies each event once: its effect and the record of the event's id
