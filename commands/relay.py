@@ -24,6 +24,7 @@ from twopc.outbox import (
     RelayConfig,
     RelayStats,
     ensure_outbox_tables,
+    outbox_state,
     parked_events,
     redacted,
     retry_parked,
@@ -97,6 +98,25 @@ def _stats_text(stats: RelayStats, elapsed: float) -> str:
         f"refused {stats.refused}, parked {stats.parked}, broker outages {stats.outages}"
     )
     return line + (f"\nlast error: {stats.last_error}" if stats.last_error else "")
+
+
+@relay.command("status")
+@json_option
+@click.pass_obj
+@operational_errors
+def relay_status(obj: Context, as_json: bool) -> None:
+    """How many events wait in each outbox to be published, the oldest one's age, and how
+    many are parked."""
+    now = time.time()
+    document: dict[str, object] = {}
+    lines = []
+    for side, participant in zip(SIDES, obj.participants(SIDES), strict=True):
+        state, parked = outbox_state(participant), len(parked_events(participant))
+        age = None if state.oldest_created_at is None else round(now - state.oldest_created_at, 3)
+        document[side] = {"pending": state.pending, "oldest_age_s": age, "parked": parked}
+        oldest = "" if age is None else f", the oldest {age:.1f}s old"
+        lines.append(f"{side:<6} {state.pending} to publish{oldest}; {parked} parked")
+    emit(as_json, document, "\n".join(lines))
 
 
 @relay.command("parked")

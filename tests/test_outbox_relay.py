@@ -86,6 +86,9 @@ def test_transfers_announce_themselves_once_each(outbox: Outbox) -> None:
     mysql_rows = db.mysql_query("SELECT aggregate, event_type FROM outbox")
     assert mysql_rows == [("mysql:a2", TRANSFER_COMMITTED)]
     assert db.pg_query("SELECT aggregate FROM outbox") == [("pg:a4",)]
+    waiting = db.twopc_json("relay", "status")
+    assert [waiting[side]["pending"] for side in ("pg", "mysql")] == [1, 1]
+    assert 0 <= waiting["mysql"]["oldest_age_s"] < 60 and waiting["mysql"]["parked"] == 0
 
     relayed = db.twopc("relay", "--once", "--json", **env)
     assert relayed.returncode == 0, relayed.stderr
