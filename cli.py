@@ -23,11 +23,13 @@ from twopc.commands.common import (
     given_url,
     named_participants,
 )
+from twopc.commands.consume import consume
 from twopc.commands.demo import demo
 from twopc.commands.dev import dev
 from twopc.commands.flights import flights
 from twopc.commands.logs import log_group
 from twopc.commands.recovery import audit_command, in_doubt, recover, resolve
+from twopc.commands.relay import relay
 from twopc.commands.sagas import sagas
 from twopc.commands.transfer import transfer
 
@@ -166,6 +168,8 @@ for _command in (
     demo,
     bench,
     flights,
+    relay,
+    consume,
 ):
     main.add_command(_command)
 

@@ -3,6 +3,8 @@
 Besides ``accounts``, the saga tables are created here too: the engine's ``saga_steps``
 (its DDL belongs to :mod:`saga.tables`) and the transfer saga's ``saga_holds`` and
 ``saga_notifications`` (:mod:`bank.tables`); both are also made sure of before a saga runs.
+So are the outbox tables transfers announce themselves in (:mod:`twopc.outbox`) and the
+notifications consumer's (:mod:`bank.notifications`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from twopc.bank.notifications import confirmations_ddl, confirmations_drop_ddl
 from twopc.bank.tables import transfer_ddl, transfer_drop_ddl
+from twopc.outbox import consumed_ddl, outbox_ddl, outbox_drop_ddl
 from twopc.participants import DatabaseURL, ParticipantError, PreparedBranch, participant_for
 from twopc.participants.mysql import CONNECT_TIMEOUT, open_connection
 from twopc.saga.tables import saga_ddl, saga_drop_ddl
@@ -80,8 +84,10 @@ def init_schema(
                 metadata.drop_all(conn)
                 conn.exec_driver_sql(saga_drop_ddl())
                 conn.exec_driver_sql(transfer_drop_ddl())
+                conn.exec_driver_sql(outbox_drop_ddl())
+                conn.exec_driver_sql(confirmations_drop_ddl())
             metadata.create_all(conn)
-            for statement in [*saga_ddl(url.backend), *transfer_ddl(url.backend)]:
+            for statement in _domain_ddl(url.backend):
                 conn.exec_driver_sql(statement)
             existing = set(conn.scalars(select(accounts.c.id)))
             wanted = [f"a{n}" for n in range(1, accounts_count + 1)]
@@ -96,6 +102,18 @@ def init_schema(
         raise ParticipantError(f"{url.backend} {url.location()}: init failed: {reason}") from err
     finally:
         engine.dispose()
+
+
+def _domain_ddl(backend: str) -> list[str]:
+    # The saga engine's table, the transfer saga's, the outbox transfers announce
+    # themselves in, and the notifications consumer's (its effect and its record of ids).
+    return [
+        *saga_ddl(backend),
+        *transfer_ddl(backend),
+        *outbox_ddl(backend),
+        *consumed_ddl(backend),
+        *confirmations_ddl(backend),
+    ]
 
 
 def check_reset_allowed(urls: Iterable[DatabaseURL]) -> None:

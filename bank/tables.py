@@ -9,6 +9,7 @@ Made by ``twopc init``, and made sure of before the transfer saga's first step o
 
 from __future__ import annotations
 
+from twopc.outbox import ensure_outbox_tables
 from twopc.participants import Participant
 from twopc.saga import ensure_tables
 
@@ -44,5 +45,7 @@ def transfer_drop_ddl() -> str:
 
 
 def ensure_transfer_tables(participant: Participant) -> None:
-    """Create the transfer saga's tables on ``participant`` if missing."""
+    """Create the transfer saga's tables on ``participant`` if missing (the outbox its
+    credit step announces the transfer in too)."""
     ensure_tables(participant, _PROBE, transfer_ddl(participant.url.backend))
+    ensure_outbox_tables(participant)

@@ -18,6 +18,7 @@ from typing import Any
 from twopc.bank import ledger
 from twopc.bank.accounts import SIDES, AccountRef, natural_key
 from twopc.bank.errors import InvalidInput, TransferRejected
+from twopc.bank.events import announce_transfer
 from twopc.coordinator import Coordinator, GlobalTransaction, Outcome
 from twopc.participants import Participant, PermissionDenied, UndefinedTable
 
@@ -37,8 +38,12 @@ class Transfer:
             raise InvalidInput("amount must be greater than 0")
 
 
-def run_transfer(coordinator: Coordinator, transfer: Transfer) -> Outcome:
-    """Run ``transfer`` as one global transaction; raises TransferRejected on a business error."""
+def run_transfer(coordinator: Coordinator, transfer: Transfer, *, announce: bool = True) -> Outcome:
+    """Run ``transfer`` as one global transaction; raises TransferRejected on a business error.
+
+    With ``announce`` (the default) the destination's branch also writes the transfer's
+    ``transfer.committed`` event to its outbox, so the event commits with the transfer.
+    """
     if transfer.source.side != transfer.destination.side:
         for side in SIDES:
             coordinator.participant(side).check_ready()
@@ -46,8 +51,22 @@ def run_transfer(coordinator: Coordinator, transfer: Transfer) -> Outcome:
         _enlist(tx, transfer)
         for step in _ordered_steps(transfer):
             step(tx)
+            if announce and step.account == transfer.destination:
+                _announce(tx, transfer)
     assert tx.outcome is not None  # set by a commit that returned
     return tx.outcome
+
+
+def _announce(tx: GlobalTransaction, transfer: Transfer) -> None:
+    """Write the event in the destination's branch, right after its credit (under the
+    account's row lock: the account's events are numbered in commit order)."""
+    try:
+        announce_transfer(tx.branch(transfer.destination.side), transfer, tx.gtrid, "2pc")
+    except UndefinedTable:
+        raise TransferRejected(
+            f"{transfer.destination.side} has no outbox table: run `twopc init` (it adds the "
+            "missing tables and keeps the data)"
+        ) from None
 
 
 def _enlist(tx: GlobalTransaction, transfer: Transfer) -> None:

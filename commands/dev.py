@@ -7,6 +7,7 @@ import click
 from twopc.bank import SIDES
 from twopc.commands.common import Context, emit, json_option, operational_errors
 from twopc.devserver import DevState
+from twopc.devserver.broker_state import BrokerInfo
 
 
 @click.group()
@@ -15,11 +16,20 @@ def dev() -> None:
 
 
 @dev.command("up")
+@click.option(
+    "--broker/--no-broker",
+    default=True,
+    show_default=True,
+    help="Also start the throwaway RabbitMQ the outbox relay publishes to.",
+)
 @click.pass_obj
 @operational_errors
-def dev_up(obj: Context) -> None:
-    """Start both servers (harmless when already running)."""
+def dev_up(obj: Context, broker: bool) -> None:
+    """Start both servers, and the broker (harmless when already running)."""
     state = obj.dev.up()
+    if broker:
+        obj.dev.broker_up()
+        state = obj.dev.status() or state
     click.echo(_dev_status_text(state))
     click.echo('Use them from another shell with: eval "$(twopc dev env)"')
 
@@ -42,7 +52,9 @@ def dev_status(obj: Context, as_json: bool) -> None:
     state = obj.dev.status()
     if state is None:
         raise click.ClickException(f"no dev servers under {obj.home / 'dev'}: run `twopc dev up`")
-    document = {kind: _server_document(state, kind) for kind in SIDES}
+    document: dict[str, object] = {kind: _server_document(state, kind) for kind in SIDES}
+    if state.broker is not None:
+        document["broker"] = _broker_document(state.broker)
     emit(as_json, document, _dev_status_text(state))
 
 
@@ -70,6 +82,17 @@ def _server_document(state: DevState, kind: str) -> dict[str, object]:
     }
 
 
+def _broker_document(info: BrokerInfo) -> dict[str, object]:
+    return {
+        "url": info.url,
+        "running": info.running,
+        "pid": info.pid,
+        "port": info.port,
+        "datadir": str(info.datadir),
+        "log": str(info.logfile),
+    }
+
+
 def _dev_status_text(state: DevState) -> str:
     lines = []
     for info in (state.pg, state.mysql):
@@ -77,4 +100,8 @@ def _dev_status_text(state: DevState) -> str:
         lines.append(f"{info.kind:<6} {info.url:<45} {running}  log: {info.logfile}")
         if info.tls_ca is not None:
             lines.append(f"{'':<6} TLS: verify the server with ?ssl_ca={info.tls_ca}")
+    if state.broker is not None:
+        broker = state.broker
+        running = f"running (pid {broker.pid})" if broker.running else "stopped"
+        lines.append(f"{'broker':<6} {broker.url:<45} {running}  log: {broker.logfile}")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import shutil
 from collections.abc import Iterator
@@ -10,10 +11,12 @@ from pathlib import Path
 
 from twopc.devserver.account import postgres_account, postgres_instance_dir
 from twopc.devserver.binaries import Binaries, find_binaries
+from twopc.devserver.broker_state import BrokerInfo, BrokerPlacement
 from twopc.devserver.errors import DevServerError
 from twopc.devserver.mariadb import MariaDBServer
 from twopc.devserver.postgres import PostgresServer
 from twopc.devserver.procs import free_port
+from twopc.devserver.rabbitmq import RabbitMQServer, find_rabbitmq_server
 from twopc.devserver.state import (
     DevState,
     Placement,
@@ -59,6 +62,8 @@ class DevServers:
             if stored is not None:
                 for kind in _KINDS:
                     self._server(stored, kind).stop()
+                if stored.broker is not None:
+                    self._broker(stored.broker).stop()
 
     def status(self) -> DevState | None:
         """The servers' live state, or None if :meth:`up` was never run here."""
@@ -80,6 +85,28 @@ class DevServers:
         with self._locked():
             self._server(self._require_state(), which).kill()
 
+    def broker_up(self) -> BrokerInfo:
+        """Start the dev RabbitMQ (placed on free ports the first time, beside the databases
+        of :meth:`up`, which must have run); harmless if it is running."""
+        with self._locked():
+            broker = self._broker(self._place_broker(self._require_state()))
+            broker.start()
+            return broker.info()
+
+    def stop_broker(self) -> None:
+        """Cleanly stop the dev RabbitMQ (its durable queues' messages are kept)."""
+        with self._locked():
+            placement = self._require_state().broker
+            if placement is not None:
+                self._broker(placement).stop()
+
+    def kill_broker(self) -> None:
+        """SIGKILL the dev RabbitMQ (a crash, for tests) and wait until it is gone."""
+        with self._locked():
+            placement = self._require_state().broker
+            if placement is not None:
+                self._broker(placement).kill()
+
     def destroy(self) -> None:
         """Stop both servers and delete all their files, including a PostgreSQL dir under /tmp."""
         self.down()
@@ -88,6 +115,8 @@ class DevServers:
             if stored is not None:
                 for kind in _KINDS:
                     shutil.rmtree(stored.placement(kind).instance_dir, ignore_errors=True)
+                if stored.broker is not None:
+                    shutil.rmtree(stored.broker.instance_dir, ignore_errors=True)
             self.state_file.unlink(missing_ok=True)
         (self.root / ".lock").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
@@ -124,6 +153,21 @@ class DevServers:
             save_state(self.state_file, stored)
         return stored
 
+    def _place_broker(self, stored: StoredState) -> BrokerPlacement:
+        if stored.broker is not None:
+            return stored.broker
+        taken = {stored.pg.port, stored.mysql.port}
+        port, dist_port = free_port(), free_port()
+        while port in taken or dist_port in {port, *taken}:
+            port, dist_port = free_port(), free_port()
+        placement = BrokerPlacement(port, dist_port, self.root / "rabbitmq")
+        save_state(self.state_file, dataclasses.replace(stored, broker=placement))
+        return placement
+
+    @staticmethod
+    def _broker(placement: BrokerPlacement) -> RabbitMQServer:
+        return RabbitMQServer(find_rabbitmq_server(), placement)
+
     def _server(self, stored: StoredState, kind: ServerKind) -> PostgresServer | MariaDBServer:
         if self._binaries is None:
             self._binaries = find_binaries()
@@ -134,4 +178,5 @@ class DevServers:
 
     def _live_state(self, stored: StoredState) -> DevState:
         pg = self._server(stored, "pg").info()
-        return DevState(pg=pg, mysql=self._server(stored, "mysql").info())
+        broker = None if stored.broker is None else self._broker(stored.broker).info()
+        return DevState(pg=pg, mysql=self._server(stored, "mysql").info(), broker=broker)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from twopc.devserver.broker_state import BrokerInfo, BrokerPlacement
 from twopc.devserver.errors import DevServerError
 
 ServerKind = Literal["pg", "mysql"]
@@ -51,6 +52,7 @@ class DevState:
 
     pg: ServerInfo
     mysql: ServerInfo
+    broker: BrokerInfo | None = None  # set up by `twopc dev up` (DevServers.broker_up)
 
     def participants(self) -> dict[str, str]:
         """The participants of the databases besides ``twopc`` (:data:`EXTRA_DATABASES`):
@@ -73,7 +75,13 @@ class DevState:
             f"export TWOPC_PG_URL={shlex.quote(self.pg.url)}",
             f"export TWOPC_MYSQL_URL={shlex.quote(self.mysql.url)}",
             f"export TWOPC_PARTICIPANTS={shlex.quote(named)}",
+            *self._broker_lines(),
         ]
+
+    def _broker_lines(self) -> list[str]:
+        if self.broker is None:
+            return []
+        return [f"export TWOPC_BROKER_URL={shlex.quote(self.broker.url)}"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class StoredState:
 
     pg: Placement
     mysql: Placement
+    broker: BrokerPlacement | None = None  # chosen at the first broker start
 
     def placement(self, kind: ServerKind) -> Placement:
         """The placement of server ``kind``."""
@@ -100,7 +109,8 @@ def load_state(path: Path) -> StoredState | None:
     """Read state.json; None if it does not exist."""
     try:
         raw = json.loads(path.read_text())
-        return StoredState(_placement(raw["pg"]), _placement(raw["mysql"]))
+        broker = BrokerPlacement.from_json(raw["broker"]) if raw.get("broker") else None
+        return StoredState(_placement(raw["pg"]), _placement(raw["mysql"]), broker)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -124,6 +134,8 @@ def save_state(path: Path, state: StoredState) -> None:
         "pg": {"port": state.pg.port, "instance_dir": str(state.pg.instance_dir)},
         "mysql": {"port": state.mysql.port, "instance_dir": str(state.mysql.instance_dir)},
     }
+    if state.broker is not None:
+        body["broker"] = state.broker.to_json()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state.", suffix=".tmp")
     with os.fdopen(fd, "w") as out:
         json.dump(body, out, indent=2)

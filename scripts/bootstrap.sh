@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepare a machine for twopc development: database server programs + .venv.
+# Prepare a machine for twopc development: database and broker server programs + .venv.
 # Idempotent; safe to run again. Does not start any server (use `twopc dev up`).
 set -euo pipefail
 
@@ -33,22 +33,28 @@ have_mariadb() {
     find_program mariadbd mysqld && find_program mariadb-install-db mysql_install_db
 }
 
+have_rabbitmq() {  # the real start script, not /usr/sbin's wrapper (see devserver/rabbitmq.py)
+    [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] \
+        || compgen -G '/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/rabbitmq-server' >/dev/null
+}
+
 install_servers() {
     local missing=()
     have_postgres || missing+=(postgresql)
     have_mariadb || missing+=(mariadb-server)
+    have_rabbitmq || missing+=(rabbitmq-server)
     if [[ ${#missing[@]} -eq 0 ]]; then
-        say "PostgreSQL and MariaDB server programs found"
+        say "PostgreSQL, MariaDB and RabbitMQ server programs found"
         return
     fi
     if [[ $EUID -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-        die "missing database servers; install them, e.g.: sudo apt-get install -y ${missing[*]}"
+        die "missing servers; install them, e.g.: sudo apt-get install -y ${missing[*]}"
     fi
     say "installing ${missing[*]} with apt-get"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
-    have_postgres && have_mariadb || die "installed ${missing[*]} but the server programs are still not found"
+    have_postgres && have_mariadb && have_rabbitmq || die "installed ${missing[*]} but the server programs are still not found"
 }
 
 make_venv() {

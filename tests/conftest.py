@@ -44,6 +44,13 @@ def dev_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServers
     servers.destroy()
 
 
+@pytest.fixture(scope="session")
+def broker_url(dev_servers: DevServers) -> str:
+    """The session's throwaway RabbitMQ beside the databases (ports of its own: the machine's
+    broker is never used); stopped with them. Tests may kill and restart it."""
+    return dev_servers.broker_up().url
+
+
 @dataclass
 class Databases:
     """Handles on the two test databases, with helpers that read server-side state."""

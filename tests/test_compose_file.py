@@ -112,7 +112,7 @@ def header_url(text: str, variable: str) -> str:
 
 def test_compose_spec_file_without_obsolete_version_key(compose: dict[str, Any]) -> None:
     assert "version" not in compose
-    assert set(compose["services"]) == {"postgres", "mysql"}
+    assert set(compose["services"]) == {"postgres", "mysql", "rabbitmq"}
 
 
 def test_header_explains_usage_and_development_credentials(text: str) -> None:
@@ -201,7 +201,7 @@ def test_mysql_healthcheck_pings_over_tcp_with_the_root_password(compose: dict[s
     assert option(argv, "-p") == environment(svc)["MYSQL_ROOT_PASSWORD"]
 
 
-@pytest.mark.parametrize("name", ["postgres", "mysql"])
+@pytest.mark.parametrize("name", ["postgres", "mysql", "rabbitmq"])
 def test_health_checks_have_timing(compose: dict[str, Any], name: str) -> None:
     check = service(compose, name)["healthcheck"]
     assert {"interval", "timeout", "retries", "start_period"} <= set(check)
@@ -243,3 +243,29 @@ def test_every_published_port_is_on_loopback(compose: dict[str, Any]) -> None:
         for entry in svc.get("ports", []):
             host_ip = entry["host_ip"] if isinstance(entry, dict) else str(entry).split(":")[0]
             assert host_ip == "127.0.0.1", f"{name} publishes {entry} beyond loopback"
+
+
+def test_rabbitmq_keeps_its_data_and_matches_the_header_url(
+    compose: dict[str, Any], text: str
+) -> None:
+    """A fixed host name (RabbitMQ names its data directory after the node, hence the host),
+    a volume for its data, a health check on the AMQP port, and a header URL the outbox
+    commands accept that logs in as the user the image creates."""
+    from twopc.outbox import check_url
+
+    svc = service(compose, "rabbitmq")
+    assert svc["image"].startswith("rabbitmq:3.")
+    assert svc["hostname"]
+    assert (
+        "rabbitmqdata:/var/lib/rabbitmq" in svc["volumes"] and "rabbitmqdata" in compose["volumes"]
+    )
+    assert "check_port_connectivity" in svc["healthcheck"]["test"]
+    url = header_url(text, "TWOPC_BROKER_URL")
+    check_url(url)
+    parts, env = urlsplit(url), environment(svc)
+    assert (parts.hostname, parts.port) == published(svc, 5672)
+    assert (parts.username, parts.password) == (
+        env["RABBITMQ_DEFAULT_USER"],
+        env["RABBITMQ_DEFAULT_PASS"],
+    )
+    assert parts.path == "/%2F"  # the default virtual host, "/"

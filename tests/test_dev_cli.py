@@ -52,11 +52,17 @@ def test_dev_servers_serve_the_cli_without_urls(home: Path) -> None:
         f"export TWOPC_MYSQL_URL={status['mysql']['url']}",
     ]
     assert env_lines[2].startswith("export TWOPC_PARTICIPANTS='flights=postgresql://")
+    broker = status["broker"]  # a throwaway RabbitMQ too, on ports of its own
+    assert broker["running"] and broker["port"] != 5672
+    assert env_lines[3] == f"export TWOPC_BROKER_URL={broker['url']}"
 
     assert run(home, "init", "--accounts", "3").returncode == 0
     moved = run(home, "transfer", "pg:a1", "mysql:a3", "2.50", "--json")
     assert moved.returncode == 0, moved.stderr
     assert json.loads(moved.stdout)["protocol"] == "2pc"
+    relayed = run(home, "relay", "--once", "--json")  # to the dev broker: no URL needed
+    assert relayed.returncode == 0, relayed.stderr
+    assert json.loads(relayed.stdout)["by_source"] == {"mysql": 1}
     balances = json.loads(run(home, "balances", "--json").stdout)
     assert balances["accounts"]["pg"]["a1"] == "997.50"
     assert balances["accounts"]["mysql"]["a3"] == "1002.50"
@@ -65,6 +71,7 @@ def test_dev_servers_serve_the_cli_without_urls(home: Path) -> None:
     assert down.returncode == 0, down.stderr
     stopped = json.loads(run(home, "dev", "status", "--json").stdout)
     assert not stopped["pg"]["running"] and not stopped["mysql"]["running"]
+    assert not stopped["broker"]["running"]
     missing = run(home, "balances")
     assert missing.returncode == 2
     assert "no pg database configured" in missing.stderr

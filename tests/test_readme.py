@@ -86,3 +86,21 @@ def test_flights_example_runs_as_written(trip: Trip) -> None:
     }  # fmt: skip
     assert sorted(trip.bookings().values()) == ["cancelled", *["confirmed"] * 4]
     assert len(trip.confirmations()) == 4 and trip.prepared() == []
+
+
+def test_outbox_example_publishes_and_consumes_once(db: Databases, broker_url: str) -> None:
+    """The README's outbox example: an event written with its change, relayed, applied once."""
+    text = README.read_text()
+    example = re.search(r"<!-- outbox-example -->\n```python\n(.*?)```", text, re.S)
+    assert example, "README lost its outbox example"
+    result = subprocess.run(
+        [sys.executable, "-c", example.group(1)],
+        env=db.env(TWOPC_BROKER_URL=broker_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+    assert db.pg_query("SELECT balance FROM accounts WHERE id = 'c42'") == [(Decimal("0.00"),)]
+    assert db.pg_query("SELECT COUNT(*) FROM outbox") == [(0,)]
