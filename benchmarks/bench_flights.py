@@ -19,7 +19,9 @@ showing them would. Reported per run and per mode across rounds:
   confirmed booking whose seat it did not see booked for it. Neither mode gives a plain
   reader of two databases one snapshot: 2PC commits its three branches one after the other
   (and the reader reads one database after the other); the saga confirms the booking (the
-  pivot) before it books the seat;
+  pivot) before it books the seat. Of them, **seat-first** reads saw the seat booked and,
+  read *later*, the booking not yet confirmed: the reader's own gap cannot make those, only
+  a seat committed before its booking (2PC's branches committing apart; never the saga);
 - the booking's invariants (:mod:`flights.invariants`) checked on the run's flight once it
   has finished: there must be none broken.
 
@@ -90,6 +92,7 @@ class Tally:
     seen: list[frozenset[str]] = field(default_factory=list)  # per read: bookings seen live
     undone: set[str] = field(default_factory=set)  # bookings that ended not booked
     torn: int = 0
+    seat_first: int = 0
     read_error: str | None = None
     halt: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -296,10 +299,11 @@ def _read(
         while not stop.wait(_READ_PAUSE):
             seats = _fetch(connections[0], _SEATS, (flight, "available"))
             bookings = _fetch(connections[1], _BOOKINGS, (flight,))
-            live, torn = seen(seats, bookings)
+            live, seat_first, booking_first = seen(seats, bookings)
             with tally.lock:
                 tally.seen.append(live)
-                tally.torn += torn
+                tally.torn += seat_first or booking_first
+                tally.seat_first += seat_first
     except Exception as err:  # driver errors of either server, as raw as the reads are
         tally.read_error = " ".join(str(err).split()) or type(err).__name__
         tally.halt.set()
@@ -319,19 +323,18 @@ def _fetch(conn: Any, query: str, params: tuple[str, ...]) -> list[tuple[Any, ..
 
 def seen(
     seats: Sequence[tuple[Any, ...]], bookings: Sequence[tuple[Any, ...]]
-) -> tuple[frozenset[str], bool]:
+) -> tuple[frozenset[str], bool, bool]:
     """What one read saw: the ids of the bookings it saw live (a seat pending or booked for
-    one, or the booking pending or confirmed), and whether it saw a booking half done
-    (torn): a seat booked for a booking not confirmed in the read, or a confirmed booking
-    whose seat was not booked for it."""
+    one, or the booking pending or confirmed), and whether it saw a booking half done: a
+    seat booked for a booking not confirmed in the read (seat first), or a confirmed
+    booking whose seat was not booked for it (booking first)."""
     live = {str(b) for _, state, b in seats if state in (PENDING, BOOKED)}
     live |= {str(b) for b, _, state in bookings if state in (PENDING, CONFIRMED)}
     booked = {str(seat): str(b) for seat, state, b in seats if state == BOOKED}
     confirmed = {str(b): str(seat) for b, seat, state in bookings if state == CONFIRMED}
-    torn = any(confirmed.get(b) != seat for seat, b in booked.items()) or any(
-        booked.get(seat) != b for b, seat in confirmed.items()
-    )
-    return frozenset(live), torn
+    seat_first = any(confirmed.get(b) != seat for seat, b in booked.items())
+    booking_first = any(booked.get(seat) != b for b, seat in confirmed.items())
+    return frozenset(live), seat_first, booking_first
 
 
 # -- the figures ----------------------------------------------------------------------------------
@@ -357,7 +360,11 @@ def _summary(mode: str, workers: int, flight: str, seconds: float, tally: Tally)
         "dirty_reads": len(dirty),
         "dirty_bookings": len(frozenset().union(*dirty)),
         "torn_reads": tally.torn,
+        "seat_first_reads": tally.seat_first,
     }
+
+
+_TOTALS = ("booked", "undone", "reads", "dirty_reads", "torn_reads", "seat_first_reads")
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -382,10 +389,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 },
                 "p50_ms": _quantile(latencies, 50),
                 "p99_ms": _quantile(latencies, 99),
-                **{
-                    key: sum(r[key] for r in mine)
-                    for key in ("booked", "undone", "reads", "dirty_reads", "torn_reads")
-                },
+                **{key: sum(r[key] for r in mine) for key in _TOTALS},
                 "violations": sum(len(r["violations"]) for r in mine),
             }
         )
@@ -408,14 +412,14 @@ def format_flight_benchmark(result: dict[str, Any]) -> list[str]:
         f"{result['fail_at']}; a reader reads the seats and bookings meanwhile",
         f"{'round':>5} {'mode':<5} {'workers':>7} {'bookings/s':>10} {'p50 ms':>7} "
         f"{'p99 ms':>7} {'booked':>6} {'undone':>6} {'reads':>6} {'dirty':>5} {'torn':>5}"
-        "  invariants",
+        f" {'seat-first':>10}  invariants",
     ]
     for run in result["runs"]:
         lines.append(
             f"{run['round']:>5} {run['mode']:<5} {run['workers']:>7} "
             f"{run['bookings_per_s']:>10.1f} {_ms(run['p50_ms']):>7} {_ms(run['p99_ms']):>7} "
             f"{run['booked']:>6} {run['undone']:>6} {run['reads']:>6} {run['dirty_reads']:>5} "
-            f"{run['torn_reads']:>5}  "
+            f"{run['torn_reads']:>5} {run['seat_first_reads']:>10}  "
             + ("hold" if not run["violations"] else f"{len(run['violations'])} BROKEN")
         )
         others = {k: n for k, n in run["outcomes"].items() if k != BOOKED_OUTCOME}
@@ -426,12 +430,14 @@ def format_flight_benchmark(result: dict[str, Any]) -> list[str]:
     lines += [
         "dirty: reads that saw a seat held or a booking made for a booking then undone; "
         "torn: reads that saw a booking half done (seat booked without its confirmed booking, "
-        "or the reverse); bookings/s counts every booking that ended, booked or undone; "
-        "p50/p99 of those booked",
+        "or the reverse); seat-first: torn reads that saw the seat booked before its booking "
+        "committed (the seats are read first); bookings/s counts every booking that ended, "
+        "booked or undone; p50/p99 of those booked",
         "",
         f"across {result['rounds']} round(s), median [min-max]:",
         f"{'mode':<5} {'workers':>7} {'bookings/s':>20} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'booked':>6} {'undone':>6} {'reads':>6} {'dirty':>5} {'torn':>5} {'broken':>6}",
+        f"{'booked':>6} {'undone':>6} {'reads':>6} {'dirty':>5} {'torn':>5} {'seat-first':>10} "
+        f"{'broken':>6}",
     ]
     for mode in result["modes"]:
         rate = mode["bookings_per_s"]
@@ -440,7 +446,7 @@ def format_flight_benchmark(result: dict[str, Any]) -> list[str]:
             f"{mode['mode']:<5} {mode['workers']:>7} {rates:>20} {_ms(mode['p50_ms']):>7} "
             f"{_ms(mode['p99_ms']):>7} {mode['booked']:>6} {mode['undone']:>6} "
             f"{mode['reads']:>6} {mode['dirty_reads']:>5} {mode['torn_reads']:>5} "
-            f"{mode['violations']:>6}"
+            f"{mode['seat_first_reads']:>10} {mode['violations']:>6}"
         )
     return lines
 

@@ -59,7 +59,7 @@ class Violation:
 
 @dataclass(frozen=True)
 class Unsettled:
-    """What is still running or in doubt: our prepared branches (``database:name``) and
+    """What is still running or in doubt: our prepared branches (``database:gtrid``) and
     unfinished booking sagas' ids."""
 
     prepared: Sequence[str] = ()
@@ -177,9 +177,9 @@ def settled(view: FlightsView, unsettled: Unsettled) -> list[Violation]:
 
 
 def prepared_of(participants: Iterable[Participant]) -> list[str]:
-    """Our prepared branches in the participants' databases, as ``database:name``."""
+    """Our prepared branches in the participants' databases, as ``database:gtrid``."""
     return [
-        f"{participant.name}:{branch.name}"
+        f"{participant.name}:{branch.xid.gtrid}"
         for participant in participants
         for branch in participant.prepared_branches()
         if branch.xid is not None and branch.xid.is_ours
