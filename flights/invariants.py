@@ -186,14 +186,16 @@ def prepared_of(participants: Iterable[Participant]) -> list[str]:
     ]
 
 
-def unfinished_sagas(home: Path, definition: str) -> list[str]:
-    """The ids of unfinished sagas of ``definition`` in every orchestrator's log."""
+def unfinished_sagas(home: Path, definition: str, flight: str | None = None) -> list[str]:
+    """The ids of unfinished sagas of ``definition`` (booking ``flight``, when given) in
+    every orchestrator's log."""
     return [
         state.saga_id
         for log in all_orchestrators(home)
         for state in log.sagas
         if state.definition == definition and not state.finished
-    ]
+        and (flight is None or state.params.get("flight") == flight)
+    ]  # fmt: skip
 
 
 def check_flights(
@@ -204,10 +206,10 @@ def check_flights(
     settled_too: bool = True,
 ) -> list[Violation]:
     """Read the three databases (``flight``'s rows, or all) and return the violations;
-    with ``settled_too``, also what is prepared and (``home`` given) the unfinished booking
-    sagas."""
+    with ``settled_too``, also what is prepared (any flight's: a prepared branch names no
+    flight) and (``home`` given) the unfinished booking sagas (of ``flight``)."""
     view = read_flights(dict(participants), flight)
     if not settled_too:
         return violations(view)
-    sagas = unfinished_sagas(home, BOOKING_SAGA_NAME) if home is not None else []
+    sagas = unfinished_sagas(home, BOOKING_SAGA_NAME, flight) if home is not None else []
     return violations(view, Unsettled(prepared_of(participants.values()), sagas))

@@ -126,6 +126,14 @@ def test_saga_killed_at_each_point_then_recovered_completes_or_compensates(
         assert shown["pending"] == {"seats": ["TP101 2C"], "bookings": [booking_id]}
         (unfinished,) = shown["unfinished_sagas"]
         assert (unfinished["booking_id"], unfinished["orchestrator_alive"]) == (booking_id, False)
+        other = trip.cli("flights", "check", "TP202")  # the unfinished saga is TP101's
+        assert (other.exit_code, other.stdout) == (0, "no violations\n"), other.output
+        mine = trip.cli("flights", "check", "TP101")
+        assert mine.exit_code == 1 and mine.stdout.splitlines() == [
+            "settled: TP101 2C: seat pending",
+            f"settled: {booking_id}: booking pending",
+            f"settled: {booking_id}: booking saga unfinished",
+        ]  # fmt: skip
         reset = trip.cli("flights", "init", "--reset")  # would drop the saga's rows
         assert reset.exit_code == 1 and "reset refused, nothing dropped: booking saga" in (
             reset.stderr
