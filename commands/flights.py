@@ -53,7 +53,7 @@ from twopc.flights import (
     read_flights,
 )
 from twopc.flights.booking import is_flight
-from twopc.flights.invariants import check_flights
+from twopc.flights.invariants import SETTLED, check_flights
 from twopc.participants import Participant, UndefinedTable
 from twopc.saga import (
     COMPENSATED,
@@ -477,4 +477,11 @@ def check(obj: Context, flight: str | None, as_json: bool) -> None:
     document = {"flight": flight, "violations": [v.to_json() for v in found]}
     emit(as_json, document, "\n".join(str(v) for v in found) or "no violations")
     if found:
-        raise Failure(f"{len(found)} violation(s) of the booking's rules", outcome="violations")
+        after = (
+            "; prepared, pending or unfinished ones: run `twopc recover`, then check again"
+            if any(v.rule == SETTLED for v in found)
+            else "; see `twopc flights show` and `twopc audit`"
+        )
+        raise Failure(
+            f"{len(found)} violation(s) of the booking's rules{after}", outcome="violations"
+        )
