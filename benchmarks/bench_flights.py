@@ -47,13 +47,11 @@ from typing import Any
 
 from twopc.coordinator import Coordinator, CoordinatorConfig
 from twopc.flights.booking import (
+    BEFORE_PIVOT,
     BOOKED,
-    BOOKING,
-    CONFIRM,
     CONFIRMED,
     PAY,
     PENDING,
-    SEAT,
     BookingRefused,
     BookingRequest,
     fresh_booking_id,
@@ -67,8 +65,8 @@ from twopc.participants import Participant
 from twopc.saga import COMPLETED, Orchestrator, SagaConfig
 
 MODES = ("2pc", "saga")
-#: The steps a share of the bookings may be told to fail at (before the saga's pivot).
-FAIL_STEPS = (SEAT, BOOKING, PAY, CONFIRM)
+#: The steps a share of the bookings may be told to fail at (up to the saga's pivot).
+FAIL_STEPS = BEFORE_PIVOT
 FLIGHT_PREFIX = "BX"
 SEAT_LETTERS = "ABCDEFGHIJK"
 #: Seats of one flight (rows 1-99, A-K): the most bookings a run can make.

@@ -21,6 +21,7 @@ from twopc.commands.common import (
     progress,
     quiet_option,
 )
+from twopc.flights.booking import BEFORE_PIVOT
 
 ROUNDS = 3  # alternating raw/log rounds per appender count
 
@@ -230,7 +231,7 @@ def bench_transfers(
     "--fail-at",
     default="charge",
     show_default=True,
-    type=click.Choice(["seat", "booking", "charge", "confirm"]),
+    type=click.Choice(BEFORE_PIVOT),
     help="The step they fail at (charge: the card declined).",
 )
 @lock_wait_option(10.0)
