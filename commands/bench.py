@@ -21,6 +21,7 @@ from twopc.commands.common import (
     progress,
     quiet_option,
 )
+from twopc.flights.booking import BEFORE_PIVOT
 
 ROUNDS = 3  # alternating raw/log rounds per appender count
 
@@ -195,6 +196,95 @@ def bench_transfers(
     if not all(run["conserved"] for run in result["runs"]):
         raise click.ClickException(
             "money was not conserved: run `twopc audit` and `twopc in-doubt`"
+        )
+
+
+@bench.command("flights")
+@click.option(
+    "--bookings",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 1089),
+    help="Bookings per run, each of a free seat of a fresh flight (at most 99 rows of A-K).",
+)
+@click.option(
+    "--workers",
+    default="1,4",
+    show_default=True,
+    help="Comma-separated numbers of concurrent booking threads.",
+)
+@click.option(
+    "--rounds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Run both modes this many times, interleaved, and report medians and spreads.",
+)
+@click.option(
+    "--fail-share",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="The share of bookings told to fail (2PC rolls them back, the saga compensates).",
+)
+@click.option(
+    "--fail-at",
+    default="charge",
+    show_default=True,
+    type=click.Choice(BEFORE_PIVOT),
+    help="The step they fail at (charge: the card declined).",
+)
+@lock_wait_option(10.0)
+@quiet_option
+@json_option
+@click.pass_obj
+@operational_errors
+def bench_flights(
+    obj: Context,
+    bookings: int,
+    workers: str,
+    rounds: int,
+    fail_share: float,
+    fail_at: str,
+    lock_wait: float,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """The flight booking in 2PC and as a saga, side by side on the configured databases:
+    bookings/s, latency, what was undone, what a concurrent reader saw (dirty and torn
+    reads), and the booking's invariants after each run. Each run books a fresh flight's
+    seats (BX1, BX2, ...) and leaves them booked. Exit 1 when an invariant is broken."""
+    from twopc.benchmarks.bench_flights import (
+        BenchmarkFailed,
+        format_flight_benchmark,
+        run_flight_benchmark,
+    )
+    from twopc.flights import DATABASES
+    from twopc.participants import UndefinedTable
+
+    counts = _counts("--workers", workers)
+    participants = {p.name: p for p in obj.participants(DATABASES, lock_wait)}
+    total = bookings * 2 * len(counts) * rounds
+    with progress(total, "booking", quiet=quiet) as booked:
+        try:
+            result = run_flight_benchmark(
+                participants,
+                obj.home,
+                workers=counts,
+                bookings=bookings,
+                rounds=rounds,
+                fail_share=fail_share,
+                fail_at=fail_at,
+                on_booking=booked,
+            )
+        except BenchmarkFailed as err:
+            raise Failure(str(err)) from None
+        except UndefinedTable as err:
+            raise Failure(f"{err}: create the booking's tables with `twopc flights init`") from None
+    emit(as_json, result, "\n".join(format_flight_benchmark(result)))
+    if any(run["violations"] for run in result["runs"]):
+        raise click.ClickException(
+            "the booking's invariants were broken: see `twopc flights check` and `twopc in-doubt`"
         )
 
 

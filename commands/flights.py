@@ -1,5 +1,5 @@
-"""`twopc flights init | book | show`: the flight booking over three databases, in 2PC or
-as a saga."""
+"""`twopc flights init | book | show | check`: the flight booking over three databases, in 2PC
+or as a saga."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ from twopc.flights import (
     read_flights,
 )
 from twopc.flights.booking import is_flight
+from twopc.flights.invariants import SETTLED, check_flights
 from twopc.participants import Participant, UndefinedTable
 from twopc.saga import (
     COMPENSATED,
@@ -449,3 +450,38 @@ def _show_text(document: dict[str, Any]) -> str:
         for d in document["in_doubt"]
     ]
     return "\n".join(lines)
+
+
+# -- check ----------------------------------------------------------------------------------------
+
+
+@flights.command("check")
+@click.argument("flight", required=False)
+@json_option
+@click.pass_obj
+@json_failures
+@operational_errors
+def check(obj: Context, flight: str | None, as_json: bool) -> None:
+    """Check what must hold once every booking has finished (of FLIGHT, default all): a
+    seat booked by at most one confirmed booking, which holds it; a confirmed booking's net
+    charge its amount, a cancelled one's zero; a confirmation exactly for the confirmed
+    bookings; nothing pending, prepared or unfinished (run `twopc recover` first).
+
+    Exit status: 0 none broken; 1 violations (one line each, or in the JSON document).
+    """
+    if flight is not None and not is_flight(flight):
+        raise BadInput(f"flight {flight!r} must be two capital letters or digits and 1-4 digits")
+    participants = _participants(obj)
+    with _tables_needed():
+        found = check_flights(participants, flight, home=obj.home)
+    document = {"flight": flight, "violations": [v.to_json() for v in found]}
+    emit(as_json, document, "\n".join(str(v) for v in found) or "no violations")
+    if found:
+        after = (
+            "; prepared, pending or unfinished ones: run `twopc recover`, then check again"
+            if any(v.rule == SETTLED for v in found)
+            else "; see `twopc flights show` and `twopc audit`"
+        )
+        raise Failure(
+            f"{len(found)} violation(s) of the booking's rules{after}", outcome="violations"
+        )

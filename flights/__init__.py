@@ -7,7 +7,8 @@ committed); :data:`BOOKING_SAGA` books as a saga (seat and booking pending, the 
 and retried under one idempotency key, confirmation as the pivot, the notification last),
 compensated in reverse order when a step before the pivot is refused. Both run the same
 changes (:mod:`flights.changes`); the request and the states' rules are pure
-(:mod:`flights.booking`); each database's tables are in :mod:`flights.tables`.
+(:mod:`flights.booking`); each database's tables are in :mod:`flights.tables`; what must
+hold of the three databases once every booking has finished is :mod:`flights.invariants`.
 """
 
 from twopc.flights.booking import (
@@ -33,6 +34,7 @@ from twopc.flights.booking import (
     sources,
 )
 from twopc.flights.changes import record_confirmation
+from twopc.flights.invariants import RULES, Violation, check_flights, violations
 from twopc.flights.saga import (
     BOOKING_POINTS,
     BOOKING_SAGA,
@@ -83,6 +85,7 @@ __all__ = [
     "PAYMENT_TIMEOUT",
     "PENDING",
     "REFUND",
+    "RULES",
     "SEAT_STATES",
     "STEPS",
     "STEP_NUMBERS",
@@ -95,9 +98,11 @@ __all__ = [
     "InvalidTransition",
     "ResetRefused",
     "ServiceUnavailable",
+    "Violation",
     "allowed",
     "book_with_2pc",
     "booking_params",
+    "check_flights",
     "ensure_flight_tables",
     "flights_ddl",
     "flights_drop_ddl",
@@ -112,4 +117,5 @@ __all__ = [
     "seats_of",
     "sources",
     "table_names",
+    "violations",
 ]

@@ -44,6 +44,8 @@ CHARGE, REFUND = "charge", "refund"
 # The steps of a booking, in order, in both modes; --fail-at names one of them.
 SEAT, BOOKING, PAY, CONFIRM, NOTIFY = "seat", "booking", "charge", "confirm", "notify"
 STEPS = (SEAT, BOOKING, PAY, CONFIRM, NOTIFY)
+#: The steps up to the saga's pivot: a failure there is undone (rolled back, compensated).
+BEFORE_PIVOT = (SEAT, BOOKING, PAY, CONFIRM)
 #: What a failure injected at each step stands for.
 FAILURES = {
     SEAT: "seat taken",

@@ -56,10 +56,11 @@ def init_flights(participants: dict[str, Participant], *, rows: int, reset: bool
                 local.execute(statement)
         ensure_saga_tables(participant)
         participant.ensure_outcome_table()
-    return _seed(participants[FLIGHTS], seats_of(DEMO_FLIGHTS, rows))
+    return seed_seats(participants[FLIGHTS], seats_of(DEMO_FLIGHTS, rows))
 
 
-def _seed(participant: Participant, seats: list[tuple[str, str]]) -> dict[str, int]:
+def seed_seats(participant: Participant, seats: list[tuple[str, str]]) -> dict[str, int]:
+    """Add the missing ones of ``seats`` (flight, seat), available; how many per flight."""
     added = dict.fromkeys(sorted({flight for flight, _ in seats}), 0)
     with participant.local_transaction() as local:
         found = local.execute("SELECT flight, seat FROM flight_seats").fetchall()

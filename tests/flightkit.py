@@ -25,6 +25,7 @@ from psycopg import sql
 from twopc.cli import main
 from twopc.devserver import DevServers, DevState
 from twopc.flights import BOOKINGS, DATABASES, FLIGHTS, PAYMENTS, init_flights
+from twopc.flights.invariants import check_flights
 from twopc.participants import DatabaseURL, Participant, participant_for
 
 ROWS = 2  # seats 1A-2F on TP101 and TP202
@@ -140,6 +141,16 @@ class Trip:
             self.taken() == {} and self.bookings() == {} and self.payments() == []
             and self.confirmations() == [] and self.prepared() == []
         )  # fmt: skip
+
+    def violations(self) -> list[str]:
+        """The booking's invariants broken in the three databases (every rule, ``settled``
+        included: nothing pending, prepared or unfinished in this test's home)."""
+        participants = self.participants()
+        try:
+            return [str(v) for v in check_flights(participants, home=self.home)]
+        finally:
+            for participant in participants.values():
+                participant.close()
 
     def prepared(self) -> list[str]:
         """Prepared transactions in the flights and payments databases and on MariaDB."""

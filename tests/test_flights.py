@@ -126,6 +126,7 @@ def test_the_saga_books_with_pending_states_visible_and_replays(trip: Trip) -> N
     assert again.outcome == COMPLETED and all(r.replayed for r in again.state.results.values())
     assert trip.payments() == [("bk-1-step-3", "bk-1", "charge", "129.90")]
     assert trip.confirmations() == ["bk-1"]
+    assert trip.violations() == []
 
 
 @pytest.mark.parametrize(
@@ -156,6 +157,7 @@ def test_a_refusal_before_the_pivot_compensates_in_reverse_order(
     if fail_at == "confirm":  # the refund is a new row; the charge stays
         assert [p for p, _, _, _ in trip.payments()] == ["bk-f-step-3", "bk-f-comp-3"]
     assert trip.confirmations() == []
+    assert trip.violations() == []
 
 
 def test_after_the_pivot_the_notification_is_retried_until_sent(trip: Trip) -> None:
@@ -176,6 +178,7 @@ def test_after_the_pivot_the_notification_is_retried_until_sent(trip: Trip) -> N
     assert trip.seat("TP101", "1A") == ("booked", "bk-n")
     assert trip.bookings() == {"bk-n": "confirmed"}
     assert not any("comp" in key for key in trip.idempotency_keys())  # never compensated
+    assert trip.violations() == []
 
 
 # -- the payment call that does not answer: retried under the same key, charged once ----------
@@ -235,6 +238,7 @@ def test_a_charge_whose_answer_is_lost_is_retried_with_the_same_key_and_charged_
     assert trip.payments() == [("bk-t-step-3", "bk-t", "charge", "129.90")]  # charged once
     assert trip.idempotency_keys()["payments:bk-t-step-3"] == APPLIED
     assert trip.bookings() == {"bk-t": "confirmed"}
+    assert trip.violations() == []
 
 
 # -- two-phase commit ---------------------------------------------------------------------------
@@ -250,6 +254,7 @@ def test_2pc_books_everything_or_nothing(trip: Trip) -> None:
     assert trip.payments() == [(payment_key(bid), bid, "charge", "129.90")]
     assert trip.confirmations() == [bid]
     assert trip.prepared() == [] and trip.idempotency_keys() == {}
+    assert trip.violations() == []
 
 
 @pytest.mark.parametrize("fail_at", ["seat", "booking", "charge", "confirm", "notify"])
@@ -257,6 +262,7 @@ def test_2pc_failing_at_any_step_leaves_nothing_anywhere(trip: Trip, fail_at: st
     with pytest.raises(BookingRefused, match=rf"\(--fail-at {fail_at}\)"):
         run_2pc(trip, ALICE, fail_at)
     assert trip.nothing_booked()
+    assert trip.violations() == []
 
 
 # -- the last seat, two customers at once -------------------------------------------------------
@@ -294,6 +300,7 @@ def test_2pc_race_for_the_last_seat_books_it_once(trip: Trip) -> None:
     assert trip.bookings() == {winner: "confirmed"}
     assert [b for _, b, _, _ in trip.payments()] == [winner]
     assert trip.confirmations() == [winner] and trip.prepared() == []
+    assert trip.violations() == []
 
 
 def test_saga_race_for_the_last_seat_books_it_once(trip: Trip) -> None:
@@ -312,3 +319,4 @@ def test_saga_race_for_the_last_seat_books_it_once(trip: Trip) -> None:
     assert trip.bookings() == {winner: "confirmed"}
     assert [b for _, b, _, _ in trip.payments()] == [winner]
     assert trip.confirmations() == [winner]
+    assert trip.violations() == []

@@ -34,6 +34,7 @@ BAD = [
     ((*BOOK, "TP101", "1A", "alice", "10", "--crash-at", "after-prepare", "--pause-at",
       "after-prepare"), "Error: --crash-at and --pause-at cannot be combined"),
     (("flights", "show", "TP1O1"), "Error: flight 'TP1O1' must be two capital"),
+    (("flights", "check", "TP1O1"), "Error: flight 'TP1O1' must be two capital"),
 ]  # fmt: skip
 
 

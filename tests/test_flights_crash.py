@@ -79,6 +79,10 @@ def test_2pc_killed_at_each_point_then_recovered_is_all_or_nothing(
         shown = json.loads(trip.cli("flights", "show", "TP101", "--json").output)
         assert len(shown["in_doubt"]) == prepared
         assert {d["decision"] for d in shown["in_doubt"]} == {"commit" if committed else "none"}
+        check = trip.cli("flights", "check", "--json")  # the checker sees them
+        assert check.exit_code == 1, check.output
+        broken = json.loads(check.stdout)["violations"]
+        assert [v["detail"] for v in broken if v["rule"] == "settled"] == ["prepared"] * prepared
 
     report = recover(trip)
     actions = {r["action"] for r in report["resolutions"]}  # type: ignore[attr-defined]
@@ -88,6 +92,9 @@ def test_2pc_killed_at_each_point_then_recovered_is_all_or_nothing(
     else:
         assert trip.nothing_booked()
     assert trip.cli("audit").exit_code == 0
+    assert trip.violations() == []
+    check = trip.cli("flights", "check")
+    assert (check.exit_code, check.stdout) == (0, "no violations\n"), check.output
 
 
 # -- the saga -------------------------------------------------------------------------------------
@@ -111,6 +118,7 @@ def test_saga_killed_at_each_point_then_recovered_completes_or_compensates(
     killed(trip, "--mode", "saga", "--crash-at", point, *failing)
     state, booking_id = trip.seat("TP101", "2C")  # held at every point: the saga's id
     assert booking_id is not None and state in ("pending", "booked")
+    assert f"settled: {booking_id}: booking saga unfinished" in trip.violations()
     if point == "after-booking":  # readers see the pending states meanwhile
         assert trip.seat("TP101", "2C") == ("pending", booking_id)
         assert trip.bookings() == {booking_id: "pending"}
@@ -118,6 +126,14 @@ def test_saga_killed_at_each_point_then_recovered_completes_or_compensates(
         assert shown["pending"] == {"seats": ["TP101 2C"], "bookings": [booking_id]}
         (unfinished,) = shown["unfinished_sagas"]
         assert (unfinished["booking_id"], unfinished["orchestrator_alive"]) == (booking_id, False)
+        other = trip.cli("flights", "check", "TP202")  # the unfinished saga is TP101's
+        assert (other.exit_code, other.stdout) == (0, "no violations\n"), other.output
+        mine = trip.cli("flights", "check", "TP101")
+        assert mine.exit_code == 1 and mine.stdout.splitlines() == [
+            "settled: TP101 2C: seat pending",
+            f"settled: {booking_id}: booking pending",
+            f"settled: {booking_id}: booking saga unfinished",
+        ]  # fmt: skip
         reset = trip.cli("flights", "init", "--reset")  # would drop the saga's rows
         assert reset.exit_code == 1 and "reset refused, nothing dropped: booking saga" in (
             reset.stderr
@@ -138,6 +154,7 @@ def test_saga_killed_at_each_point_then_recovered_completes_or_compensates(
         ]  # fmt: skip
         assert trip.confirmations() == []
     assert recover(trip)["sagas"]["resolutions"] == []  # type: ignore[index]
+    assert trip.violations() == []
 
 
 # -- stopped by SIGTERM (or Ctrl-C) while it holds at a point -------------------------------------
@@ -167,3 +184,4 @@ def test_a_booking_stopped_by_sigterm_says_what_it_left_and_recover_finishes_it(
     assert stderr.startswith("Error: interrupted: booking bk-") and said in stderr
     recover(trip)
     booked_once(trip)
+    assert trip.violations() == []
