@@ -1,5 +1,5 @@
-"""`twopc flights init | book | show`: the flight booking over three databases, in 2PC or
-as a saga."""
+"""`twopc flights init | book | show | serve | trace`: the flight booking over three
+databases, in 2PC, as an orchestrated saga or as a choreographed one."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ from twopc.commands.common import (
     operational_errors,
     seconds_option,
 )
+from twopc.commands.flights_choreography import (
+    CHOREOGRAPHY_POINTS,
+    book_choreography,
+    serve,
+    trace,
+)
+from twopc.commands.outbox_common import broker_url_option, outbox_errors
 from twopc.commands.sagas import saga_config
 from twopc.coordinator import (
     CRASH_POINT_HELP,
@@ -69,6 +76,10 @@ _POINTS = [point.value for point in CrashPoint]
 _POINTS_HELP = "; ".join(f"{p.value}: {text}" for p, text in CRASH_POINT_HELP.items())
 _SAGA_POINTS_HELP = "; ".join(f"{name}: {p.help}" for name, p in BOOKING_POINTS.items())
 _STEPS_HELP = "; ".join(f"{step}: {FAILURES[step]}" for step in STEPS)
+_CHOREOGRAPHY_HELP = "; ".join(
+    f"{name}: {kill.service} committed its handling of {kill.event_type}, not acknowledged"
+    for name, kill in CHOREOGRAPHY_POINTS.items()
+)
 
 
 def _participants(obj: Context, lock_wait: float = 30.0) -> dict[str, Participant]:
@@ -128,8 +139,10 @@ def init_command(obj: Context, rows: int, reset: bool, as_json: bool) -> None:
 @flights.command(
     "book",
     epilog=f"Steps (--fail-at): {_STEPS_HELP}.\n\nCrash/pause points, 2pc: {_POINTS_HELP}."
-    f"\n\nCrash/pause points, saga: {_SAGA_POINTS_HELP}.\n\nExit status: 0 booked; 1 refused,"
-    " rolled back or compensated; 2 bad input; 3 in doubt or unfinished (`twopc recover`).",
+    f"\n\nCrash/pause points, saga: {_SAGA_POINTS_HELP}.\n\nCrash points, choreography: "
+    f"{_CHOREOGRAPHY_HELP}.\n\nExit status: 0 booked; 1 refused, rolled back or compensated; "
+    "2 bad input; 3 in doubt or unfinished (`twopc recover`; choreography: `twopc flights "
+    "serve`).",
 )
 @click.argument("flight")
 @click.argument("seat")
@@ -137,10 +150,11 @@ def init_command(obj: Context, rows: int, reset: bool, as_json: bool) -> None:
 @click.argument("amount")
 @click.option(
     "--mode",
-    type=click.Choice(["2pc", "saga"]),
+    type=click.Choice(["2pc", "saga", "choreography"]),
     default="2pc",
     show_default=True,
-    help="One global transaction over the three databases, or a saga of local ones.",
+    help="One global transaction over the three databases, a saga of local ones run by an "
+    "orchestrator, or one whose services react to each other's events (no orchestrator).",
 )
 @click.option("--fail-at", type=click.Choice(STEPS), help="Make this step fail (see below).")
 @click.option(
@@ -154,11 +168,16 @@ def init_command(obj: Context, rows: int, reset: bool, as_json: bool) -> None:
     help="Print pid and gtrid (saga id) at POINT and hold there.",
 )
 @seconds_option("--pause-seconds", 60.0, "How long --pause-at holds.")
+@seconds_option(
+    "--deadline", 30.0, "Choreography: how long to run the services for the booking.", minimum=0.1
+)
+@broker_url_option
 @lock_wait_option(30.0)
 @json_option
 @click.pass_obj
 @json_failures
 @operational_errors
+@outbox_errors
 def book(
     obj: Context,
     flight: str,
@@ -170,6 +189,8 @@ def book(
     crash_at: str | None,
     pause_at: str | None,
     pause_seconds: float,
+    deadline: float,
+    broker_url: str | None,
     lock_wait: float,
     as_json: bool,
 ) -> None:
@@ -189,6 +210,14 @@ def book(
         raise click.UsageError("--crash-at and --pause-at cannot be combined")
     point, crash = crash_at or pause_at, bool(crash_at)
     participants = _participants(obj, lock_wait)  # nothing connects before the first step
+    if mode == "choreography":
+        if pause_at:
+            raise click.UsageError("--pause-at is not available with --mode choreography")
+        document, text = book_choreography(
+            obj, participants, request, fail_at, broker_url, deadline, crash_at
+        )
+        emit(as_json, document, text)
+        return
     if mode == "saga":
         hooks = _saga_hooks(point, crash=crash, seconds=pause_seconds)
         outcome = _book_saga(obj, participants, request, fail_at, hooks)
@@ -365,6 +394,10 @@ def _saga_exit(outcome: SagaOutcome) -> None:
         details,
         outcome=outcome.outcome,
     )
+
+
+flights.add_command(serve)
+flights.add_command(trace)
 
 
 # -- show -----------------------------------------------------------------------------------------
