@@ -22,6 +22,7 @@ from twopc.commands.common import (
     seconds_option,
 )
 from twopc.commands.outbox_common import (
+    TOPOLOGY,
     broker_url_option,
     outbox_errors,
     resolve_broker_url,
@@ -111,7 +112,7 @@ def book_choreography(
     urls = {name: p.url for name, p in participants.items()}
     started = time.monotonic()
     with _tables_needed(), interruptible():
-        services = Services(urls, url, kill=kill)
+        services = Services(urls, url, kill=kill, topology=TOPOLOGY)
         try:
             services.start()
             with participants["bookings"].local_transaction() as tx:
@@ -251,7 +252,9 @@ def serve(
     chosen = services or SERVICES
     started = time.monotonic()
     with _tables_needed(), stop_on_signals() as stop:
-        running = Services(urls, url, services=chosen, relay=not no_relay).start()
+        running = Services(
+            urls, url, services=chosen, relay=not no_relay, topology=TOPOLOGY
+        ).start()
         try:
             outcome, waiting, entries = _serve_until(
                 participants, until, started + deadline, stop, running

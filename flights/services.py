@@ -40,6 +40,7 @@ from twopc.outbox import (
     Relay,
     RelayConfig,
     Subscriber,
+    Topology,
     prepare,
 )
 from twopc.outbox.backoff import Backoff
@@ -81,6 +82,7 @@ class Services:
     services: tuple[str, ...] = SERVICES
     relay: bool = True
     kill: KillBeforeAck | None = None
+    topology: Topology = TOPOLOGY  # the queues the relay and the consumers declare
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -98,7 +100,7 @@ class Services:
             self._spawn(f"handler {runner.consumer.name}", self._running(runner))
         if self.relay:
             sources = [self._participant(name) for name in DATABASES]
-            relay = Relay(sources, Publisher(self.broker_url, TOPOLOGY), RELAY_CONFIG)
+            relay = Relay(sources, Publisher(self.broker_url, self.topology), RELAY_CONFIG)
             self._spawn("relay", lambda: relay.run(self._stop.is_set))
         return self
 
@@ -108,7 +110,7 @@ class Services:
     def _runner(self, service: str) -> ConsumerRunner:
         consumer, participant = CONSUMERS[service], self._participant(SERVICE_DATABASES[service])
         prepare(participant, consumer)
-        args = (self.broker_url, TOPOLOGY, consumer.subscription)
+        args = (self.broker_url, self.topology, consumer.subscription)
         if self.kill is not None and self.kill.service == service:
             subscriber: Subscriber = _KillingSubscriber(self.kill, *args, prefetch=20)
         else:

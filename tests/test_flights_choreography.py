@@ -135,6 +135,24 @@ def test_handlers_killed_after_the_charge_commit_then_restarted_book_once(
     assert payments == [("consumed", CREATED), ("emitted", CHARGED)]  # redelivery absorbed
 
 
+def test_unfinished_at_the_deadline_says_what_waits_then_serve_finishes_it(
+    trip: Trip, broker: str
+) -> None:
+    cut = _book(trip, broker, "1F", "--deadline", "0.1")
+    assert cut.exit_code == 3, cut.output
+    (booking_id,) = [b for (b,) in trip.query("bookings", "SELECT DISTINCT booking_id FROM "
+                                              "booking_events")]  # fmt: skip
+    assert cut.stderr.startswith(f"Error: booking {booking_id} unfinished at the deadline: "
+                                 "waiting for the ")  # fmt: skip
+    assert f"`twopc flights serve --until {booking_id}` finishes it" in cut.stderr
+    assert json.loads(cut.stdout)["outcome"] == "unfinished"
+    served = trip.cli("flights", "serve", "--until", booking_id, "--json",
+                      TWOPC_BROKER_URL=broker)  # fmt: skip
+    assert served.exit_code == 0, served.output
+    assert json.loads(served.stdout)["outcome"] == "booked"
+    assert _end_state(trip, booking_id, "1F") == ("booked", True, "confirmed", ["charge"], 1)
+
+
 def test_trace_tells_one_booking_from_the_three_databases(trip: Trip, broker: str) -> None:
     booking_id = json.loads(_book(trip, broker, "1D", "--fail-at", "charge").stdout)["booking_id"]
     other = _book(trip, broker, "1E")
