@@ -213,10 +213,9 @@ def book(
     if mode == "choreography":
         if pause_at:
             raise click.UsageError("--pause-at is not available with --mode choreography")
-        document, text = book_choreography(
-            obj, participants, request, fail_at, broker_url, deadline, crash_at
+        book_choreography(
+            obj, participants, request, fail_at, broker_url, deadline, crash_at, as_json
         )
-        emit(as_json, document, text)
         return
     if mode == "saga":
         hooks = _saga_hooks(point, crash=crash, seconds=pause_seconds)

@@ -101,10 +101,11 @@ def book_choreography(
     broker_url: str | None,
     deadline: float,
     crash_at: str | None,
-) -> tuple[dict[str, object], str]:
+    as_json: bool,
+) -> None:
     """Write ``booking.requested`` and run the services in this process until the booking
-    is finished or ``deadline`` seconds pass; its JSON document and text (exit 0), or the
-    failure to raise (1: refused or compensated; 3: unfinished)."""
+    is finished or ``deadline`` seconds pass; print where it stands and exit as it ends
+    (0 booked; 1 refused or compensated; 3 unfinished)."""
     kill = choreography_kill(crash_at)
     url = resolve_broker_url(obj, broker_url)
     booking_id = fresh_booking_id()
@@ -132,8 +133,8 @@ def book_choreography(
             services.stop()
     elapsed = time.monotonic() - started
     document = _book_document(request, booking_id, outcome, entries, elapsed)
+    emit(as_json, document, _book_text(request, booking_id, outcome, entries, elapsed))
     _raise_unless_booked(booking_id, outcome, waiting, entries, details, services.errors)
-    return document, _book_text(request, booking_id, outcome, entries, elapsed)
 
 
 def _book_document(

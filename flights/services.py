@@ -194,23 +194,33 @@ def read_trace(participants: Mapping[str, Participant], booking_id: str) -> Book
                 )
             ]
     one = (booking_id,)
+    bookings = _rows(
+        participants[BOOKINGS],
+        "SELECT flight, seat, customer, amount, state FROM bookings WHERE booking_id = %s",
+        ("flight", "seat", "customer", "amount", "state"),
+        one,
+    )
+    seat_columns = ("flight", "seat", "state")
+    seats = _rows(
+        participants[FLIGHTS],
+        "SELECT flight, seat, state FROM flight_seats WHERE booking_id = %s",
+        seat_columns,
+        one,
+    )
+    if not seats and bookings:  # freed: the booking's seat, whoever holds it now
+        seats = _rows(
+            participants[FLIGHTS],
+            "SELECT flight, seat, state FROM flight_seats WHERE flight = %s AND seat = %s",
+            seat_columns,
+            (bookings[0]["flight"], bookings[0]["seat"]),
+        )
     return BookingTrace(
         booking_id,
         entries,
         unpublished,
         parked,
-        seats=_rows(
-            participants[FLIGHTS],
-            "SELECT flight, seat, state FROM flight_seats WHERE booking_id = %s",
-            ("flight", "seat", "state"),
-            one,
-        ),
-        bookings=_rows(
-            participants[BOOKINGS],
-            "SELECT flight, seat, customer, amount, state FROM bookings WHERE booking_id = %s",
-            ("flight", "seat", "customer", "amount", "state"),
-            one,
-        ),
+        seats=seats,
+        bookings=bookings,
         payments=_rows(
             participants[PAYMENTS],
             "SELECT payment_id, kind, amount FROM payments "

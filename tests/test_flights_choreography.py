@@ -175,7 +175,10 @@ def test_trace_tells_one_booking_from_the_three_databases(trip: Trip, broker: st
         ["seats", "consumed", "booking.cancelled"],
     ]
     assert lines[12].split()[1:] == ["seats", "emitted", "seat.freed"]
-    assert lines[13:] == ["  booking:      TP101 1D alice 80.00 cancelled"]
+    assert lines[13:] == [
+        "  seat:         TP101 1D available",
+        "  booking:      TP101 1D alice 80.00 cancelled",
+    ]
     document = json.loads(trip.cli("flights", "trace", booking_id, "--json").stdout)
     assert (document["unpublished"], document["parked"], document["payments"]) == ([], [], [])
     missing = trip.cli("flights", "trace", "bk-" + "0" * 20)
