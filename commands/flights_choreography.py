@@ -44,6 +44,7 @@ from twopc.flights.choreography import (
     request_booking,
 )
 from twopc.flights.services import BookingTrace, KillBeforeAck, Services, read_trace, trace_entries
+from twopc.outbox import ConsumerStats
 from twopc.participants import Participant, UndefinedTable
 
 #: Where ``--crash-at`` stops a choreographed booking: the service that has committed its
@@ -227,6 +228,18 @@ def _raise_unless_booked(
     help="Stop once this booking is finished (exit as `book` does).",
 )
 @seconds_option("--deadline", 60.0, "With --until: give up after this long (exit 3).", minimum=0.1)
+@seconds_option(
+    "--idle-exit",
+    None,
+    "Without --until: exit once every handler has gone this long without a message.",
+    minimum=0.1,
+)
+@click.option(
+    "--crash-at",
+    type=click.Choice(list(CHOREOGRAPHY_POINTS)),
+    help="SIGKILL this process when its service has committed the handling of an event and "
+    "not acknowledged it (as `book --crash-at`).",
+)
 @broker_url_option
 @json_option
 @click.pass_obj
@@ -238,6 +251,8 @@ def serve(
     no_relay: bool,
     until: str | None,
     deadline: float,
+    idle_exit: float | None,
+    crash_at: str | None,
     broker_url: str | None,
     as_json: bool,
 ) -> None:
@@ -254,7 +269,13 @@ def serve(
     started = time.monotonic()
     with _tables_needed(), stop_on_signals() as stop:
         running = Services(
-            urls, url, services=chosen, relay=not no_relay, topology=TOPOLOGY
+            urls,
+            url,
+            services=chosen,
+            relay=not no_relay,
+            kill=choreography_kill(crash_at),
+            topology=TOPOLOGY,
+            idle_exit=None if until else idle_exit,
         ).start()
         try:
             outcome, waiting, entries = _serve_until(
@@ -268,6 +289,7 @@ def serve(
         "until": until,
         "outcome": outcome,
         "errors": running.errors,
+        "handled": {name: _handled(stats) for name, stats in running.stats.items()},
         "seconds": round(time.monotonic() - started, 3),
     }
     if until is not None:
@@ -277,6 +299,11 @@ def serve(
     text = (
         f"served {', '.join(chosen)}{'' if no_relay else ' and the relay'}"
         + (f"; booking {until} {outcome}" if until else "")
+        + "".join(
+            f"\n{name}: applied {st.applied}, duplicates absorbed {st.duplicates}, "
+            f"dead-lettered {st.dead_lettered}"
+            for name, st in running.stats.items()
+        )
         + "".join(f"\nerror: {e}" for e in running.errors)
     )
     emit(as_json, document, text)
@@ -293,9 +320,17 @@ def _serve_until(
         return wait_for_outcome(
             participants, until, deadline, lambda: running.errors if not stop() else ["stopped"]
         )
-    while not stop():
+    while not stop() and running.handlers_running():
         time.sleep(0.1)
     return "", "", []
+
+
+def _handled(stats: ConsumerStats) -> dict[str, int]:
+    return {
+        "applied": stats.applied,
+        "duplicates": stats.duplicates,
+        "dead_lettered": stats.dead_lettered,
+    }
 
 
 # -- trace ------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from twopc.flights.tables import BOOKINGS, DATABASES, FLIGHTS, PAYMENTS, TRACE_T
 from twopc.outbox import (
     ConsumerConfig,
     ConsumerRunner,
+    ConsumerStats,
     Delivery,
     OutboxEvent,
     Publisher,
@@ -83,7 +84,9 @@ class Services:
     relay: bool = True
     kill: KillBeforeAck | None = None
     topology: Topology = TOPOLOGY  # the queues the relay and the consumers declare
+    idle_exit: float | None = None  # a handler stops after this long without a message
     errors: list[str] = field(default_factory=list)
+    stats: dict[str, ConsumerStats] = field(default_factory=dict)  # per service
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _made: list[Participant] = field(default_factory=list)
@@ -95,8 +98,9 @@ class Services:
 
     def start(self) -> Services:
         """Make sure of the consumers' tables, then start every thread."""
-        runners = [self._runner(service) for service in self.services]
-        for runner in runners:
+        runners = {service: self._runner(service) for service in self.services}
+        for service, runner in runners.items():
+            self.stats[service] = runner.stats
             self._spawn(f"handler {runner.consumer.name}", self._running(runner))
         if self.relay:
             sources = [self._participant(name) for name in DATABASES]
@@ -105,7 +109,11 @@ class Services:
         return self
 
     def _running(self, runner: ConsumerRunner) -> Callable[[], object]:
-        return lambda: runner.run(self._stop.is_set)
+        return lambda: runner.run(self._stop.is_set, idle_exit=self.idle_exit)
+
+    def handlers_running(self) -> bool:
+        """Whether a handler is still running (with ``idle_exit``, they end when idle)."""
+        return any(t.is_alive() for t in self._threads if t.name.startswith("handler "))
 
     def _runner(self, service: str) -> ConsumerRunner:
         consumer, participant = CONSUMERS[service], self._participant(SERVICE_DATABASES[service])

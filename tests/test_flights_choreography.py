@@ -16,6 +16,7 @@ from conftest import twopc_executable
 from flightkit import Trip, trip, trip_tables
 from outbox_kit import prepare_queues
 
+from twopc.flights import BookingRequest, fresh_booking_id
 from twopc.flights.choreography import (
     CHARGED,
     CONFIRMED_EVENT,
@@ -25,6 +26,7 @@ from twopc.flights.choreography import (
     SEAT_BOOKED,
     SEAT_HELD,
     TOPOLOGY,
+    request_booking,
 )
 
 __all__ = ["trip", "trip_tables"]  # fixtures
@@ -133,6 +135,50 @@ def test_handlers_killed_after_the_charge_commit_then_restarted_book_once(
     payments = [(e["direction"], e["event_type"]) for e in traced["events"]
                 if e["service"] == "payments"]  # fmt: skip
     assert payments == [("consumed", CREATED), ("emitted", CHARGED)]  # redelivery absorbed
+
+
+def test_the_payments_handler_killed_in_its_own_process_then_restarted_charges_once(
+    trip: Trip, broker: str
+) -> None:
+    """The other services and the relay keep running in one process; the payments handler
+    runs in another, SIGKILLed after committing the charge and before acknowledging."""
+    env = trip.env() | {"TWOPC_BROKER_URL": broker}
+    serve = [twopc_executable(), "flights", "serve"]
+    others = subprocess.Popen(
+        [*serve, "--service", "seats", "--service", "bookings", "--service", "notifier"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    payments = subprocess.Popen(
+        [*serve, "--service", "payments", "--no-relay", "--crash-at", "after-charge-commit"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    participants = trip.participants()
+    try:
+        booking_id = fresh_booking_id()
+        with participants["bookings"].local_transaction() as tx:
+            request_booking(tx, booking_id, BookingRequest.parse("TP101", "2C", "dana", "80.00"),
+                            None)  # fmt: skip
+        assert payments.wait(timeout=60) == -signal.SIGKILL, payments.communicate()
+        assert [k for _, b, k, _ in trip.payments() if b == booking_id] == ["charge"]
+        # Restarted: it runs until the booking is finished, then until its queue is idle.
+        until = trip.cli("flights", "serve", "--service", "payments", "--no-relay", "--until",
+                         booking_id, "--json", TWOPC_BROKER_URL=broker)  # fmt: skip
+        assert until.exit_code == 0, until.output
+        idle = trip.cli("flights", "serve", "--service", "payments", "--no-relay",
+                        "--idle-exit", "1", "--json", TWOPC_BROKER_URL=broker)  # fmt: skip
+        assert idle.exit_code == 0, idle.output
+        handled = [json.loads(r.stdout)["handled"]["payments"] for r in (until, idle)]
+        assert sum(h["applied"] for h in handled) == 0, handled  # nothing new to charge
+        assert sum(h["duplicates"] for h in handled) == 1, handled  # the redelivery
+        assert _end_state(trip, booking_id, "2C") == ("booked", True, "confirmed", ["charge"], 1)
+    finally:
+        others.send_signal(signal.SIGTERM)
+        assert others.wait(timeout=30) == 0, others.communicate()
+        if payments.poll() is None:
+            payments.kill()
+            payments.wait(timeout=10)
+        for participant in participants.values():
+            participant.close()
 
 
 def test_unfinished_at_the_deadline_says_what_waits_then_serve_finishes_it(
