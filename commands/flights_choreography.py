@@ -188,16 +188,16 @@ def _raise_unless_booked(
     if outcome == BOOKED:
         return
     details = details | {"events": [e.to_json() for e in entries]}
+    why = next((e.reason for e in entries if e.reason), "")
     if outcome == REFUSED:
         raise Failure(
-            f"booking {booking_id} refused: the seat was not held; nothing to undo "
-            f"({_chain(entries)})",
+            f"booking {booking_id} refused: {why}; nothing to undo ({_chain(entries)})",
             details,
             outcome=outcome,
         )
     if outcome != UNFINISHED:
         raise Failure(
-            f"booking {booking_id} {outcome}: {_chain(entries)}", details, outcome=outcome
+            f"booking {booking_id} {outcome}: {why}; {_chain(entries)}", details, outcome=outcome
         )
     trouble = f"; {'; '.join(errors)}" if errors else ""
     raise InDoubtRemains(
@@ -379,6 +379,7 @@ def _trace_text(found: BookingTrace, outcome: str, waiting: str) -> str:
     lines.append("events (ms after the first):")
     lines += [
         f"  {(e.at - start) * 1000:9.1f}  {e.service:<9} {e.direction:<9} {e.event_type}"
+        + (f" ({e.reason})" if e.reason else "")
         for e in found.entries
     ] or ["  none"]
     lines += [f"  seat:         {s['flight']} {s['seat']} {s['state']}" for s in found.seats]

@@ -130,7 +130,7 @@ SERVICES = ("seats", "bookings", "payments", "notifier")
 
 _TRACE_INSERT = (
     f"INSERT INTO {TRACE_TABLE} (booking_id, service, direction, event_id, event_type, cause, "
-    "recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    "reason, recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
 )
 CONSUMED, EMITTED = "consumed", "emitted"
 
@@ -165,7 +165,9 @@ def _trace(
     event: OutboxEvent,
     cause: str | None,
 ) -> None:
-    params = (booking_id, service, direction, event.event_id, event.type, cause, time.time())
+    reason = event.payload.get("reason") if direction == EMITTED else None
+    params = (booking_id, service, direction, event.event_id, event.type, cause,
+              None if reason is None else str(reason), time.time())  # fmt: skip
     tx.execute(_TRACE_INSERT, params)
 
 
@@ -325,6 +327,7 @@ class TraceEntry:
     event_type: str
     event_id: str
     cause: str | None
+    reason: str | None = None  # why a refusal event was emitted
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -334,6 +337,7 @@ class TraceEntry:
             "event_type": self.event_type,
             "event_id": self.event_id,
             "cause": self.cause,
+            "reason": self.reason,
         }
 
 

@@ -248,7 +248,7 @@ def read_trace(participants: Mapping[str, Participant], booking_id: str) -> Book
 def trace_entries(participants: Mapping[str, Participant], booking_id: str) -> list[TraceEntry]:
     """The services' trace rows of ``booking_id`` from the three databases, in time order
     (a consumed event before what its handler emitted)."""
-    columns = ("recorded_at", "service", "direction", "event_type", "event_id", "cause")
+    columns = ("recorded_at", "service", "direction", "event_type", "event_id", "cause", "reason")
     query = f"SELECT {', '.join(columns)} FROM {TRACE_TABLE} WHERE booking_id = %s"
     entries = [
         TraceEntry(
@@ -258,6 +258,7 @@ def trace_entries(participants: Mapping[str, Participant], booking_id: str) -> l
             r["event_type"],
             r["event_id"],
             r["cause"],
+            r["reason"],
         )
         for name in DATABASES
         for r in _rows(participants[name], query, columns, (booking_id,))

@@ -26,7 +26,7 @@ TRACE_TABLE = "booking_events"
 _TRACE = (
     "booking_id VARCHAR(64) NOT NULL, service VARCHAR(16) NOT NULL, "
     "direction VARCHAR(8) NOT NULL, event_id VARCHAR(36) NOT NULL, "
-    "event_type VARCHAR(64) NOT NULL, cause VARCHAR(36), "
+    "event_type VARCHAR(64) NOT NULL, cause VARCHAR(36), reason TEXT, "
     "recorded_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (booking_id, service, direction, event_id)"
 )
 #: The participants a booking runs on, in the order a 2PC booking enlists them.

@@ -107,6 +107,9 @@ def test_fail_at_ends_as_the_orchestrated_saga_does(trip: Trip, broker: str, ste
     assert _end_state(trip, choreo_id, "2B") == FAILURES[step]
     outcome = {"seat": "refused", "notify": "booked"}.get(step, "compensated")
     assert document["outcome"] == outcome
+    if step != "notify":  # the refusing service's reason, from its trace
+        assert choreo.stderr.startswith(f"Error: booking {choreo_id} {outcome}: "), choreo.stderr
+        assert f"(--fail-at {step});" in choreo.stderr
     if step == "confirm":  # compensations walk back in reverse order: refund, cancel, free
         assert _emitted(document["events"])[-4:] == [
             "confirmation.refused", "payment.refunded", "booking.cancelled", "seat.freed",
@@ -207,7 +210,7 @@ def test_trace_tells_one_booking_from_the_three_databases(trip: Trip, broker: st
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == f"booking {booking_id}: compensated"
-    steps = [line.split()[1:] for line in lines[2:12]]
+    steps = [line.split(maxsplit=4)[1:] for line in lines[2:12]]
     assert steps == [
         ["front", "emitted", "booking.requested"],
         ["seats", "consumed", "booking.requested"],
@@ -215,7 +218,7 @@ def test_trace_tells_one_booking_from_the_three_databases(trip: Trip, broker: st
         ["bookings", "consumed", "seat.held"],
         ["bookings", "emitted", "booking.created"],
         ["payments", "consumed", "booking.created"],
-        ["payments", "emitted", "payment.declined"],
+        ["payments", "emitted", "payment.declined", "(card declined (--fail-at charge))"],
         ["bookings", "consumed", "payment.declined"],
         ["bookings", "emitted", "booking.cancelled"],
         ["seats", "consumed", "booking.cancelled"],
