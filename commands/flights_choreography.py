@@ -3,6 +3,7 @@ the booking as a choreographed saga, its services, and one booking's story read 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -66,6 +67,19 @@ def _tables_needed() -> Iterator[None]:
         raise Failure(f"{err}: create the booking's tables with `twopc flights init`") from None
 
 
+@contextmanager
+def _quiet_services() -> Iterator[None]:
+    """A one-shot `book` reports its services' outages once, in its error, instead of the
+    warnings a long-running relay or consumer logs at each retry."""
+    outbox = logging.getLogger("twopc.outbox")
+    level = outbox.level
+    outbox.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        outbox.setLevel(level)
+
+
 def choreography_kill(point: str | None) -> KillBeforeAck | None:
     """The kill ``--crash-at POINT`` means for a choreographed booking (usage error when
     it means nothing there)."""
@@ -113,7 +127,7 @@ def book_choreography(
     details: dict[str, object] = {"mode": "choreography", "booking_id": booking_id}
     urls = {name: p.url for name, p in participants.items()}
     started = time.monotonic()
-    with _tables_needed(), interruptible():
+    with _tables_needed(), interruptible(), _quiet_services():
         services = Services(urls, url, kill=kill, topology=TOPOLOGY)
         try:
             services.start()
@@ -135,7 +149,7 @@ def book_choreography(
     elapsed = time.monotonic() - started
     document = _book_document(request, booking_id, outcome, entries, elapsed)
     emit(as_json, document, _book_text(request, booking_id, outcome, entries, elapsed))
-    _raise_unless_booked(booking_id, outcome, waiting, entries, details, services.errors)
+    _raise_unless_booked(booking_id, outcome, waiting, entries, details, services.problems())
 
 
 def _book_document(
@@ -288,13 +302,13 @@ def serve(
         "relay": not no_relay,
         "until": until,
         "outcome": outcome,
-        "errors": running.errors,
+        "errors": running.problems(),
         "handled": {name: _handled(stats) for name, stats in running.stats.items()},
         "seconds": round(time.monotonic() - started, 3),
     }
     if until is not None:
         _raise_unless_booked(
-            until, outcome, waiting, entries, {"booking_id": until}, running.errors
+            until, outcome, waiting, entries, {"booking_id": until}, running.problems()
         )
     text = (
         f"served {', '.join(chosen)}{'' if no_relay else ' and the relay'}"
@@ -304,7 +318,7 @@ def serve(
             f"dead-lettered {st.dead_lettered}"
             for name, st in running.stats.items()
         )
-        + "".join(f"\nerror: {e}" for e in running.errors)
+        + "".join(f"\nerror: {e}" for e in running.problems())
     )
     emit(as_json, document, text)
 

@@ -90,6 +90,7 @@ class Services:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _made: list[Participant] = field(default_factory=list)
+    _relay: Relay | None = None
 
     def _participant(self, database: str) -> Participant:
         made = participant_for(database, self.urls[database], lock_wait=10.0)
@@ -105,11 +106,24 @@ class Services:
         if self.relay:
             sources = [self._participant(name) for name in DATABASES]
             relay = Relay(sources, Publisher(self.broker_url, self.topology), RELAY_CONFIG)
+            self._relay = relay
             self._spawn("relay", lambda: relay.run(self._stop.is_set))
         return self
 
     def _running(self, runner: ConsumerRunner) -> Callable[[], object]:
         return lambda: runner.run(self._stop.is_set, idle_exit=self.idle_exit)
+
+    def problems(self) -> list[str]:
+        """What went wrong so far: threads that died, and the last outage each handler and
+        the relay rode out (a broker or database away; credentials never included)."""
+        last = {f"handler {name}": stats.last_error for name, stats in self.stats.items()}
+        if self._relay is not None:
+            last["relay"] = self._relay.stats.last_error
+        by_error: dict[str, list[str]] = {}
+        for name, error in last.items():
+            if error:
+                by_error.setdefault(error, []).append(name)
+        return self.errors + [f"{error} ({', '.join(names)})" for error, names in by_error.items()]
 
     def handlers_running(self) -> bool:
         """Whether a handler is still running (with ``idle_exit``, they end when idle)."""

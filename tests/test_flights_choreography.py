@@ -195,11 +195,24 @@ def test_unfinished_at_the_deadline_says_what_waits_then_serve_finishes_it(
                                  "waiting for the ")  # fmt: skip
     assert f"`twopc flights serve --until {booking_id}` finishes it" in cut.stderr
     assert json.loads(cut.stdout)["outcome"] == "unfinished"
-    served = trip.cli("flights", "serve", "--until", booking_id, "--json",
-                      TWOPC_BROKER_URL=broker)  # fmt: skip
-    assert served.exit_code == 0, served.output
-    assert json.loads(served.stdout)["outcome"] == "booked"
+    # The broker unreachable: the request is accepted into the outbox all the same; the
+    # error says so once, in its one line, without the URL's password.
+    away = trip.cli(*BOOK, "TP101", "2D", "eve", "80.00", *CHOREO, "--deadline", "1", "--json",
+                    "--broker-url", "amqp://user:s3cret@127.0.0.1:1/")  # fmt: skip
+    assert away.exit_code == 3, away.output
+    assert away.stderr.count("\n") == 1 and "s3cret" not in away.output, away.stderr
+    assert "waiting for the seats service to hold the seat; broker amqp://***@127.0.0.1:1/ " \
+           "unavailable" in away.stderr  # fmt: skip
+    assert "(handler seats, handler bookings, handler payments, handler notifier, relay)" \
+           in away.stderr  # fmt: skip
+    eve = json.loads(away.stdout)["booking_id"]
+    for pending in (booking_id, eve):
+        served = trip.cli("flights", "serve", "--until", pending, "--json",
+                          TWOPC_BROKER_URL=broker)  # fmt: skip
+        assert served.exit_code == 0, served.output
+        assert json.loads(served.stdout)["outcome"] == "booked"
     assert _end_state(trip, booking_id, "1F") == ("booked", True, "confirmed", ["charge"], 1)
+    assert _end_state(trip, eve, "2D") == ("booked", True, "confirmed", ["charge"], 1)
 
 
 def test_trace_tells_one_booking_from_the_three_databases(trip: Trip, broker: str) -> None:
