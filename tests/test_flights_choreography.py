@@ -12,6 +12,7 @@ import signal
 import subprocess
 
 import pytest
+from click.testing import Result
 from conftest import twopc_executable
 from flightkit import Trip, trip, trip_tables
 from outbox_kit import prepare_queues
@@ -42,7 +43,7 @@ def broker(trip: Trip, broker_url: str) -> str:
     return broker_url
 
 
-def _book(trip: Trip, broker: str, seat: str, *extra: str, mode: str = "choreography"):  # type: ignore[no-untyped-def]
+def _book(trip: Trip, broker: str, seat: str, *extra: str, mode: str = "choreography") -> Result:
     return trip.cli(*BOOK, "TP101", seat, "alice", "80.00", "--mode", mode, "--json", *extra,
                     TWOPC_BROKER_URL=broker)  # fmt: skip
 
