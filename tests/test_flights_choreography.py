@@ -1,8 +1,11 @@
 """The booking as a choreographed saga, against real PostgreSQL, MariaDB and RabbitMQ:
 booked with every service's trace in causal order; each `--fail-at` step ends in the
-orchestrated saga's end states; the process running the handlers SIGKILLed after the
-payments handler committed and before it acknowledged, then the services restarted: the
-booking completes with one charge; `trace` for one booking; bad input exit 2.
+orchestrated saga's end states; the payments handler SIGKILLed after committing and before
+acknowledging — the whole `book` process, and a payments-only `serve` process while the
+other services run in another — then restarted: the booking completes with one charge and
+the redelivery is absorbed; a booking unfinished at its deadline (and one accepted while
+the broker is unreachable) says what it waits for, and `serve --until` finishes it;
+`trace` for one booking; bad input exit 2, nothing changed.
 """
 
 from __future__ import annotations
