@@ -80,25 +80,6 @@ NOTIFIED = "booking.notified"
 #: no queue is bound to). A service that wants them binds a queue and they are published.
 FINAL_EVENTS = frozenset({SEAT_REFUSED, SEAT_FREED, SEAT_BOOKED, NOTIFIED})
 
-#: The service that emits each event type (``booking.requested``: the booking's front door,
-#: in the bookings database).
-EMITTED_BY: Mapping[str, str] = {
-    REQUESTED: "front",
-    SEAT_HELD: "seats",
-    SEAT_REFUSED: "seats",
-    SEAT_BOOKED: "seats",
-    SEAT_FREED: "seats",
-    CREATED: "bookings",
-    BOOKING_REFUSED: "bookings",
-    CONFIRMED_EVENT: "bookings",
-    CONFIRM_REFUSED: "bookings",
-    CANCELLED_EVENT: "bookings",
-    CHARGED: "payments",
-    DECLINED: "payments",
-    REFUNDED: "payments",
-    NOTIFIED: "notifier",
-}
-
 # Outcomes, as the traces tell them.
 BOOKED, REFUSED, COMPENSATED, UNFINISHED = "booked", "refused", "compensated", "unfinished"
 
