@@ -60,6 +60,7 @@ from twopc.flights import (
     read_flights,
 )
 from twopc.flights.booking import is_flight
+from twopc.outbox import outbox_state
 from twopc.participants import Participant, UndefinedTable
 from twopc.saga import (
     COMPENSATED,
@@ -116,7 +117,8 @@ def init_command(obj: Context, rows: int, reset: bool, as_json: bool) -> None:
     """Create the booking's tables in the three databases (idempotent) and seed the seats.
 
     --reset is refused, with nothing dropped, while any of them holds a prepared
-    transaction (see `twopc in-doubt`) or a booking saga is unfinished (see `twopc sagas`).
+    transaction (see `twopc in-doubt`), a booking saga is unfinished (see `twopc sagas`) or
+    a choreographed booking's events wait in an outbox.
     """
     participants = _participants(obj, lock_wait=10.0)
     unfinished = [str(u["booking_id"]) for u in _unfinished_bookings(obj)]
@@ -125,12 +127,32 @@ def init_command(obj: Context, rows: int, reset: bool, as_json: bool) -> None:
             f"reset refused, nothing dropped: booking saga(s) {', '.join(unfinished)} are "
             "unfinished and would lose their rows; finish them with `twopc recover`, then retry"
         )
+    if reset:
+        _refuse_while_events_wait(participants)
     added = init_flights(participants, rows=rows, reset=reset)
     text = "\n".join(
         [f"{name:<9} {p.url.location()}: tables ready" for name, p in participants.items()]
         + [f"{flight}: {n} seats added" for flight, n in added.items()]
     )
     emit(as_json, {"seats_added": added, "rows": rows, "reset": reset}, text)
+
+
+def _refuse_while_events_wait(participants: dict[str, Participant]) -> None:
+    """A choreographed booking in flight has events in an outbox: a reset would leave its
+    services acting on rows that are gone. (Events already in the broker's queues are not
+    seen from here.)"""
+    waiting = {}
+    for name, participant in participants.items():
+        try:
+            waiting[name] = outbox_state(participant).pending
+        except UndefinedTable:  # never made: nothing waits there
+            continue
+    found = ", ".join(f"{name} holds {n}" for name, n in waiting.items() if n)
+    if found:
+        raise Failure(
+            f"reset refused, nothing dropped: choreographed bookings' events wait in the "
+            f"outboxes ({found}); let `twopc flights serve` finish them, then retry"
+        )
 
 
 # -- book -----------------------------------------------------------------------------------------

@@ -210,6 +210,11 @@ def test_unfinished_at_the_deadline_says_what_waits_then_serve_finishes_it(
     assert "(handler seats, handler bookings, handler payments, handler notifier, relay)" \
            in away.stderr  # fmt: skip
     eve = json.loads(away.stdout)["booking_id"]
+    reset = trip.cli("flights", "init", "--reset")  # would pull the rows from under them
+    assert reset.exit_code == 1, reset.output
+    assert reset.stderr.startswith("Error: reset refused, nothing dropped: choreographed "
+                                   "bookings' events wait in the outboxes (")  # fmt: skip
+    assert "bookings holds" in reset.stderr
     for pending in (booking_id, eve):
         served = trip.cli("flights", "serve", "--until", pending, "--json",
                           TWOPC_BROKER_URL=broker)  # fmt: skip
