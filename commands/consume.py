@@ -8,9 +8,10 @@ import time
 import click
 
 from twopc.bank import SIDES
-from twopc.bank.notifications import CONSUMERS, TOPOLOGY
+from twopc.bank.notifications import CONSUMERS
 from twopc.commands.common import BadInput, Context, emit, json_option, operational_errors
 from twopc.commands.outbox_common import (
+    TOPOLOGY,
     broker_url_option,
     outbox_errors,
     resolve_broker_url,

@@ -1,5 +1,5 @@
-"""`twopc flights init | book | show | check`: the flight booking over three databases, in 2PC
-or as a saga."""
+"""`twopc flights init | book | show | check | serve | trace`: the flight booking over three
+databases, in 2PC, as an orchestrated saga or as a choreographed one."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ from twopc.commands.common import (
     operational_errors,
     seconds_option,
 )
+from twopc.commands.flights_choreography import (
+    CHOREOGRAPHY_POINTS,
+    book_choreography,
+    serve,
+    trace,
+)
+from twopc.commands.outbox_common import broker_url_option, outbox_errors
 from twopc.commands.sagas import saga_config
 from twopc.coordinator import (
     CRASH_POINT_HELP,
@@ -54,6 +61,7 @@ from twopc.flights import (
 )
 from twopc.flights.booking import is_flight
 from twopc.flights.invariants import SETTLED, check_flights
+from twopc.outbox import outbox_state
 from twopc.participants import Participant, UndefinedTable
 from twopc.saga import (
     COMPENSATED,
@@ -70,6 +78,10 @@ _POINTS = [point.value for point in CrashPoint]
 _POINTS_HELP = "; ".join(f"{p.value}: {text}" for p, text in CRASH_POINT_HELP.items())
 _SAGA_POINTS_HELP = "; ".join(f"{name}: {p.help}" for name, p in BOOKING_POINTS.items())
 _STEPS_HELP = "; ".join(f"{step}: {FAILURES[step]}" for step in STEPS)
+_CHOREOGRAPHY_HELP = "; ".join(
+    f"{name}: {kill.service} committed its handling of {kill.event_type}, not acknowledged"
+    for name, kill in CHOREOGRAPHY_POINTS.items()
+)
 
 
 def _participants(obj: Context, lock_wait: float = 30.0) -> dict[str, Participant]:
@@ -106,7 +118,8 @@ def init_command(obj: Context, rows: int, reset: bool, as_json: bool) -> None:
     """Create the booking's tables in the three databases (idempotent) and seed the seats.
 
     --reset is refused, with nothing dropped, while any of them holds a prepared
-    transaction (see `twopc in-doubt`) or a booking saga is unfinished (see `twopc sagas`).
+    transaction (see `twopc in-doubt`), a booking saga is unfinished (see `twopc sagas`) or
+    a choreographed booking's events wait in an outbox.
     """
     participants = _participants(obj, lock_wait=10.0)
     unfinished = [str(u["booking_id"]) for u in _unfinished_bookings(obj)]
@@ -115,6 +128,8 @@ def init_command(obj: Context, rows: int, reset: bool, as_json: bool) -> None:
             f"reset refused, nothing dropped: booking saga(s) {', '.join(unfinished)} are "
             "unfinished and would lose their rows; finish them with `twopc recover`, then retry"
         )
+    if reset:
+        _refuse_while_events_wait(participants)
     added = init_flights(participants, rows=rows, reset=reset)
     text = "\n".join(
         [f"{name:<9} {p.url.location()}: tables ready" for name, p in participants.items()]
@@ -123,14 +138,34 @@ def init_command(obj: Context, rows: int, reset: bool, as_json: bool) -> None:
     emit(as_json, {"seats_added": added, "rows": rows, "reset": reset}, text)
 
 
+def _refuse_while_events_wait(participants: dict[str, Participant]) -> None:
+    """A choreographed booking in flight has events in an outbox: a reset would leave its
+    services acting on rows that are gone. (Events already in the broker's queues are not
+    seen from here.)"""
+    waiting = {}
+    for name, participant in participants.items():
+        try:
+            waiting[name] = outbox_state(participant).pending
+        except UndefinedTable:  # never made: nothing waits there
+            continue
+    found = ", ".join(f"{name} holds {n}" for name, n in waiting.items() if n)
+    if found:
+        raise Failure(
+            f"reset refused, nothing dropped: choreographed bookings' events wait in the "
+            f"outboxes ({found}); let `twopc flights serve` finish them, then retry"
+        )
+
+
 # -- book -----------------------------------------------------------------------------------------
 
 
 @flights.command(
     "book",
     epilog=f"Steps (--fail-at): {_STEPS_HELP}.\n\nCrash/pause points, 2pc: {_POINTS_HELP}."
-    f"\n\nCrash/pause points, saga: {_SAGA_POINTS_HELP}.\n\nExit status: 0 booked; 1 refused,"
-    " rolled back or compensated; 2 bad input; 3 in doubt or unfinished (`twopc recover`).",
+    f"\n\nCrash/pause points, saga: {_SAGA_POINTS_HELP}.\n\nCrash points, choreography: "
+    f"{_CHOREOGRAPHY_HELP}.\n\nExit status: 0 booked; 1 refused, rolled back or compensated; "
+    "2 bad input; 3 in doubt or unfinished (`twopc recover`; choreography: `twopc flights "
+    "serve`).",
 )
 @click.argument("flight")
 @click.argument("seat")
@@ -138,10 +173,11 @@ def init_command(obj: Context, rows: int, reset: bool, as_json: bool) -> None:
 @click.argument("amount")
 @click.option(
     "--mode",
-    type=click.Choice(["2pc", "saga"]),
+    type=click.Choice(["2pc", "saga", "choreography"]),
     default="2pc",
     show_default=True,
-    help="One global transaction over the three databases, or a saga of local ones.",
+    help="One global transaction over the three databases, a saga of local ones run by an "
+    "orchestrator, or one whose services react to each other's events (no orchestrator).",
 )
 @click.option("--fail-at", type=click.Choice(STEPS), help="Make this step fail (see below).")
 @click.option(
@@ -155,11 +191,16 @@ def init_command(obj: Context, rows: int, reset: bool, as_json: bool) -> None:
     help="Print pid and gtrid (saga id) at POINT and hold there.",
 )
 @seconds_option("--pause-seconds", 60.0, "How long --pause-at holds.")
+@seconds_option(
+    "--deadline", 30.0, "Choreography: how long to run the services for the booking.", minimum=0.1
+)
+@broker_url_option
 @lock_wait_option(30.0)
 @json_option
 @click.pass_obj
 @json_failures
 @operational_errors
+@outbox_errors
 def book(
     obj: Context,
     flight: str,
@@ -171,6 +212,8 @@ def book(
     crash_at: str | None,
     pause_at: str | None,
     pause_seconds: float,
+    deadline: float,
+    broker_url: str | None,
     lock_wait: float,
     as_json: bool,
 ) -> None:
@@ -190,6 +233,13 @@ def book(
         raise click.UsageError("--crash-at and --pause-at cannot be combined")
     point, crash = crash_at or pause_at, bool(crash_at)
     participants = _participants(obj, lock_wait)  # nothing connects before the first step
+    if mode == "choreography":
+        if pause_at:
+            raise click.UsageError("--pause-at is not available with --mode choreography")
+        book_choreography(
+            obj, participants, request, fail_at, broker_url, deadline, crash_at, as_json
+        )
+        return
     if mode == "saga":
         hooks = _saga_hooks(point, crash=crash, seconds=pause_seconds)
         outcome = _book_saga(obj, participants, request, fail_at, hooks)
@@ -366,6 +416,10 @@ def _saga_exit(outcome: SagaOutcome) -> None:
         details,
         outcome=outcome.outcome,
     )
+
+
+flights.add_command(serve)
+flights.add_command(trace)
 
 
 # -- show -----------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What the outbox commands share: the broker's URL, stopping on a signal, outbox errors."""
+"""What the outbox commands share: the broker's URL, every queue the project's consumers
+read, stopping on a signal, outbox errors."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ from typing import Any, TypeVar
 
 import click
 
+from twopc.bank.notifications import TOPOLOGY as BANK_TOPOLOGY
 from twopc.commands.common import BadInput, Context, Failure
 from twopc.devserver import DevServerError
-from twopc.outbox import OutboxError, check_url
+from twopc.flights.choreography import SUBSCRIPTIONS as FLIGHTS_SUBSCRIPTIONS
+from twopc.outbox import OutboxError, Topology, check_url
+
+#: The queues of the bank's consumers and of the choreographed booking's services: what
+#: every relay and consumer the CLI runs declares, so that an event of either domain finds
+#: its queues whichever relay publishes it.
+TOPOLOGY = Topology((*BANK_TOPOLOGY.subscriptions, *FLIGHTS_SUBSCRIPTIONS))
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 

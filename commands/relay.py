@@ -9,9 +9,9 @@ import uuid
 import click
 
 from twopc.bank import SIDES
-from twopc.bank.notifications import TOPOLOGY
 from twopc.commands.common import BadInput, Context, Failure, emit, json_option, operational_errors
 from twopc.commands.outbox_common import (
+    TOPOLOGY,
     broker_url_option,
     outbox_errors,
     resolve_broker_url,

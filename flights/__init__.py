@@ -5,8 +5,10 @@
 confirmation recorded inside the bookings branch, so it exists only if everything
 committed); :data:`BOOKING_SAGA` books as a saga (seat and booking pending, the charge keyed
 and retried under one idempotency key, confirmation as the pivot, the notification last),
-compensated in reverse order when a step before the pivot is refused. Both run the same
-changes (:mod:`flights.changes`); the request and the states' rules are pure
+compensated in reverse order when a step before the pivot is refused;
+:mod:`flights.choreography` books it with no orchestrator, each service's handler reacting
+to the event before it (:mod:`flights.services` runs them and reads a booking's trace). All
+run the same changes (:mod:`flights.changes`); the request and the states' rules are pure
 (:mod:`flights.booking`); each database's tables are in :mod:`flights.tables`; what must
 hold of the three databases once every booking has finished is :mod:`flights.invariants`.
 """

@@ -1,9 +1,10 @@
 """Making the booking's tables (``twopc flights init``) and reading them back (``show``).
 
 ``init`` creates each database's missing tables (:mod:`flights.tables`), the saga engine's
-``saga_steps`` and the coordinator's outcome markers, and seeds the demo flights' seats; with
-``reset`` it first drops the booking's tables, refused (nothing dropped) while any of the
-three databases holds a prepared transaction, whose locks the drop would wait for.
+``saga_steps``, the coordinator's outcome markers, the outbox and the consumers' record,
+and seeds the demo flights' seats; with ``reset`` it first drops the booking's tables,
+refused (nothing dropped) while any of the three databases holds a prepared transaction,
+whose locks the drop would wait for.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from twopc.flights.tables import (
     flights_ddl,
     flights_drop_ddl,
 )
+from twopc.outbox import ensure_consumed_table, ensure_outbox_tables
 from twopc.participants import Participant, ParticipantError
 from twopc.saga import ensure_saga_tables
 
@@ -56,6 +58,8 @@ def init_flights(participants: dict[str, Participant], *, rows: int, reset: bool
                 local.execute(statement)
         ensure_saga_tables(participant)
         participant.ensure_outcome_table()
+        ensure_outbox_tables(participant)  # the choreography's events and their consumers
+        ensure_consumed_table(participant)
     return seed_seats(participants[FLIGHTS], seats_of(DEMO_FLIGHTS, rows))
 
 

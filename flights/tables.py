@@ -4,7 +4,9 @@
 - ``bookings``: ``bookings`` — one row per booking, kept when cancelled — and
   ``booking_confirmations``, the confirmation sent once a booking is confirmed;
 - ``payments``: ``payments`` — charges and refunds, each a row of its own, never updated
-  or deleted; ``payment_id`` is the idempotency key the payment call carried.
+  or deleted; ``payment_id`` is the idempotency key the payment call carried;
+- in each: ``booking_events``, the service's trace of the events it consumed and emitted
+  when the booking is choreographed (:mod:`flights.choreography`).
 
 The statements are plain SQL both PostgreSQL and MySQL/MariaDB speak (MySQL gets
 ``ENGINE=InnoDB``), so any of the three databases may live on either server. Made by
@@ -19,6 +21,14 @@ from twopc.participants import Participant
 from twopc.saga import ensure_tables
 
 FLIGHTS, BOOKINGS, PAYMENTS = "flights", "bookings", "payments"
+#: Each service's record of the events it consumed and emitted (the choreography's trace).
+TRACE_TABLE = "booking_events"
+_TRACE = (
+    "booking_id VARCHAR(64) NOT NULL, service VARCHAR(16) NOT NULL, "
+    "direction VARCHAR(8) NOT NULL, event_id VARCHAR(36) NOT NULL, "
+    "event_type VARCHAR(64) NOT NULL, cause VARCHAR(36), reason TEXT, "
+    "recorded_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (booking_id, service, direction, event_id)"
+)
 #: The participants a booking runs on, in the order a 2PC booking enlists them.
 DATABASES = (FLIGHTS, BOOKINGS, PAYMENTS)
 
@@ -29,6 +39,7 @@ _COLUMNS: Mapping[str, Mapping[str, str]] = {
             "booking_id VARCHAR(64), updated_at DOUBLE PRECISION NOT NULL, "
             "PRIMARY KEY (flight, seat)"
         ),
+        TRACE_TABLE: _TRACE,
     },
     BOOKINGS: {
         "bookings": (
@@ -41,6 +52,7 @@ _COLUMNS: Mapping[str, Mapping[str, str]] = {
             "booking_id VARCHAR(64) NOT NULL PRIMARY KEY, message TEXT NOT NULL, "
             "created_at DOUBLE PRECISION NOT NULL"
         ),
+        TRACE_TABLE: _TRACE,
     },
     PAYMENTS: {
         "payments": (
@@ -48,6 +60,7 @@ _COLUMNS: Mapping[str, Mapping[str, str]] = {
             "kind VARCHAR(8) NOT NULL, amount NUMERIC(20, 2) NOT NULL, "
             "created_at DOUBLE PRECISION NOT NULL"
         ),
+        TRACE_TABLE: _TRACE,
     },
 }
 

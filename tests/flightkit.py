@@ -29,19 +29,33 @@ from twopc.flights.invariants import check_flights
 from twopc.participants import DatabaseURL, Participant, participant_for
 
 ROWS = 2  # seats 1A-2F on TP101 and TP202
+# The choreography's trace, outboxes and consumers' records, in each of the three databases.
+_EVENTS = [
+    "DELETE FROM booking_events",
+    "DELETE FROM outbox",
+    "DELETE FROM outbox_parked",
+    "DELETE FROM consumed_events",
+]
 _CLEAR = {
     FLIGHTS: [
         "UPDATE flight_seats SET state = 'available', booking_id = NULL",
         "DELETE FROM saga_steps",
         "DELETE FROM twopc_outcomes",
+        *_EVENTS,
     ],
     BOOKINGS: [
         "DELETE FROM bookings",
         "DELETE FROM booking_confirmations",
         "DELETE FROM saga_steps",
         "DELETE FROM twopc_outcomes",
+        *_EVENTS,
     ],
-    PAYMENTS: ["DELETE FROM payments", "DELETE FROM saga_steps", "DELETE FROM twopc_outcomes"],
+    PAYMENTS: [
+        "DELETE FROM payments",
+        "DELETE FROM saga_steps",
+        "DELETE FROM twopc_outcomes",
+        *_EVENTS,
+    ],
 }
 
 
