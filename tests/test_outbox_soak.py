@@ -8,7 +8,8 @@ its event with it), ``twopc relay``, and the notifications consumer (a library s
 running the same :class:`ConsumerRunner` as ``twopc consume notifications``, printing each
 event it applies or absorbs as a duplicate, so the duplicates delivered are counted even
 across the incarnations that were killed). At seeded random moments the relay or the
-consumer is SIGKILLed and started again; once, the broker is SIGKILLed and restarted.
+consumer is SIGKILLed and started again; half-way through the kills the broker is SIGKILLed
+and restarted (transfers go on committing meanwhile, and pile up in the outboxes).
 Then (bounded in time) the last relay and consumer drain what is left and are stopped, and:
 
 - the confirmations are exactly the committed transfers: none missing, none for a refused
@@ -42,8 +43,8 @@ from twopc.bank.notifications import NOTIFICATIONS, TOPOLOGY
 from twopc.devserver import DevServers
 
 KILLS = 24 if LONG else 6
-TRANSFERS = 480 if LONG else 120
-RATE = 12.0  # transfers per second: the short form's transfers flow for about 10 s
+TRANSFERS = 540 if LONG else 160
+RATE = 12.0  # transfers per second: the short form's transfers flow for about 13 s
 REFUSED_EVERY = 10  # every tenth transfer asks too much and is rolled back
 DRAIN_TIMEOUT = 60.0
 
@@ -184,15 +185,14 @@ def test_outbox_kill_soak(
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     flowing = TRANSFERS / RATE
-    broker_crash_at = schedule.between(0.3 * flowing, 0.6 * flowing)
     broker_down = schedule.between(0.5, 2.0)  # seconds before it is started again
     broker_errors: list[BaseException] = []
     phases: dict[str, float] = {}
 
     def crash_broker() -> None:
         try:
-            time.sleep(max(0.0, started + broker_crash_at - time.monotonic()))
             dev_servers.kill_broker()
+            phases["broker killed"] = time.monotonic() - started
             time.sleep(broker_down)
             dev_servers.broker_up()
             phases["broker back"] = time.monotonic() - started
@@ -205,8 +205,12 @@ def test_outbox_kill_soak(
     try:
         relay.start()
         consumer.start()
-        broker.start()
-        for _ in range(KILLS):
+        for number in range(KILLS):
+            if number == KILLS // 2:
+                # Half the kills before the broker crash, half once it is back: then the
+                # relay is publishing what piled up meanwhile, in full batches.
+                broker.start()
+                broker.join(timeout=120)
             # A moment in the target's life past most of its start-up (about half a
             # second here), so that most kills land while it relays or consumes.
             target = workers[schedule.pick(("relay", "consumer"))]
@@ -220,7 +224,6 @@ def test_outbox_kill_soak(
         phases["kills done"] = time.monotonic() - started
         out, err = producer.communicate(timeout=flowing + 60)
         phases["producer done"] = time.monotonic() - started
-        broker.join(timeout=60)
         committed = {line.split()[1] for line in out.splitlines() if line.startswith("committed")}
         refused = sum(line.startswith("refused") for line in out.splitlines())
 
