@@ -12,10 +12,11 @@ Two parts, on the configured servers and broker (``twopc init`` must have made t
   1. *backlog*: ``transfers`` announced transfers commit with no relay running, then the
      relays start; the time until both outboxes are empty gives the relays' throughput
      (events/s, the consumer taking them meanwhile);
-  2. *flow*: with the relays running, ``transfers`` transfers commit at a steady ``rate``,
-     alternating direction (events on both databases); each one's end-to-end latency runs
-     from its event's ``created_at`` (written in the transaction, just before its commit)
-     to the consumer's effect (its confirmation row's ``sent_at``), p50/p99.
+     ``caught_up_s`` is when the consumer had confirmed all of them, from the same start;
+  2. *flow*: then, the relays still running, ``transfers`` transfers commit at a steady
+     ``rate``, alternating direction (events on both databases); each one's end-to-end
+     latency runs from its event's ``created_at`` (written in the transaction, just before
+     its commit) to the consumer's effect (its confirmation row's ``sent_at``), p50/p99.
 
 Every transfer announced in the whole run must end with exactly one confirmation: the
 result says whether it did (``consumed_once``) and how many duplicates the consumer absorbed.
@@ -180,13 +181,18 @@ def _relay_run(
     chooser: random.Random,
     announced: _Announced,
 ) -> dict[str, Any]:
+    backlog_started = time.time()
     backlog = [_request(chooser, accounts, n) for n in range(transfers)]
-    _commit_all(coordinator, backlog, announced)
+    backlog_ids = _commit_all(coordinator, backlog, announced)
     with _relays(participants, broker_url, count, batch) as workers:
         started = time.perf_counter()
         _wait("the relays to empty the outboxes", lambda: _pending(participants) == 0)
         drain = time.perf_counter() - started
         published = sum(worker.stats.published for worker in workers)
+        # The flow starts once the consumer has caught up with the backlog, so that its
+        # events do not queue behind the backlog's.
+        _end_to_end(participants[0], backlog_ids, backlog_started)
+        caught_up = time.perf_counter() - started
         flow_started = time.time()
         flow = [_request(chooser, accounts, n) for n in range(transfers)]
         ids = _commit_paced(coordinator, flow, rate, announced)
@@ -196,6 +202,7 @@ def _relay_run(
         "backlog": transfers,
         "drain_s": round(drain, 3),
         "events_per_s": round(published / drain, 1) if drain > 0 else None,
+        "caught_up_s": round(caught_up, 3),
         "flow": len(ids),
         "e2e_p50_ms": quantile_ms(latencies, 50),
         "e2e_p99_ms": quantile_ms(latencies, 99),
@@ -203,11 +210,14 @@ def _relay_run(
     }
 
 
-def _commit_all(coordinator: Coordinator, requests: list[Transfer], announced: _Announced) -> None:
-    """Commit ``requests`` on a few threads, as fast as they go."""
+def _commit_all(
+    coordinator: Coordinator, requests: list[Transfer], announced: _Announced
+) -> list[str]:
+    """Commit ``requests`` on a few threads, as fast as they go; their gtrids."""
     queue = iter(requests)
     take = threading.Lock()
     errors: list[BaseException] = []
+    ids: list[str] = []
 
     def worker() -> None:
         while not errors:
@@ -216,9 +226,13 @@ def _commit_all(coordinator: Coordinator, requests: list[Transfer], announced: _
             if request is None:
                 return
             try:
-                announced.add(run_transfer(coordinator, request).gtrid)
+                gtrid = run_transfer(coordinator, request).gtrid
             except Exception as err:  # reported by the caller: the run cannot go on
                 errors.append(err)
+            else:
+                announced.add(gtrid)
+                with take:
+                    ids.append(gtrid)
 
     threads = [threading.Thread(target=worker) for _ in range(BACKLOG_WORKERS)]
     for thread in threads:
@@ -227,6 +241,7 @@ def _commit_all(coordinator: Coordinator, requests: list[Transfer], announced: _
         thread.join()
     if errors:
         raise BenchmarkFailed(f"a backlog transfer failed: {errors[0]}")
+    return ids
 
 
 def _commit_paced(
@@ -433,15 +448,17 @@ def format_outbox_benchmark(result: dict[str, Any]) -> list[str]:
         lines.append(f"announce/plain throughput: {_range(ratio, '.3f')}")
     lines += [
         "",
-        f"relays: a backlog of {result['transfers']} events drained (events/s), then "
-        f"{result['transfers']} transfers at {result['rate']:g}/s, commit to confirmation "
-        "(end-to-end ms)",
-        f"{'round':>5} {'relays':>6} {'events/s':>9} {'e2e p50':>8} {'e2e p99':>8} {'max':>8}",
+        f"relays: a backlog of {result['transfers']} events drained (events/s; caught up: the "
+        f"consumer confirmed them all), then {result['transfers']} transfers at "
+        f"{result['rate']:g}/s, commit to confirmation (end-to-end ms)",
+        f"{'round':>5} {'relays':>6} {'events/s':>9} {'caught up s':>11} {'e2e p50':>8} "
+        f"{'e2e p99':>8} {'max':>8}",
     ]
     for run in result["relays"]["runs"]:
         lines.append(
             f"{run['round']:>5} {run['relays']:>6} {_ms(run['events_per_s']):>9} "
-            f"{_ms(run['e2e_p50_ms']):>8} {_ms(run['e2e_p99_ms']):>8} {_ms(run['e2e_max_ms']):>8}"
+            f"{run['caught_up_s']:>11.2f} {_ms(run['e2e_p50_ms']):>8} "
+            f"{_ms(run['e2e_p99_ms']):>8} {_ms(run['e2e_max_ms']):>8}"
         )
     lines += ["", f"across {rounds} round(s), median [min-max]:"]
     for row in result["relays"]["summary"]:

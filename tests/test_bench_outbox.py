@@ -44,7 +44,7 @@ def test_bench_outbox_measures_and_confirms_every_event_once(db: Databases, brok
     assert [r["relays"] for r in runs] == [1, 2]
     for run in runs:
         assert (run["backlog"], run["flow"]) == (TRANSFERS, TRANSFERS)
-        assert run["events_per_s"] > 0 and run["drain_s"] > 0
+        assert run["events_per_s"] > 0 and 0 < run["drain_s"] <= run["caught_up_s"]
         assert 0 < run["e2e_p50_ms"] <= run["e2e_p99_ms"] <= run["e2e_max_ms"]
     assert [row["relays"] for row in figures["relays"]["summary"]] == [1, 2]
 
