@@ -316,10 +316,13 @@ def _wait(what: str, check: Callable[[], bool], timeout: float = SETTLE_TIMEOUT)
 def _settle(participants: Sequence[Participant], broker_url: str, batch: int) -> None:
     """Publish what the outboxes hold now (the cost runs' events), outside any measure."""
     publisher = Publisher(broker_url, TOPOLOGY)
+    sources = _own(participants)
     try:
-        Relay(_own(participants), publisher, RelayConfig(batch=batch)).drain()
+        Relay(sources, publisher, RelayConfig(batch=batch)).drain()
     finally:
         publisher.close()
+        for source in sources:
+            source.close()
 
 
 def _own(participants: Sequence[Participant]) -> list[Participant]:
