@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -271,6 +272,8 @@ def bench_outbox(
         run_outbox_benchmark,
     )
 
+    if not math.isfinite(rate):  # click's FloatRange lets nan through
+        raise BadInput(f"--rate {rate}: give a number of transfers per second, 0.1 to 10000")
     counts = _counts("--relays", relays)
     if max(counts) > 64:
         raise BadInput(f"--relays {relays!r}: at most 64 relays at once")

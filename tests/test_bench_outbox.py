@@ -99,8 +99,19 @@ def test_bench_outbox_rejects_bad_options(
     assert db.mysql_query("SELECT COUNT(*) FROM outbox") == [(0,)]
 
 
-def test_bench_outbox_rejects_a_bad_rate(db: Databases, broker: str) -> None:
-    result = db.twopc("bench", "outbox", "--rate", "0", TWOPC_BROKER_URL=broker)
+@pytest.mark.parametrize(
+    ("rate", "error"),
+    [
+        (
+            "0",
+            "Invalid value for '--rate': 0.0 is not in the range 0.1<=x<=10000. "
+            "(see `twopc bench outbox --help`)",
+        ),
+        ("nan", "--rate nan: give a number of transfers per second, 0.1 to 10000"),
+    ],
+)
+def test_bench_outbox_rejects_a_bad_rate(db: Databases, broker: str, rate: str, error: str) -> None:
+    result = db.twopc("bench", "outbox", "--rate", rate, TWOPC_BROKER_URL=broker)
     assert result.returncode == 2
-    assert "Invalid value for '--rate'" in result.stderr
+    assert result.stderr.strip().splitlines() == [f"Error: {error}"]
     assert db.pg_query("SELECT COUNT(*) FROM outbox") == [(0,)]
