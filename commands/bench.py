@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,9 @@ from twopc.commands.common import (
     progress,
     quiet_option,
 )
+from twopc.commands.outbox_common import broker_url_option, outbox_errors, resolve_broker_url
 from twopc.flights.booking import BEFORE_PIVOT
+from twopc.outbox import redacted
 
 ROUNDS = 3  # alternating raw/log rounds per appender count
 
@@ -285,6 +288,111 @@ def bench_flights(
     if any(run["violations"] for run in result["runs"]):
         raise click.ClickException(
             "the booking's invariants were broken: see `twopc flights check` and `twopc in-doubt`"
+        )
+
+
+@bench.command("outbox")
+@click.option(
+    "--transfers",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Transfers per run: per mode for the cost, per backlog and per flow for the relays.",
+)
+@click.option(
+    "--relays",
+    default="1,4",
+    show_default=True,
+    help="Comma-separated numbers of relays running at once (threads of this process).",
+)
+@click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Run everything this many times, interleaved, and report medians and spreads.",
+)
+@click.option(
+    "--rate",
+    default=50.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 10_000),
+    help="Transfers per second committed while the end-to-end latency is measured.",
+)
+@click.option(
+    "--accounts",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Transfers pick among accounts a1..aN of each side.",
+)
+@click.option(
+    "--batch",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Events each relay claims per database transaction.",
+)
+@broker_url_option
+@quiet_option
+@json_option
+@click.pass_obj
+@operational_errors
+@outbox_errors
+def bench_outbox(
+    obj: Context,
+    transfers: int,
+    relays: str,
+    rounds: int,
+    rate: float,
+    accounts: int,
+    batch: int,
+    broker_url: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """The outbox measured: what writing the event costs a 2PC transfer (with and without,
+    interleaved), the relays' throughput draining a backlog (events/s) and the end-to-end
+    latency from a transfer's commit to the notifications consumer's confirmation (p50/p99)
+    at each relay count. Moves 0.01 per transfer and leaves it moved; run it alone (another
+    notifications consumer would take some of its events)."""
+    from twopc.benchmarks.bench_outbox import (
+        BenchmarkFailed,
+        format_outbox_benchmark,
+        run_outbox_benchmark,
+    )
+
+    if not math.isfinite(rate):  # click's FloatRange lets nan through
+        raise BadInput(f"--rate {rate}: give a number of transfers per second, 0.1 to 10000")
+    counts = _counts("--relays", relays)
+    if max(counts) > 64:
+        raise BadInput(f"--relays {relays!r}: at most 64 relays at once")
+    url = resolve_broker_url(obj, broker_url)
+    participants = obj.participants(SIDES)
+    _check_accounts(read_balances(participants).sides, accounts)
+    steps = rounds * (2 + len(counts))
+    with progress(steps, "measuring", quiet=quiet) as measured:
+        try:
+            result = run_outbox_benchmark(
+                participants,
+                url,
+                obj.home,
+                transfers=transfers,
+                relays=counts,
+                rounds=rounds,
+                rate=rate,
+                accounts=accounts,
+                batch=batch,
+                on_step=measured,
+            )
+        except BenchmarkFailed as err:
+            raise Failure(str(err)) from None
+    result["broker"] = redacted(url)
+    emit(as_json, result, "\n".join(format_outbox_benchmark(result)))
+    if not result["consumed_once"]:
+        raise Failure(
+            f"{result['missing']} announced transfer(s) got no confirmation: see `twopc relay "
+            "status` and `twopc relay parked`"
         )
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The fault harness's long form: every tests/test_faults_*.py test, with the random-kill soak
-# at 50 rounds instead of 10, then the run's figures summed into the table RELIABILITY.md shows.
+# at 50 rounds instead of 10, and the outbox's kill soak (tests/test_outbox_soak.py) at 24
+# kills of the relay and the consumer instead of 6, then the run's figures summed into the
+# table RELIABILITY.md shows.
 # Extra arguments go to pytest (e.g. -x, or -k soak). TWOPC_FAULTS_SEED=N replays a soak.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -9,7 +11,7 @@ figures="$(mktemp)"
 trap 'rm -f "$figures"' EXIT
 status=0
 TWOPC_FAULTS_LONG=1 TWOPC_FAULTS_FIGURES="$figures" \
-    .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_faults_*.py "$@" || status=$?
+    .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_faults_*.py tests/test_outbox_soak.py "$@" || status=$?
 
 .venv/bin/python - "$figures" <<'PY'
 import json
