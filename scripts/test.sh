@@ -10,4 +10,7 @@ echo "==> ruff"
 echo "==> mypy --strict"
 .venv/bin/mypy
 echo "==> pytest"
-exec .venv/bin/python -m pytest -q "$@"
+# Three workers, a test file each at a time (its module fixtures made once): most tests wait on
+# servers, processes and timeouts rather than compute, so they overlap well on two CPUs. Each
+# worker starts servers of its own.
+exec .venv/bin/python -m pytest -q -n 3 --dist loadfile "$@"

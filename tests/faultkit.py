@@ -217,25 +217,56 @@ def ready(db: Databases) -> None:
 
 
 def client_sessions(db: Databases) -> dict[str, list[int]]:
-    """Client sessions on each server other than the one asking (ids to kill)."""
+    """Client sessions on each server other than the ones of this test process (ids to
+    kill): those of the processes a scenario ran. The test process's own connections (the
+    one asking, and any an earlier in-process command of the same worker still holds) are
+    told by their client port, one of this process's sockets."""
+    own = _own_tcp_ports()
     pg = [
         pid
-        for (pid,) in pg_query(
+        for (pid, port) in pg_query(
             db,
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            "SELECT pid, client_port FROM pg_stat_activity WHERE backend_type = 'client backend'"
             " AND pid <> pg_backend_pid() AND datname = current_database()",
         )
+        if port not in own
     ]
     mysql = [
         int(ident)
-        for (ident,) in mysql_query(
+        for (ident, host) in mysql_query(
             db,
-            "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID()"
+            "SELECT id, host FROM information_schema.processlist WHERE id <> CONNECTION_ID()"
             " AND command NOT IN ('Daemon', 'Binlog Dump') AND user NOT IN"
             " ('system user', 'event_scheduler', 'unauthenticated user')",
         )
+        if _port_of(str(host)) not in own
     ]
     return {"pg": pg, "mysql": mysql}
+
+
+def _own_tcp_ports() -> set[int]:
+    """Local TCP ports of this process's sockets (from /proc: its fds' socket inodes)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with suppress(OSError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _port_of(host: str) -> int | None:
+    """The client port of a MariaDB processlist host (``127.0.0.1:54321``); None for a
+    Unix socket (``localhost``)."""
+    _, sep, port = host.rpartition(":")
+    return int(port) if sep and port.isdigit() else None
 
 
 def kill_sessions(db: Databases, side: str) -> list[int]:
