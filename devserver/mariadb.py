@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any, NoReturn
 
 from twopc.devserver.account import Account, run_as
@@ -80,6 +81,7 @@ class MariaDBServer:
         staging = self._place.instance_dir / "data.init"
         shutil.rmtree(staging, ignore_errors=True)
         argv = [str(self._bin.mariadb_install_db), "--no-defaults", f"--datadir={staging}"]
+        argv.append(f"--tmpdir={self._tmpdir()}")  # passed on to the bootstrapping server
         argv += ["--auth-root-authentication-method=normal", "--skip-test-db", *_user_args()]
         install_log = self._place.instance_dir / "install-db.log"
         try:
@@ -140,6 +142,7 @@ class MariaDBServer:
             str(self._bin.mariadbd),
             "--no-defaults",  # must come first: never read /etc/mysql
             f"--datadir={self.datadir}",
+            f"--tmpdir={self._tmpdir()}",
             f"--port={self._place.port}",
             f"--bind-address={LOOPBACK}",
             f"--socket={self._socket_path()}",
@@ -158,6 +161,13 @@ class MariaDBServer:
             *self._tls_args(),
             *_user_args(),
         ]
+
+    def _tmpdir(self) -> Path:
+        """Temporary files of this server's own: two servers bootstrapping at once in a
+        shared /tmp removed each other's temporary tables."""
+        tmp = self._place.instance_dir / "tmp"
+        tmp.mkdir(mode=0o700, exist_ok=True)
+        return tmp
 
     def _tls_args(self) -> list[str]:
         tls = ensure_tls_files(self.tls_dir)

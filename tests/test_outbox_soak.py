@@ -256,7 +256,9 @@ def test_outbox_kill_soak(
         problems.append(f"the broker could not be crashed and restarted: {broker_errors[0]}")
     if not settled:
         problems.append(f"not drained within {DRAIN_TIMEOUT:.0f}s")
-    if codes != {"relay": 0, "consumer": 0}:
+    # 0: stopped by its SIGTERM handler; -SIGTERM: the signal came before the handler was in
+    # place (a process just restarted, still starting up), which loses nothing either.
+    if any(code not in (0, -signal.SIGTERM) for code in codes.values()):
         problems.append(f"the last relay and consumer did not stop cleanly: {codes}")
     rows = db.pg_query("SELECT transfer_id, COUNT(*) FROM transfer_confirmations GROUP BY 1")
     confirmed = {t: n for t, n in rows}
