@@ -281,12 +281,15 @@ def kill_sessions(db: Databases, side: str) -> list[int]:
     return killed
 
 
-def wait_sessions_gone(db: Databases, timeout: float = 15) -> list[str]:
+def wait_sessions_gone(db: Databases, timeout: float = 35) -> list[str]:
     """Wait until the servers have reaped the sessions of killed processes.
 
     MariaDB keeps a prepared branch attached to its session until the server notices the
     client is gone; recovery meanwhile rightly says "not yet". Judging recovery before the
-    servers caught up would blame it for our own haste.
+    servers caught up would blame it for our own haste. A session waiting on a row lock
+    notices only when its wait ends, which the participants bound by their lock wait (the
+    scenarios use at most 30 s): the default allows that much, and costs nothing when the
+    sessions go at once.
     """
     deadline = time.monotonic() + timeout
     while True:
