@@ -9,7 +9,7 @@ Everything is SIGKILLed at random moments (a few singles are left to finish), th
 each single transfer all or nothing and as it reported, nothing prepared, no marker
 left, ``twopc audit`` clean.
 
-Short form (the normal suite): 10 rounds. ``TWOPC_FAULTS_LONG=1``: 50 rounds. The seed is
+Short form (the normal suite): 5 rounds. ``TWOPC_FAULTS_LONG=1``: 50 rounds. The seed is
 printed on failure; ``TWOPC_FAULTS_SEED=N`` replays a run's schedule.
 """
 
@@ -37,7 +37,7 @@ from faultkit import (
     snapshot,
 )
 
-ROUNDS = 50 if LONG else 10
+ROUNDS = 50 if LONG else 5
 HOT = 3  # bench transfers moves among a1..a3 of each side
 PAIRS = range(HOT + 1, 11)  # a4..a10: one single transfer per pair per round
 SINGLES = 4
