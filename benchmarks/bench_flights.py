@@ -35,7 +35,6 @@ import contextlib
 import random
 import statistics
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from twopc.benchmarks.driver import drive
 from twopc.coordinator import Coordinator, CoordinatorConfig
 from twopc.flights.booking import (
     BEFORE_PIVOT,
@@ -251,33 +251,15 @@ def _saga(orchestrator: Orchestrator, order: Order) -> str:
 def _drive(
     orders: list[Order], workers: int, book: Book, tally: Tally, done: Callable[[], object]
 ) -> float:
-    queue = iter(orders)
-    take = threading.Lock()
+    def record(order: Order, outcome: str, elapsed: float) -> None:
+        tally.outcomes[outcome] += 1
+        if outcome == BOOKED_OUTCOME:
+            tally.latencies.append(elapsed)
+        else:
+            tally.undone.add(order.booking_id)
+        done()
 
-    def worker() -> None:
-        while not tally.halt.is_set():
-            with take:
-                order = next(queue, None)
-            if order is None:
-                return
-            started = time.perf_counter()
-            outcome = book(order)
-            elapsed = time.perf_counter() - started
-            with tally.lock:
-                tally.outcomes[outcome] += 1
-                if outcome == BOOKED_OUTCOME:
-                    tally.latencies.append(elapsed)
-                else:
-                    tally.undone.add(order.booking_id)
-                done()
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - started
+    return drive(orders, workers, book, record, lock=tally.lock, halt=tally.halt)
 
 
 # -- the reader -----------------------------------------------------------------------------------

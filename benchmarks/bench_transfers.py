@@ -49,6 +49,7 @@ from twopc.benchmarks.baselines import (
     Refused,
     SQLAlchemyTwoPhase,
 )
+from twopc.benchmarks.driver import drive
 from twopc.benchmarks.roundtrips import count_round_trips
 from twopc.coordinator import Coordinator, CoordinatorConfig
 from twopc.participants import DatabaseURL, LockWaitTimeout, Participant
@@ -261,32 +262,14 @@ def _saga(orchestrator: Orchestrator, request: Transfer) -> str | None:
 def _drive(
     requests: list[Transfer], workers: int, move: Move, tally: Tally, done: Callable[[], object]
 ) -> float:
-    queue = iter(requests)
-    take = threading.Lock()
+    def record(request: Transfer, failure: str | None, elapsed: float) -> None:
+        if failure is None:
+            tally.latencies.append(elapsed)
+        else:
+            tally.failures[failure] += 1
+        done()
 
-    def worker() -> None:
-        while not tally.halt.is_set():
-            with take:
-                request = next(queue, None)
-            if request is None:
-                return
-            started = time.perf_counter()
-            failure = move(request)
-            elapsed = time.perf_counter() - started
-            with tally.lock:
-                if failure is None:
-                    tally.latencies.append(elapsed)
-                else:
-                    tally.failures[failure] += 1
-                done()
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - started
+    return drive(requests, workers, move, record, lock=tally.lock, halt=tally.halt)
 
 
 # Every balance and every saga hold, in one statement (one snapshot) per server.
