@@ -25,6 +25,7 @@ from twopc.coordinator.recovery import RecoveryReport, forget_markers, recover_o
 from twopc.coordinator.transaction import GlobalTransaction, TxState
 from twopc.coordinator.workers import Workers
 from twopc.participants import Participant
+from twopc.participants.watchdog import Watchdog
 from twopc.retry import RetryPolicy
 from twopc.txlog import LogCorrupt, LogError, LogLocked, TransactionLog
 
@@ -87,6 +88,9 @@ class Coordinator:
         # Marker garbage collection has its own thread: waiting on a lock there must never
         # hold up a prepare or a commit (that could be the very commit it waits for).
         self._collector = Workers(1, "twopc-markers")
+        #: Deadlines of the replies a transaction reads on its own thread (see
+        #: ``GlobalTransaction._cut_off_at``): one thread for all of them.
+        self.deadlines = Watchdog("twopc-deadlines")
         self.recovered: RecoveryReport | None = None
         self._participants = {p.name: p for p in participants}
         self._ephemeral = False
@@ -203,6 +207,7 @@ class Coordinator:
         self._closed = True
         self.executor.close(self.config.close_patience)
         self._collector.close(self.config.close_patience)
+        self.deadlines.close()
         # ENDs durable, then their markers, then the log: killed anywhere in between, the
         # log is still there for recovery to finish the collection from.
         try:

@@ -25,8 +25,9 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 #: Seconds phase 2 waits past the retry deadline for workers to report, before it cuts
 #: their links: the deadline holds even against a server that stopped answering.
 PHASE_TWO_GRACE = 5.0
+#: Seconds between interrupting an overdue statement and severing its link.
+_SEVER_AFTER = 2.0
 
 COMMIT = Kind.COMMIT.value
 END = Kind.END.value
@@ -237,15 +240,47 @@ class GlobalTransaction:
         return [branch for branch in branches if branch.state is BranchState.PREPARED]
 
     def _prepare_all(self, branches: Sequence[Branch]) -> None:
-        futures = [self._submit(branch, branch.prepare) for branch in branches]
-        done, late = wait(futures, timeout=self._coordinator.prepare_timeout)
-        errors = [error for f in done if (error := f.exception()) is not None]
+        """Prepare ``branches`` at the same time: a branch that cannot overlap on a protocol
+        worker, the others from this thread (every request sent, then every reply read). A
+        reply still awaited at the prepare timeout is interrupted, then severed."""
+        timeout = self._coordinator.prepare_timeout
+        until = time.monotonic() + timeout
+        apart = [branch for branch in branches if not branch.overlaps]
+        futures = [self._submit(branch, branch.prepare) for branch in apart]
+        here = [branch for branch in branches if branch.overlaps]
+        with self._cut_off_at(until, here) as cut_off:
+            for branch in here:
+                branch.request_prepare()
+            errors: list[BaseException] = [e for b in here if (e := _fails(b.prepare))]
+        done, late = wait(futures, timeout=max(0.0, until - time.monotonic()))
+        errors += [error for f in done if (error := f.exception()) is not None]
         reasons = [str(error) for error in errors]
+        if late or cut_off.fired:
+            reasons.append(f"prepare timed out after {timeout:g}s")
         if late:
-            reasons.append(f"prepare timed out after {self._coordinator.prepare_timeout:g}s")
-            self._interrupt(branches, futures)
+            self._interrupt(apart, futures)
         if reasons:
             raise self._abort("; ".join(reasons)) from (errors[0] if errors else None)
+
+    @contextmanager
+    def _cut_off_at(self, until: float, branches: Sequence[Branch]) -> Iterator[_CutOff]:
+        """While in the block, past ``until`` the branches still awaiting a reply have their
+        statement interrupted, and past ``until`` + 2 s their link severed (as ``_interrupt``
+        does to a worker's call). Nothing is touched once the block is left."""
+        cut_off = _CutOff(branches)
+        if not branches:
+            yield cut_off
+            return
+        watchdog = self._coordinator.deadlines
+        left = max(0.0, until - time.monotonic())
+        try:
+            with (
+                watchdog.watching(left, cut_off.interrupt),
+                watchdog.watching(left + _SEVER_AFTER, cut_off.sever),
+            ):
+                yield cut_off
+        finally:
+            cut_off.end()
 
     def _interrupt(self, branches: Sequence[Branch], futures: Sequence[Future[_T]]) -> None:
         """Cancel the statements of branches whose call hangs; if the server does not answer
@@ -295,17 +330,44 @@ class GlobalTransaction:
         """Finish branches in parallel; returns those not finished (in doubt). Never raises,
         and never waits past the retry deadline (plus a grace): a worker still blocked then
         on a server that stopped answering has its statement cancelled and its link cut."""
-        futures = [
-            self._submit(branch, functools.partial(self._finish, branch, commit=commit))
-            for branch in branches
-        ]
         config = self._coordinator.config
-        _, late = wait(futures, timeout=config.retry.deadline + config.phase_two_grace)
+        until = time.monotonic() + config.retry.deadline + config.phase_two_grace
+        here = [branch for branch in branches if commit and branch.overlaps]
+        apart = [branch for branch in branches if branch not in here]
+        jobs = [(b, functools.partial(self._finish, b, commit=commit)) for b in apart]
+        unfinished = []
+        with self._cut_off_at(until, here):
+            for branch in here:
+                branch.request_commit()
+            for branch in here:
+                finished = self._finish_here(branch)
+                if finished is None:  # retried from fresh connections, on a worker
+                    retry = functools.partial(self._finish_elsewhere, branch, commit=True)
+                    jobs.append((branch, retry))
+                elif not finished:
+                    unfinished.append(branch)
+        futures = [self._submit(branch, job) for branch, job in jobs]
+        _, late = wait(futures, timeout=max(0.0, until - time.monotonic()))
         if late:
             self._stop.set()
-            hung = [(b, f) for b, f in zip(branches, futures, strict=True) if f in late]
+            hung = [(b, f) for (b, _), f in zip(jobs, futures, strict=True) if f in late]
             self._interrupt([b for b, _ in hung], [f for _, f in hung])
-        return [b for b, f in zip(branches, futures, strict=True) if not _finished(f)]
+        return unfinished + [b for (b, _), f in zip(jobs, futures, strict=True) if not _finished(f)]
+
+    def _finish_here(self, branch: Branch) -> bool | None:
+        """Read the reply to ``branch``'s commit request: whether it is finished as decided,
+        or None when it must be retried from a fresh connection. Never raises (see
+        :meth:`_finish`)."""
+        try:
+            branch.commit()
+            return True
+        except UnknownXid:
+            return self._settle_unknown(branch, commit=True)
+        except ParticipantError as err:
+            log.info("%s %s: %s; retrying from a new connection", self.gtrid, branch.xid, err)
+        except Exception:  # a bug: say so loudly, and still drive the branch to its end
+            log.exception("%s %s: unexpected error in phase 2", self.gtrid, branch.xid)
+        return None
 
     def _finish(self, branch: Branch, *, commit: bool) -> bool:
         """Commit or roll back one prepared branch; False when it could not be finished (it
@@ -441,6 +503,47 @@ class GlobalTransaction:
             raise TransactionStateError(
                 f"can't {action} transaction {self.gtrid}: it is {self.state.value}"
             )
+
+
+class _CutOff:
+    """What happens to branches whose reply is overdue (run on the coordinator's watchdog
+    thread): their statement is interrupted, later their link severed; never after
+    :meth:`end`, which waits for one in progress (so nothing is cut once the caller moved on
+    to other work on those connections, or closed them)."""
+
+    def __init__(self, branches: Sequence[Branch]) -> None:
+        self._branches = list(branches)
+        self._lock = threading.Lock()
+        self._over = False
+        self.fired = False  # some reply was overdue
+
+    def interrupt(self) -> None:
+        self._each("interrupt")
+
+    def sever(self) -> None:
+        self._each("sever")
+
+    def end(self) -> None:
+        with self._lock:
+            self._over = True
+
+    def _each(self, escalate: str) -> None:
+        with self._lock:
+            if self._over:
+                return
+            for branch in self._branches:
+                if branch.awaiting:
+                    self.fired = True
+                    getattr(branch, escalate)()
+
+
+def _fails(prepare: Callable[[], object]) -> Exception | None:
+    """The error ``prepare()`` raised, if any (a NO vote, a lost link, a bug)."""
+    try:
+        prepare()
+    except Exception as error:
+        return error
+    return None
 
 
 def _finished(future: Future[bool]) -> bool:

@@ -11,6 +11,16 @@ call raises a :class:`BranchStateError` that names the current state.
       ├──commit_one_phase()──▶ COMMITTED
       └──rollback() / a refused prepare──▶ ROLLED_BACK
 
+A branch that ``overlaps`` can split a phase in two: :meth:`Branch.request_prepare` /
+:meth:`Branch.request_commit` send the request and return at once, and the next
+:meth:`Branch.prepare` / :meth:`Branch.commit` reads the reply (bounded, like every call, by
+the participant's statement limit; a caller with a tighter deadline interrupts it, then severs
+it, from another thread). The coordinator sends every branch's request before it waits for
+any reply, so the servers work on one phase at the same time without a thread per branch.
+While a reply is awaited the connection carries nothing else: a rollback then closes it
+instead (the server rolls back an unprepared branch when its session ends; a prepared one is
+finished by xid).
+
 A :class:`BranchProtocol` is a participant's branch role: it opens branches and finishes
 prepared ones from fresh connections. Each server implements it in its own module.
 """
@@ -19,18 +29,21 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from twopc.participants.errors import (
     BranchStateError,
     MisconfiguredServer,
     ParticipantError,
+    ParticipantUnavailable,
     PrepareRefused,
 )
 from twopc.participants.pool import ConnectionPool
 from twopc.participants.xid import Xid
+
+_R = TypeVar("_R")
 
 if TYPE_CHECKING:  # a branch reports to its participant, which opens branches
     from twopc.participants.base import Participant
@@ -77,8 +90,14 @@ class Branch(ABC):
     """One participant's branch of a global transaction, bound to one open connection.
 
     Public methods check and advance the state; subclasses implement the ``_sql_*`` hooks in
-    their server's dialect.
+    their server's dialect (and, when they ``overlaps``, the ``_sql_send_*`` /
+    ``_sql_receive_*`` pairs).
     """
+
+    #: Whether a phase's request can be sent alone and its reply read later (see the
+    #: module's docstring). The coordinator runs a branch that cannot on a
+    #: protocol worker of its own.
+    overlaps: ClassVar[bool] = False
 
     def __init__(self, participant: Participant, xid: Xid) -> None:
         self.xid = xid
@@ -89,6 +108,8 @@ class Branch(ABC):
         # nothing ever cancelled a statement on it or cut its socket.
         self._finished_cleanly = False
         self._disturbed = False
+        self._awaiting: str | None = None  # the phase whose request is sent, reply unread
+        self._unsent: Exception | None = None  # why that request could not be sent
 
     def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
         """Run one statement inside the branch (``%s`` placeholders, values bound).
@@ -120,23 +141,70 @@ class Branch(ABC):
             self._noticed = True
             callback(self._participant, waits)
 
+    def request_prepare(self) -> None:
+        """Send phase 1's request and return without its reply (``overlaps`` branches
+        only); :meth:`prepare` reads it. A failure to send is raised by that :meth:`prepare`."""
+        self._require("prepare", BranchState.ACTIVE)
+        self._request("prepare", self._sql_send_prepare)
+
     def prepare(self) -> Vote:
-        """Phase 1. Returns the vote; raises :class:`PrepareRefused` for a NO vote."""
+        """Phase 1. Returns the vote; raises :class:`PrepareRefused` for a NO vote. After
+        :meth:`request_prepare`, it reads that request's reply."""
         self._require("prepare", BranchState.ACTIVE)
         try:
-            vote = self._sql_prepare()
+            if self._awaiting == "prepare":
+                vote = self._reply(self._sql_receive_prepare)
+            else:
+                vote = self._sql_prepare()
         except (PrepareRefused, MisconfiguredServer):
             self.state = BranchState.ROLLED_BACK  # a NO vote leaves nothing behind
             raise
         self.state = BranchState.PREPARED if vote is Vote.PREPARED else BranchState.READ_ONLY
         return vote
 
-    def commit(self) -> None:
-        """Phase 2 commit on this branch's own connection."""
+    def request_commit(self) -> None:
+        """Send phase 2's commit and return without its reply (``overlaps`` branches only);
+        :meth:`commit` reads it. A failure to send is raised by that :meth:`commit`."""
         self._require("commit", BranchState.PREPARED)
-        self._sql_commit_prepared()
+        self._request("commit", self._sql_send_commit)
+
+    def commit(self) -> None:
+        """Phase 2 commit on this branch's own connection (after :meth:`request_commit`, it
+        reads that request's reply)."""
+        self._require("commit", BranchState.PREPARED)
+        if self._awaiting == "commit":
+            self._reply(self._sql_receive_commit)
+        else:
+            self._sql_commit_prepared()
         self.state = BranchState.COMMITTED
         self._finished_cleanly = True
+
+    def _request(self, phase: str, send: Callable[[], None]) -> None:
+        if not self.overlaps or self._awaiting is not None:
+            why = "it cannot overlap" if not self.overlaps else f"{self._awaiting} is awaited"
+            raise BranchStateError(f"can't send {phase} of branch {self.xid}: {why}")
+        self._awaiting = phase
+        try:
+            send()
+        except Exception as err:  # kept for the reply's reader: one place sees every error
+            self._unsent = err
+            self._disturbed = True
+
+    @property
+    def awaiting(self) -> bool:
+        """Whether a request was sent whose reply is not read yet."""
+        return self._awaiting is not None
+
+    def _reply(self, receive: Callable[[], _R]) -> _R:
+        try:
+            if self._unsent is not None:
+                raise self._unsent
+            return receive()
+        except BaseException:
+            self._disturbed = True  # the reply may be partly unread: never lend this again
+            raise
+        finally:
+            self._awaiting, self._unsent = None, None
 
     def commit_one_phase(self) -> None:
         """Commit without phase 1: only for a transaction with this single branch."""
@@ -146,7 +214,18 @@ class Branch(ABC):
         self._finished_cleanly = True
 
     def rollback(self) -> None:
-        """Roll back an active or prepared branch; harmless when already finished."""
+        """Roll back an active or prepared branch; harmless when already finished.
+
+        While a reply is awaited (the reader was interrupted) nothing more may be sent on the
+        connection: it is closed, and :class:`ParticipantUnavailable` says the branch must be
+        looked for (and finished by xid) from another connection.
+        """
+        if self._awaiting is not None:
+            self._disturbed = True
+            self.close()
+            raise ParticipantUnavailable(
+                f"branch {self.xid}: its {self._awaiting} reply was never read; connection closed"
+            )
         if self.state in (BranchState.ACTIVE, BranchState.PREPARED):
             self._sql_rollback(prepared=self.state is BranchState.PREPARED)
             self.state = BranchState.ROLLED_BACK
@@ -199,6 +278,20 @@ class Branch(ABC):
 
     @abstractmethod
     def _sql_commit_prepared(self) -> None: ...
+
+    # Only for branches that overlap: a phase's request, and the reading of its reply.
+
+    def _sql_send_prepare(self) -> None:
+        raise NotImplementedError
+
+    def _sql_receive_prepare(self) -> Vote:
+        raise NotImplementedError
+
+    def _sql_send_commit(self) -> None:
+        raise NotImplementedError
+
+    def _sql_receive_commit(self) -> None:
+        raise NotImplementedError
 
     @abstractmethod
     def _sql_commit_one_phase(self) -> None: ...

@@ -3,6 +3,11 @@
 Every xid reaches SQL through :meth:`Xid.mysql_literal` (hex literals, valid on both servers).
 ``XA RECOVER`` is read in its plain four-column form, which MySQL 8 and MariaDB share.
 
+A branch overlaps (see :mod:`twopc.participants.branch`): a phase's request is written with
+PyMySQL's own command writer and its reply read later with its own result reader. Those two
+are PyMySQL internals (it has no API to split a query), the same ones ``Cursor.execute``
+calls back to back.
+
 MariaDB refuses ``XA COMMIT`` from another session (XAER_NOTA, 1397) while the session that
 prepared the branch is still connected. So "unknown xid" is only taken to mean "finished" when
 ``XA RECOVER`` no longer lists the branch; otherwise it is :class:`BranchBusy` ("not yet").
@@ -13,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
+
+from pymysql.constants import COMMAND
 
 from twopc.participants.base import Participant, shut_down_socket
 from twopc.participants.branch import Branch, BranchProtocol, Cursor, PreparedBranch, Vote
@@ -60,13 +67,18 @@ class MySQLBranches(BranchProtocol):
             with self.link.translated(verb.lower()):
                 conn.cursor().execute(f"{verb} {xid.mysql_literal()}")
         except StatementFailed as err:
-            if err.code != str(_XAER_NOTA):
-                raise
-            if any(branch.xid == xid for branch in self.prepared_branches()):
-                raise BranchBusy(
-                    f"{self.link.server}: branch {xid} is prepared but held by a live session"
-                ) from err
-            raise UnknownXid(f"{self.link.server}: no prepared branch {xid}") from err
+            raise self.unknown_or(err, xid) from err
+
+    def unknown_or(self, err: StatementFailed, xid: Xid) -> ParticipantError:
+        """What a failed ``XA COMMIT/ROLLBACK`` of ``xid`` means: held by a live session
+        (:class:`BranchBusy`), no such branch (:class:`UnknownXid`), or ``err`` itself."""
+        if err.code != str(_XAER_NOTA):
+            return err
+        if any(branch.xid == xid for branch in self.prepared_branches()):
+            return BranchBusy(
+                f"{self.link.server}: branch {xid} is prepared but held by a live session"
+            )
+        return UnknownXid(f"{self.link.server}: no prepared branch {xid}")
 
     def prepared_branches(self) -> list[PreparedBranch]:
         """This participant's prepared branches (bqual: its name) and foreign ones.
@@ -135,6 +147,8 @@ class MySQLBranches(BranchProtocol):
 
 class MySQLBranch(Branch):
     """A branch held open on one MySQL/MariaDB connection."""
+
+    overlaps = True
 
     def __init__(
         self,
@@ -234,6 +248,48 @@ class MySQLBranch(Branch):
 
     def _sql_commit_prepared(self) -> None:
         self._protocol.finish_on(self._conn, self.xid, commit=True)
+
+    # -- overlapped phases: a request now, its reply later ---------------------------------
+
+    def _sql_send_prepare(self) -> None:
+        if not self._started:
+            return  # nothing to send: read-only
+        lit = self.xid.mysql_literal()
+        markers = self._protocol.markers
+        marker = self._conn.cursor().mogrify(markers.insert_sql, markers.values(self.xid))
+        self._send(f"{marker}; XA END {lit}; XA PREPARE {lit}", "prepare")
+
+    def _sql_receive_prepare(self) -> Vote:
+        if not self._started:
+            return Vote.READ_ONLY
+        try:
+            self._receive("prepare", results=3)
+        except StatementFailed as err:
+            self._abandon()
+            raise PrepareRefused(str(err)) from err
+        self._ended = True
+        return Vote.PREPARED
+
+    def _sql_send_commit(self) -> None:
+        self._send(f"XA COMMIT {self.xid.mysql_literal()}", "xa commit")
+
+    def _sql_receive_commit(self) -> None:
+        try:
+            self._receive("xa commit", results=1)
+        except StatementFailed as err:
+            raise self._protocol.unknown_or(err, self.xid) from err
+
+    def _send(self, query: str, action: str) -> None:
+        with self._link.translated(action):
+            self._conn._execute_command(COMMAND.COM_QUERY, query)
+
+    def _receive(self, action: str, *, results: int) -> None:
+        """Read the ``results`` replies of the statements sent (the first error raises: the
+        server runs nothing after it)."""
+        with self._link.translated(action):
+            self._conn._read_query_result()
+            for _ in range(results - 1):
+                self._conn.next_result()
 
     def _sql_commit_one_phase(self) -> None:
         if not self._started:

@@ -5,10 +5,15 @@ Statements are sent explicitly on an autocommit connection rather than through p
 error and prepares nothing. Here the transaction status is checked first, and the server's
 reply to ``PREPARE TRANSACTION`` is checked too: a ``ROLLBACK`` reply is a NO vote.
 
-Round trips: ``BEGIN`` travels with the branch's first statement, and the outcome marker with
-``PREPARE TRANSACTION`` (psycopg's pipeline mode), so a one-statement branch costs three: its
-statement, its prepare, its commit. The marker is inserted only if the transaction wrote
+Round trips: ``BEGIN`` travels with the branch's first statement (psycopg's pipeline mode),
+and the outcome marker with ``PREPARE TRANSACTION``, so a one-statement branch costs three:
+its statement, its prepare, its commit. The marker is inserted only if the transaction wrote
 something, which is how a read-only branch is told without a query of its own.
+
+The branch overlaps (see :mod:`twopc.participants.branch`): a phase's request goes out as one
+simple-protocol query on libpq's non-blocking connection, and its reply is read through
+psycopg's own result generators under the connection's bounded wait. The marker's values are
+literals composed by psycopg (:class:`psycopg.sql.Literal`), the way the gid always was.
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.pq import TransactionStatus
+from psycopg import generators, sql
+from psycopg.errors import error_from_result
+from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq.abc import PGresult
 
 from twopc.participants.base import Participant, shut_down_socket
 from twopc.participants.branch import Branch, BranchProtocol, Cursor, PreparedBranch, Vote
 from twopc.participants.errors import (
     MisconfiguredServer,
+    ParticipantError,
     ParticipantUnavailable,
     PrepareRefused,
     StatementFailed,
@@ -42,6 +50,12 @@ _PREPARED_DISABLED = "55000"
 _MARKER_IF_WRITTEN = (
     "INSERT INTO twopc_outcomes (gtrid, branch, created_at) "
     "SELECT %s, %s, %s WHERE txid_current_if_assigned() IS NOT NULL"
+)
+
+# The same, with psycopg-composed literals, sent with PREPARE TRANSACTION as one query.
+_MARKER_IF_WRITTEN_LITERALS = sql.SQL(
+    "INSERT INTO twopc_outcomes (gtrid, branch, created_at) "
+    "SELECT {}, {}, {} WHERE txid_current_if_assigned() IS NOT NULL; PREPARE TRANSACTION {}"
 )
 
 _PREPARED_SQL = """
@@ -76,9 +90,14 @@ class PostgresBranches(BranchProtocol):
             with self.link.translated(verb.lower()):
                 conn.execute(sql.SQL(verb + " {}").format(sql.Literal(xid.pg_gid())))
         except StatementFailed as err:
-            if err.code == _UNDEFINED_OBJECT:
-                raise UnknownXid(f"{self.link.server}: no prepared branch {xid}") from err
-            raise
+            raise self.unknown_or(err, xid) from err
+
+    def unknown_or(self, err: StatementFailed, xid: Xid) -> ParticipantError:
+        """What a failed ``COMMIT/ROLLBACK PREPARED`` of ``xid`` means: no such branch
+        (:class:`UnknownXid`), or ``err`` itself."""
+        if err.code == _UNDEFINED_OBJECT:
+            return UnknownXid(f"{self.link.server}: no prepared branch {xid}")
+        return err
 
     def prepared_branches(self) -> list[PreparedBranch]:
         """Every prepared branch in this database, ours and foreign. ``pg_prepared_xacts``
@@ -107,6 +126,8 @@ class PostgresBranches(BranchProtocol):
 class PostgresBranch(Branch):
     """A branch held open on one PostgreSQL connection."""
 
+    overlaps = True
+
     def __init__(
         self,
         participant: Participant,
@@ -122,6 +143,7 @@ class PostgresBranch(Branch):
         self._conn = conn
         self._verified = verified  # the server was heard on this connection when it was lent
         self._begun = False  # BEGIN sent (with the first statement)
+        self._prepare_sent = False  # the overlapped prepare's request went out
 
     @property
     def _connection(self) -> psycopg.Connection[Any]:
@@ -216,6 +238,68 @@ class PostgresBranch(Branch):
 
     def _sql_commit_prepared(self) -> None:
         self._protocol.finish_on(self._conn, self.xid, commit=True)
+
+    # -- overlapped phases: a request now, its reply later ---------------------------------
+
+    def _sql_send_prepare(self) -> None:
+        self._prepare_sent = False
+        if not self._begun or self._conn.info.transaction_status is not TransactionStatus.INTRANS:
+            return  # nothing to send: the receive says why (read-only, or a NO vote)
+        self._prepare_sent = True
+        marker = (self.xid.gtrid, self.xid.bqual, time.time(), self.xid.pg_gid())
+        query = _MARKER_IF_WRITTEN_LITERALS.format(*map(sql.Literal, marker))
+        self._send(query, "prepare")
+
+    def _sql_receive_prepare(self) -> Vote:
+        if not self._begun:
+            return Vote.READ_ONLY
+        if not self._prepare_sent:  # the transaction had already failed
+            status = self._conn.info.transaction_status
+            self._abandon()
+            raise PrepareRefused(f"{self._link.server}: transaction is {status.name}")
+        try:
+            written, prepared = self._receive("prepare", expect=2)
+        except StatementFailed as err:
+            self._abandon()
+            if err.code == _PREPARED_DISABLED:
+                raise MisconfiguredServer(_disabled_message(self._link.server)) from err
+            raise PrepareRefused(f"{self._link.server}: {err}") from err
+        reply = prepared.command_status
+        return self._vote(written.command_tuples or 0, reply.decode() if reply else None)
+
+    def _sql_send_commit(self) -> None:
+        verb = sql.SQL("COMMIT PREPARED {}").format(sql.Literal(self.xid.pg_gid()))
+        self._send(verb, "commit prepared")
+
+    def _sql_receive_commit(self) -> None:
+        try:
+            self._receive("commit prepared", expect=1)
+        except StatementFailed as err:
+            raise self._protocol.unknown_or(err, self.xid) from err
+
+    def _send(self, query: sql.Composable, action: str) -> None:
+        """Queue ``query`` (one simple-protocol query: several statements may share it) and
+        flush it to the server without waiting for any reply."""
+        pgconn = self._conn.pgconn
+        with self._link.translated(action):
+            pgconn.send_query(query.as_bytes(self._conn))
+            self._conn.wait(generators.send(pgconn))
+
+    def _receive(self, action: str, *, expect: int) -> list[PGresult]:
+        """Read every result of the query sent; the first error raises (the server skips the
+        statements after it). ``expect`` results, else the reply is not understood: the
+        connection is closed (what the server did is then looked up by xid)."""
+        with self._link.translated(action):
+            results: list[PGresult] = self._conn.wait(generators.fetch_many(self._conn.pgconn))
+            for result in results:
+                if result.status == ExecStatus.FATAL_ERROR:
+                    raise error_from_result(result, encoding=self._conn.info.encoding)
+        if len(results) != expect:
+            self._conn.close()
+            raise ParticipantUnavailable(
+                f"{self._link.server}: {action}: {len(results)} replies, expected {expect}"
+            )
+        return results
 
     def _sql_commit_one_phase(self) -> None:
         if not self._begun:

@@ -3,7 +3,9 @@
 A statement that may wait on a lock registers "tell me if I am still running after N
 seconds" and unregisters when it returns. The deadlines sit in one heap, watched by one
 daemon thread that starts on first use and stops on :meth:`Watchdog.close`; most statements
-return long before their deadline and cost a heap push and pop, never a thread.
+return long before their deadline and cost a heap push and pop, never a thread. The thread is
+woken only for a deadline earlier than the one it sleeps until: one that is left to pass
+finds nothing due and sleeps on.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +48,7 @@ class Watchdog:
         self._deadlines: list[_Deadline] = []  # a heap, earliest first
         self._numbers = itertools.count()
         self._thread: threading.Thread | None = None  # the running watcher, if any
+        self._wakes_at = math.inf  # when the sleeping watcher wakes by itself
 
     @contextmanager
     def watching(self, seconds: float, alarm: Alarm) -> Iterator[None]:
@@ -77,7 +81,8 @@ class Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name=self._name, daemon=True)
                 self._thread.start()
-            elif self._deadlines[0] is deadline:
+            elif deadline.at < self._wakes_at:
+                self._wakes_at = deadline.at
                 self._condition.notify()  # the thread sleeps until a later deadline
         return deadline
 
@@ -103,9 +108,11 @@ class Watchdog:
         with self._condition:
             while self._thread is me:
                 if not self._deadlines:
+                    self._wakes_at = math.inf
                     self._condition.wait()
                     continue
-                left = self._deadlines[0].at - time.monotonic()
+                self._wakes_at = self._deadlines[0].at
+                left = self._wakes_at - time.monotonic()
                 if left <= 0:
                     return heapq.heappop(self._deadlines).alarm
                 self._condition.wait(left)

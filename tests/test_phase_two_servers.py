@@ -45,6 +45,9 @@ def faulty(kind: type[Participant], error: str, *, every_time: bool) -> type[Par
             def failing_commit() -> None:
                 raise ERRORS[error]()
 
+            # Both ways a branch commits: the overlapped request (nothing reaches the
+            # server: its failure is raised where the reply is read) and the one-shot call.
+            branch._sql_send_commit = failing_commit  # type: ignore[method-assign]
             branch._sql_commit_prepared = failing_commit  # type: ignore[method-assign]
             return branch
 
