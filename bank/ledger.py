@@ -14,12 +14,13 @@ that part, so nothing is held.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twopc.bank.accounts import AccountRef
-from twopc.participants import Cursor
+from twopc.participants import Branch, Cursor
 
 _DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s AND balance >= %s"
 _CREDIT = "UPDATE accounts SET balance = balance + %s WHERE id = %s"
@@ -35,22 +36,46 @@ class Executes(Protocol):
     def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor: ...
 
 
-def debit(tx: Executes, account: AccountRef, amount: Decimal) -> str | None:
+#: Opens a transaction of its own to read in (a participant's ``local_transaction``).
+Reader = Callable[[], AbstractContextManager[Executes]]
+
+
+def debit(
+    tx: Executes, account: AccountRef, amount: Decimal, *, last: Reader | None = None
+) -> str | None:
     """Take ``amount`` out of ``account``; the refusal's reason (unknown account,
-    insufficient funds) when it cannot, with nothing changed."""
-    if tx.execute(_DEBIT, (amount, account.id, amount)).rowcount == 1:
+    insufficient funds) when it cannot, with nothing changed.
+
+    ``last``: the debit is its 2PC branch's last statement, so the branch prepares with it
+    (see :meth:`twopc.participants.Branch.execute`) and can run nothing after it: the reason
+    of a refusal is then read in a transaction ``last`` opens.
+    """
+    if _execute(tx, _DEBIT, (amount, account.id, amount), last).rowcount == 1:
         return None
-    row = tx.execute(_BALANCE, (account.id,)).fetchone()
+    if last is None:
+        row = tx.execute(_BALANCE, (account.id,)).fetchone()
+    else:
+        with last() as reader:
+            row = reader.execute(_BALANCE, (account.id,)).fetchone()
     if row is None:
         return f"unknown account {account}"
     return f"insufficient funds in {account}: balance {row[0]}, need {amount}"
 
 
-def credit(tx: Executes, account: AccountRef, amount: Decimal) -> str | None:
-    """Put ``amount`` into ``account``; the refusal's reason when it does not exist."""
-    if tx.execute(_CREDIT, (amount, account.id)).rowcount != 1:
+def credit(
+    tx: Executes, account: AccountRef, amount: Decimal, *, last: Reader | None = None
+) -> str | None:
+    """Put ``amount`` into ``account``; the refusal's reason when it does not exist.
+    ``last``: as for :func:`debit`."""
+    if _execute(tx, _CREDIT, (amount, account.id), last).rowcount != 1:
         return f"unknown account {account}"
     return None
+
+
+def _execute(tx: Executes, query: str, params: Sequence[Any], last: Reader | None) -> Cursor:
+    if last is None:
+        return tx.execute(query, params)
+    return cast(Branch, tx).execute(query, params, last=True)
 
 
 def hold(tx: Executes, saga_id: str, account: AccountRef, amount: Decimal) -> None:

@@ -49,7 +49,7 @@ def run_transfer(coordinator: Coordinator, transfer: Transfer, *, announce: bool
             coordinator.participant(side).check_ready()
     with coordinator.transaction() as tx:
         _enlist(tx, transfer)
-        for step in _ordered_steps(transfer):
+        for step in _ordered_steps(transfer, coordinator, announce=announce):
             step(tx)
             if announce and step.account == transfer.destination:
                 _announce(tx, transfer)
@@ -75,22 +75,37 @@ def _enlist(tx: GlobalTransaction, transfer: Transfer) -> None:
     tx.branch(transfer.destination.side)
 
 
-def _ordered_steps(transfer: Transfer) -> list[_Step]:
-    steps = [_Step(transfer.source, -transfer.amount), _Step(transfer.destination, transfer.amount)]
+def _ordered_steps(transfer: Transfer, coordinator: Coordinator, *, announce: bool) -> list[_Step]:
+    """The debit and the credit, in lock order. Across two databases each is its branch's
+    last statement (the credit unless the event follows it), so each branch prepares with
+    it: one round trip fewer per branch, and ``commit()`` finds their votes cast."""
+    source, destination = transfer.source, transfer.destination
+    cross = source.side != destination.side
+    steps = [
+        _Step(source, -transfer.amount, _reader(coordinator, source) if cross else None),
+        _Step(destination, transfer.amount, _reader(coordinator, destination) if cross else None),
+    ]
+    if announce:  # the event is the destination's last statement
+        steps[1] = _Step(destination, transfer.amount)
     return sorted(steps, key=lambda s: (SIDES.index(s.account.side), natural_key(s.account.id)))
+
+
+def _reader(coordinator: Coordinator, account: AccountRef) -> ledger.Reader:
+    return coordinator.participant(account.side).local_transaction
 
 
 @dataclass(frozen=True)
 class _Step:
     account: AccountRef
     delta: Decimal
+    last: ledger.Reader | None = None  # set: the branch's last statement (see ledger.debit)
 
     def __call__(self, tx: GlobalTransaction) -> None:
         branch = tx.branch(self.account.side)
         if self.delta < 0:
-            refusal = ledger.debit(branch, self.account, -self.delta)
+            refusal = ledger.debit(branch, self.account, -self.delta, last=self.last)
         else:
-            refusal = ledger.credit(branch, self.account, self.delta)
+            refusal = ledger.credit(branch, self.account, self.delta, last=self.last)
         if refusal is not None:  # raised inside the transaction: every branch rolls back
             raise TransferRejected(refusal)
 

@@ -114,6 +114,8 @@ class GlobalTransaction:
         if participant not in self._branches:
             rm = self._coordinator.participant(participant)
             branch = rm.begin(Xid(FORMAT_ID, self.gtrid, rm.name))
+            if self._watched_phase_one():
+                branch.prepares_early = False  # prepared in commit(), where the hooks watch
             self._branches[participant] = (rm, branch)
         return self._branches[participant][1]
 
@@ -144,7 +146,7 @@ class GlobalTransaction:
 
     def _commit(self) -> Outcome:
         branches = [branch for _, branch in self._branches.values()]
-        if len(branches) <= 1:
+        if len(branches) <= 1 and all(b.state is BranchState.ACTIVE for b in branches):
             return self._commit_one_phase(branches)
         self.state = TxState.PREPARING
         prepared = self._timed("prepare", self._phase_one)
@@ -174,8 +176,14 @@ class GlobalTransaction:
         """Close every branch's connection (a still-active branch is rolled back by its server).
 
         A connection a protocol worker still uses is closed by that worker when it returns;
-        one a hung worker holds is left to it (see ``_interrupt``).
+        one a hung worker holds is left to it (see ``_interrupt``). A transaction left
+        active with a branch its last statement prepared stays unsettled: its coordinator
+        keeps the log, and recovery rolls the branch back (no decision: presumed abort).
         """
+        if self.state is TxState.ACTIVE and any(
+            branch.state is BranchState.PREPARED for _, branch in self._branches.values()
+        ):
+            self._coordinator.track(self)
         for _, branch in self._branches.values():
             future = self._busy.get(id(branch))
             if id(branch) in self._stuck:
@@ -231,8 +239,11 @@ class GlobalTransaction:
     # -- phase 1 -------------------------------------------------------------------------
 
     def _phase_one(self) -> list[Branch]:
+        """Prepare the branches not prepared yet (a branch whose last statement carried its
+        prepare voted then); the prepared ones, whatever voted when."""
         branches = [branch for _, branch in self._branches.values()]
-        first, rest = self._split_for(CrashPoint.AFTER_FIRST_PREPARE, branches)
+        active = [branch for branch in branches if branch.state is BranchState.ACTIVE]
+        first, rest = self._split_for(CrashPoint.AFTER_FIRST_PREPARE, active)
         self._prepare_all(first)
         self._hook(CrashPoint.AFTER_FIRST_PREPARE)
         self._prepare_all(rest)
@@ -479,6 +490,11 @@ class GlobalTransaction:
         if hooks is not None and hooks.armed(point):
             return branches[:1], branches[1:]
         return branches, []
+
+    def _watched_phase_one(self) -> bool:
+        hooks = self._coordinator.hooks
+        phase_one = (CrashPoint.AFTER_FIRST_PREPARE, CrashPoint.AFTER_PREPARE)
+        return hooks is not None and any(hooks.armed(point) for point in phase_one)
 
     def _hook(self, point: CrashPoint) -> None:
         if self._coordinator.hooks is not None:

@@ -34,6 +34,12 @@ class Workers:
         self._lock = threading.Lock()
         self._closed = False
 
+    @property
+    def started(self) -> int:
+        """How many threads this pool has started so far."""
+        with self._lock:
+            return len(self._threads)
+
     def submit(self, call: Callable[[], _T]) -> Future[_T]:
         """Run ``call`` on a worker; its result or exception lands in the returned future."""
         future: Future[_T] = Future()

@@ -39,6 +39,7 @@ from twopc.participants.errors import (
     ParticipantError,
     ParticipantUnavailable,
     PrepareRefused,
+    StatementFailed,
 )
 from twopc.participants.pool import ConnectionPool
 from twopc.participants.xid import Xid
@@ -94,6 +95,11 @@ class Branch(ABC):
     ``_sql_receive_*`` pairs).
     """
 
+    #: Whether ``execute(..., last=True)`` sends the branch's prepare with its statement.
+    #: A coordinator turns it off for a transaction whose hooks watch phase 1 (so the
+    #: branches are prepared there, one after the other, as the hooks expect).
+    prepares_early: bool = False
+
     #: Whether a phase's request can be sent alone and its reply read later (see the
     #: module's docstring). The coordinator runs a branch that cannot on a
     #: protocol worker of its own.
@@ -111,18 +117,37 @@ class Branch(ABC):
         self._awaiting: str | None = None  # the phase whose request is sent, reply unread
         self._unsent: Exception | None = None  # why that request could not be sent
 
-    def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor:
+    def execute(
+        self, query: str, params: Sequence[Any] | None = None, *, last: bool = False
+    ) -> Cursor:
         """Run one statement inside the branch (``%s`` placeholders, values bound).
+
+        With ``last``, no statement follows this one in the branch, so its prepare (phase 1:
+        outcome marker, ``PREPARE TRANSACTION`` / ``XA END`` + ``XA PREPARE``) travels with it
+        in the same round trip, and the branch leaves it PREPARED (or READ_ONLY): the
+        transaction's commit finds its vote already cast. If the statement fails, its error
+        is raised and the branch is rolled back; if the prepare fails, :class:`PrepareRefused`.
+        A branch that cannot (``prepares_early`` False) runs the statement alone.
 
         A statement that waits for a lock longer than the participant's ``notice_after``
         reports, once, what it waits for to the participant's ``on_lock_wait`` callback.
         """
         self._require("execute", BranchState.ACTIVE)
+        run = self._execute_last if last and self.prepares_early else self._sql_execute
         participant = self._participant
         if participant.on_lock_wait is None or self._noticed:
-            return self._sql_execute(query, params)
+            return run(query, params)
         with participant.watchdog.watching(participant.notice_after, self._notice_lock_wait):
-            return self._sql_execute(query, params)
+            return run(query, params)
+
+    def _execute_last(self, query: str, params: Sequence[Any] | None) -> Cursor:
+        try:
+            cursor, vote = self._sql_execute_and_prepare(query, params)
+        except (PrepareRefused, MisconfiguredServer, StatementFailed):
+            self.state = BranchState.ROLLED_BACK  # the subclass rolled it back
+            raise
+        self.state = BranchState.PREPARED if vote is Vote.PREPARED else BranchState.READ_ONLY
+        return cursor
 
     @property
     @abstractmethod
@@ -278,6 +303,15 @@ class Branch(ABC):
 
     @abstractmethod
     def _sql_commit_prepared(self) -> None: ...
+
+    def _sql_execute_and_prepare(
+        self, query: str, params: Sequence[Any] | None
+    ) -> tuple[Cursor, Vote]:
+        """The statement, the marker and the prepare in one round trip; the statement's
+        cursor and the vote. A failed statement raises its (typed) error and a failed
+        prepare :class:`PrepareRefused`, each after rolling the branch back; a lost link
+        raises :class:`ParticipantUnavailable` (what the server did is then looked up)."""
+        raise NotImplementedError
 
     # Only for branches that overlap: a phase's request, and the reading of its reply.
 

@@ -149,6 +149,7 @@ class MySQLBranch(Branch):
     """A branch held open on one MySQL/MariaDB connection."""
 
     overlaps = True
+    prepares_early = True
 
     def __init__(
         self,
@@ -248,6 +249,58 @@ class MySQLBranch(Branch):
 
     def _sql_commit_prepared(self) -> None:
         self._protocol.finish_on(self._conn, self.xid, commit=True)
+
+    def _sql_execute_and_prepare(
+        self, query: str, params: Sequence[Any] | None
+    ) -> tuple[Cursor, Vote]:
+        """[``XA START``,] the statement, the marker, ``XA END`` and ``XA PREPARE`` in one
+        round trip (a connection lent without a check is replaced when its link turns out
+        lost, as for a first statement: see ``_start_with``)."""
+        if self._started:
+            return self._with_prepare(query, params)
+        try:
+            return self._with_prepare(query, params)
+        except ParticipantUnavailable:
+            if self._verified:
+                self._disturbed = True
+                raise
+        self._participant.discard(self._conn)
+        self._conn, self._verified = self._participant.take(trust_recent=False)
+        try:
+            return self._with_prepare(query, params)
+        except ParticipantUnavailable:
+            self._disturbed = True
+            raise
+
+    def _with_prepare(self, query: str, params: Sequence[Any] | None) -> tuple[Cursor, Vote]:
+        lit = self.xid.mysql_literal()
+        markers = self._protocol.markers
+        cursor = self._conn.cursor()
+        texts = [] if self._started else [f"XA START {lit}"]
+        statement = len(texts)  # the index of the statement's result
+        texts += [
+            cursor.mogrify(query, params),
+            cursor.mogrify(markers.insert_sql, markers.values(self.xid)),
+            f"XA END {lit}",
+            f"XA PREPARE {lit}",
+        ]
+        reading = 0
+        try:
+            with self._link.translated("execute"):
+                cursor.execute("; ".join(texts))
+                for reading in range(1, len(texts)):
+                    # The cursor stops on the statement's result; the rest are read past it.
+                    if reading <= statement:
+                        cursor.nextset()
+                    else:
+                        self._conn.next_result()
+        except StatementFailed as err:
+            self._abandon()
+            if reading <= statement:
+                raise  # XA START's or the statement's own error
+            raise PrepareRefused(str(err)) from err
+        self._started = self._ended = True
+        return cursor, Vote.PREPARED
 
     # -- overlapped phases: a request now, its reply later ---------------------------------
 

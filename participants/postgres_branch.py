@@ -58,6 +58,8 @@ _MARKER_IF_WRITTEN_LITERALS = sql.SQL(
     "SELECT {}, {}, {} WHERE txid_current_if_assigned() IS NOT NULL; PREPARE TRANSACTION {}"
 )
 
+_SUCCEEDED = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
+
 _PREPARED_SQL = """
     SELECT gid, extract(epoch FROM prepared)::float8, database
       FROM pg_prepared_xacts WHERE database = current_database()
@@ -127,6 +129,7 @@ class PostgresBranch(Branch):
     """A branch held open on one PostgreSQL connection."""
 
     overlaps = True
+    prepares_early = True
 
     def __init__(
         self,
@@ -238,6 +241,55 @@ class PostgresBranch(Branch):
 
     def _sql_commit_prepared(self) -> None:
         self._protocol.finish_on(self._conn, self.xid, commit=True)
+
+    def _sql_execute_and_prepare(
+        self, query: str, params: Sequence[Any] | None
+    ) -> tuple[Cursor, Vote]:
+        """[``BEGIN``,] the statement, the marker and ``PREPARE TRANSACTION`` in one
+        pipeline. On a connection lent without a check, a lost link before ``BEGIN`` was
+        ever answered means it was dead in the pool: it is replaced and the lot sent again
+        (a prepare that did reach the server would make the second one fail: one gid)."""
+        if self._begun:
+            return self._with_prepare(query, params, begin=False)
+        try:
+            return self._with_prepare(query, params, begin=True)
+        except ParticipantUnavailable:
+            if self._verified:
+                self._disturbed = True
+                raise
+        self._participant.discard(self._conn)
+        self._conn, self._verified = self._participant.take(trust_recent=False)
+        try:
+            return self._with_prepare(query, params, begin=True)
+        except ParticipantUnavailable:
+            self._disturbed = True
+            raise
+
+    def _with_prepare(
+        self, query: str, params: Sequence[Any] | None, *, begin: bool
+    ) -> tuple[Cursor, Vote]:
+        marker = (self.xid.gtrid, self.xid.bqual, time.time())
+        gid = sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(self.xid.pg_gid()))
+        conn = self._conn
+        cursor: psycopg.Cursor[Any] | None = None
+        try:
+            with self._link.translated("execute"), conn.pipeline():
+                if begin:
+                    conn.execute("BEGIN")
+                cursor = conn.execute(query, params)
+                written = conn.execute(_MARKER_IF_WRITTEN, marker)
+                prepared = conn.execute(gid)
+        except StatementFailed as err:
+            self._begun = True
+            self._abandon()
+            result = None if cursor is None else cursor.pgresult
+            if result is None or result.status not in _SUCCEEDED:
+                raise  # the statement's own error
+            if err.code == _PREPARED_DISABLED:
+                raise MisconfiguredServer(_disabled_message(self._link.server)) from err
+            raise PrepareRefused(f"{self._link.server}: {err}") from err
+        self._begun = True
+        return cursor, self._vote(written.rowcount, prepared.statusmessage)
 
     # -- overlapped phases: a request now, its reply later ---------------------------------
 
