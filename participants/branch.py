@@ -146,6 +146,9 @@ class Branch(ABC):
         except (PrepareRefused, MisconfiguredServer, StatementFailed):
             self.state = BranchState.ROLLED_BACK  # the subclass rolled it back
             raise
+        except BaseException:
+            self._lose_connection()  # the server may have prepared it: rollback looks it up
+            raise
         self.state = BranchState.PREPARED if vote is Vote.PREPARED else BranchState.READ_ONLY
         return cursor
 
@@ -225,11 +228,20 @@ class Branch(ABC):
             if self._unsent is not None:
                 raise self._unsent
             return receive()
+        except (PrepareRefused, MisconfiguredServer):
+            self._disturbed = True  # a NO vote: the subclass rolled back; never lend it again
+            raise
         except BaseException:
-            self._disturbed = True  # the reply may be partly unread: never lend this again
+            # Unread, or not understood: what the server did is unknown, so the link goes,
+            # and rolling back (or finishing) the branch must look it up by xid.
+            self._lose_connection()
             raise
         finally:
             self._awaiting, self._unsent = None, None
+
+    def _lose_connection(self) -> None:
+        self._disturbed = True
+        self._participant.discard(self._connection)
 
     def commit_one_phase(self) -> None:
         """Commit without phase 1: only for a transaction with this single branch."""
@@ -246,8 +258,7 @@ class Branch(ABC):
         looked for (and finished by xid) from another connection.
         """
         if self._awaiting is not None:
-            self._disturbed = True
-            self.close()
+            self._lose_connection()
             raise ParticipantUnavailable(
                 f"branch {self.xid}: its {self._awaiting} reply was never read; connection closed"
             )

@@ -257,9 +257,9 @@ class MySQLBranch(Branch):
         round trip (a connection lent without a check is replaced when its link turns out
         lost, as for a first statement: see ``_start_with``)."""
         if self._started:
-            return self._with_prepare(query, params)
+            return self._with_prepare(query, params, start=False)
         try:
-            return self._with_prepare(query, params)
+            return self._with_prepare(query, params, start=True)
         except ParticipantUnavailable:
             if self._verified:
                 self._disturbed = True
@@ -267,16 +267,18 @@ class MySQLBranch(Branch):
         self._participant.discard(self._conn)
         self._conn, self._verified = self._participant.take(trust_recent=False)
         try:
-            return self._with_prepare(query, params)
+            return self._with_prepare(query, params, start=True)
         except ParticipantUnavailable:
             self._disturbed = True
             raise
 
-    def _with_prepare(self, query: str, params: Sequence[Any] | None) -> tuple[Cursor, Vote]:
+    def _with_prepare(
+        self, query: str, params: Sequence[Any] | None, *, start: bool
+    ) -> tuple[Cursor, Vote]:
         lit = self.xid.mysql_literal()
         markers = self._protocol.markers
         cursor = self._conn.cursor()
-        texts = [] if self._started else [f"XA START {lit}"]
+        texts = [f"XA START {lit}"] if start else []
         statement = len(texts)  # the index of the statement's result
         texts += [
             cursor.mogrify(query, params),
@@ -284,6 +286,8 @@ class MySQLBranch(Branch):
             f"XA END {lit}",
             f"XA PREPARE {lit}",
         ]
+        # From here on the server may hold the branch, even prepared: a rollback must ask.
+        self._started = True
         reading = 0
         try:
             with self._link.translated("execute"):
@@ -299,7 +303,7 @@ class MySQLBranch(Branch):
             if reading <= statement:
                 raise  # XA START's or the statement's own error
             raise PrepareRefused(str(err)) from err
-        self._started = self._ended = True
+        self._ended = True
         return cursor, Vote.PREPARED
 
     # -- overlapped phases: a request now, its reply later ---------------------------------

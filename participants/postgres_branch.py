@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import generators, sql
 from psycopg.errors import error_from_result
-from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq import DiagnosticField, ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
 from twopc.participants.base import Participant, shut_down_socket
@@ -58,7 +58,8 @@ _MARKER_IF_WRITTEN_LITERALS = sql.SQL(
     "SELECT {}, {}, {} WHERE txid_current_if_assigned() IS NOT NULL; PREPARE TRANSACTION {}"
 )
 
-_SUCCEEDED = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
+# The marker and the prepare, with ClientCursor placeholders (see _with_prepare).
+_MARKER_AND_PREPARE = _MARKER_IF_WRITTEN + "; PREPARE TRANSACTION %s"
 
 _PREPARED_SQL = """
     SELECT gid, extract(epoch FROM prepared)::float8, database
@@ -268,28 +269,49 @@ class PostgresBranch(Branch):
     def _with_prepare(
         self, query: str, params: Sequence[Any] | None, *, begin: bool
     ) -> tuple[Cursor, Vote]:
-        marker = (self.xid.gtrid, self.xid.bqual, time.time())
-        gid = sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(self.xid.pg_gid()))
-        conn = self._conn
-        cursor: psycopg.Cursor[Any] | None = None
-        try:
-            with self._link.translated("execute"), conn.pipeline():
-                if begin:
-                    conn.execute("BEGIN")
-                cursor = conn.execute(query, params)
-                written = conn.execute(_MARKER_IF_WRITTEN, marker)
-                prepared = conn.execute(gid)
-        except StatementFailed as err:
-            self._begun = True
-            self._abandon()
-            result = None if cursor is None else cursor.pgresult
-            if result is None or result.status not in _SUCCEEDED:
-                raise  # the statement's own error
-            if err.code == _PREPARED_DISABLED:
-                raise MisconfiguredServer(_disabled_message(self._link.server)) from err
-            raise PrepareRefused(f"{self._link.server}: {err}") from err
+        """One simple-protocol query: [``BEGIN``;] the statement; the marker; ``PREPARE
+        TRANSACTION``. The values are bound by psycopg on the client (its ``ClientCursor``):
+        only the simple protocol takes several statements at once. The server runs nothing
+        after the first error, so the position of the failed result says whose error it is."""
+        binder = psycopg.ClientCursor(self._conn)
+        marker = (self.xid.gtrid, self.xid.bqual, time.time(), self.xid.pg_gid())
+        parts = [binder.mogrify(query, params), binder.mogrify(_MARKER_AND_PREPARE, marker)]
+        statement = 1 if begin else 0  # the index of the statement's result
+        self._send_text("; ".join(["BEGIN", *parts] if begin else parts), "execute")
         self._begun = True
-        return cursor, self._vote(written.rowcount, prepared.statusmessage)
+        try:
+            with self._link.translated("execute"):
+                results = self._conn.wait(generators.fetch_many(self._conn.pgconn))
+                failed = _first_error(results)
+                if failed is not None and failed <= statement:
+                    raise error_from_result(results[failed], encoding=self._conn.info.encoding)
+        except StatementFailed:
+            self._abandon()
+            raise  # BEGIN's or the statement's own error
+        if failed is not None:
+            self._abandon()
+            reason = results[failed].error_message.decode(errors="replace").strip()
+            sqlstate = results[failed].error_field(DiagnosticField.SQLSTATE)
+            if sqlstate == _PREPARED_DISABLED.encode():
+                raise MisconfiguredServer(_disabled_message(self._link.server))
+            raise PrepareRefused(f"{self._link.server}: prepare failed: {reason}")
+        if len(results) != statement + 3:
+            self._conn.close()
+            raise ParticipantUnavailable(
+                f"{self._link.server}: execute: {len(results)} replies, expected {statement + 3}"
+            )
+        # The statement's result, read through the cursor that bound it (the way psycopg's
+        # pipeline hands each cursor its results).
+        binder._set_results([results[statement]])
+        written, prepared = results[statement + 1 :]
+        reply = prepared.command_status
+        return binder, self._vote(written.command_tuples or 0, reply.decode() if reply else None)
+
+    def _send_text(self, text: str, action: str) -> None:
+        pgconn = self._conn.pgconn
+        with self._link.translated(action):
+            pgconn.send_query(text.encode(self._conn.info.encoding))
+            self._conn.wait(generators.send(pgconn))
 
     # -- overlapped phases: a request now, its reply later ---------------------------------
 
@@ -367,6 +389,10 @@ class PostgresBranch(Branch):
             return  # nothing was sent: nothing to roll back
         with self._link.translated("rollback"):
             self._conn.execute("ROLLBACK")
+
+
+def _first_error(results: Sequence[PGresult]) -> int | None:
+    return next((n for n, r in enumerate(results) if r.status == ExecStatus.FATAL_ERROR), None)
 
 
 def _disabled_message(server: str) -> str:
