@@ -153,3 +153,28 @@ def test_transfers_hand_no_branch_to_a_protocol_worker(db: Databases) -> None:
             assert run_transfer(c, back).protocol == "2pc"  # the event: mysql prepares later
         assert c.executor.started == 0
     assert untouched(db)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_an_error_after_the_server_prepared_is_rolled_back_by_xid(
+    db: Databases, side: str
+) -> None:
+    """A bug between the server's PREPARE and the branch recording its vote: the branch must
+    not be taken for merely active (a plain ROLLBACK would leave it prepared, its rows locked)."""
+    with coordinator(db) as c:
+        tx = c.begin()
+        branch = tx[side]
+        send = branch._with_prepare  # type: ignore[attr-defined]
+
+        def broken(*args: object, **kwargs: object) -> object:
+            send(*args, **kwargs)
+            raise RuntimeError("a bug after the prepare (injected)")
+
+        branch._with_prepare = broken  # type: ignore[attr-defined]
+        with pytest.raises(RuntimeError):
+            branch.execute(DEBIT, (AMOUNT, "a1"), last=True)
+        assert prepared(db, side) == [Xid(FORMAT_ID, tx.gtrid, side)]
+        tx.rollback()
+        tx.close()
+        assert c.unsettled() == []
+    assert untouched(db)
