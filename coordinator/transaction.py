@@ -25,9 +25,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -48,6 +47,7 @@ from twopc.participants import (
     UnknownXid,
     Xid,
 )
+from twopc.participants.watchdog import Watchdog
 from twopc.participants.xid import FORMAT_ID
 from twopc.txlog import LogError
 
@@ -254,16 +254,18 @@ class GlobalTransaction:
         """Prepare ``branches`` at the same time: a branch that cannot overlap on a protocol
         worker, the others from this thread (every request sent, then every reply read). A
         reply still awaited at the prepare timeout is interrupted, then severed."""
+        if not branches:
+            return  # every branch voted with its last statement
         timeout = self._coordinator.prepare_timeout
         until = time.monotonic() + timeout
         apart = [branch for branch in branches if not branch.overlaps]
         futures = [self._submit(branch, branch.prepare) for branch in apart]
         here = [branch for branch in branches if branch.overlaps]
-        with self._cut_off_at(until, here) as cut_off:
+        with _CutOff(self._coordinator.deadlines, until, here) as cut_off:
             for branch in here:
                 branch.request_prepare()
             errors: list[BaseException] = [e for b in here if (e := _fails(b.prepare))]
-        done, late = wait(futures, timeout=max(0.0, until - time.monotonic()))
+        done, late = _wait(futures, until)
         errors += [error for f in done if (error := f.exception()) is not None]
         reasons = [str(error) for error in errors]
         if late or cut_off.fired:
@@ -272,26 +274,6 @@ class GlobalTransaction:
             self._interrupt(apart, futures)
         if reasons:
             raise self._abort("; ".join(reasons)) from (errors[0] if errors else None)
-
-    @contextmanager
-    def _cut_off_at(self, until: float, branches: Sequence[Branch]) -> Iterator[_CutOff]:
-        """While in the block, past ``until`` the branches still awaiting a reply have their
-        statement interrupted, and past ``until`` + 2 s their link severed (as ``_interrupt``
-        does to a worker's call). Nothing is touched once the block is left."""
-        cut_off = _CutOff(branches)
-        if not branches:
-            yield cut_off
-            return
-        watchdog = self._coordinator.deadlines
-        left = max(0.0, until - time.monotonic())
-        try:
-            with (
-                watchdog.watching(left, cut_off.interrupt),
-                watchdog.watching(left + _SEVER_AFTER, cut_off.sever),
-            ):
-                yield cut_off
-        finally:
-            cut_off.end()
 
     def _interrupt(self, branches: Sequence[Branch], futures: Sequence[Future[_T]]) -> None:
         """Cancel the statements of branches whose call hangs; if the server does not answer
@@ -347,7 +329,7 @@ class GlobalTransaction:
         apart = [branch for branch in branches if branch not in here]
         jobs = [(b, functools.partial(self._finish, b, commit=commit)) for b in apart]
         unfinished = []
-        with self._cut_off_at(until, here):
+        with _CutOff(self._coordinator.deadlines, until, here):
             for branch in here:
                 branch.request_commit()
             for branch in here:
@@ -358,7 +340,7 @@ class GlobalTransaction:
                 elif not finished:
                     unfinished.append(branch)
         futures = [self._submit(branch, job) for branch, job in jobs]
-        _, late = wait(futures, timeout=max(0.0, until - time.monotonic()))
+        _, late = _wait(futures, until)
         if late:
             self._stop.set()
             hung = [(b, f) for (b, _), f in zip(jobs, futures, strict=True) if f in late]
@@ -522,35 +504,62 @@ class GlobalTransaction:
 
 
 class _CutOff:
-    """What happens to branches whose reply is overdue (run on the coordinator's watchdog
-    thread): their statement is interrupted, later their link severed; never after
-    :meth:`end`, which waits for one in progress (so nothing is cut once the caller moved on
-    to other work on those connections, or closed them)."""
+    """While in its block, past ``until`` the branches still awaiting a reply have their
+    statement interrupted, and ``_SEVER_AFTER`` seconds later their link severed (what
+    ``_interrupt`` does to a worker's call); the alarms run on the coordinator's watchdog
+    thread. Leaving the block waits for an alarm in progress and cancels the rest, so
+    nothing is cut once the caller moved on to other work on those connections, or closed
+    them."""
 
-    def __init__(self, branches: Sequence[Branch]) -> None:
+    def __init__(self, watchdog: Watchdog, until: float, branches: Sequence[Branch]) -> None:
+        self._watchdog = watchdog
+        self._until = until
         self._branches = list(branches)
         self._lock = threading.Lock()
         self._over = False
+        self._alarms: list[object] = []
         self.fired = False  # some reply was overdue
 
-    def interrupt(self) -> None:
-        self._each("interrupt")
+    def __enter__(self) -> _CutOff:
+        if self._branches:
+            left = max(0.0, self._until - time.monotonic())
+            self._alarms.append(self._watchdog.arm(left, self._interrupt))
+        return self
 
-    def sever(self) -> None:
-        self._each("sever")
-
-    def end(self) -> None:
+    def __exit__(self, *exc: object) -> None:
         with self._lock:
             self._over = True
+            alarms, self._alarms = self._alarms, []
+        for alarm in alarms:
+            self._watchdog.disarm(alarm)
 
-    def _each(self, escalate: str) -> None:
+    def _interrupt(self) -> None:
+        if self._each("interrupt"):
+            with self._lock:
+                if not self._over:
+                    self._alarms.append(self._watchdog.arm(_SEVER_AFTER, self._sever))
+
+    def _sever(self) -> None:
+        self._each("sever")
+
+    def _each(self, escalate: str) -> bool:
         with self._lock:
             if self._over:
-                return
+                return False
             for branch in self._branches:
                 if branch.awaiting:
                     self.fired = True
                     getattr(branch, escalate)()
+            return self.fired
+
+
+def _wait(futures: list[Future[_T]], until: float) -> tuple[set[Future[_T]], set[Future[_T]]]:
+    """``concurrent.futures.wait`` until the ``time.monotonic()`` deadline ``until`` (at
+    once when there is nothing to wait for, the usual case: no branch on a worker)."""
+    if not futures:
+        return set(), set()
+    done, late = wait(futures, timeout=max(0.0, until - time.monotonic()))
+    return done, late
 
 
 def _fails(prepare: Callable[[], object]) -> Exception | None:

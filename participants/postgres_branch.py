@@ -342,8 +342,7 @@ class PostgresBranch(Branch):
         return self._vote(written.command_tuples or 0, reply.decode() if reply else None)
 
     def _sql_send_commit(self) -> None:
-        verb = sql.SQL("COMMIT PREPARED {}").format(sql.Literal(self.xid.pg_gid()))
-        self._send(verb, "commit prepared")
+        self._send_text(f"COMMIT PREPARED {self.xid.pg_gid_literal()}", "commit prepared")
 
     def _sql_receive_commit(self) -> None:
         try:

@@ -59,6 +59,16 @@ class Watchdog:
         finally:
             self._unregister(deadline)
 
+    def arm(self, seconds: float, alarm: Alarm) -> object:
+        """Run ``alarm`` after ``seconds`` unless :meth:`disarm` is given the returned token
+        first (what :meth:`watching` does around a block)."""
+        return self._register(seconds, alarm)
+
+    def disarm(self, token: object) -> None:
+        """Cancel an alarm :meth:`arm` set (nothing if it ran, runs, or was cancelled)."""
+        if isinstance(token, _Deadline):
+            self._unregister(token)
+
     @property
     def running(self) -> bool:
         """Whether the watchdog's thread is started (it starts with the first registration)."""

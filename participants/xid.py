@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from dataclasses import dataclass
 
@@ -52,11 +53,23 @@ class Xid:
 
     def pg_gid(self) -> str:
         """The PostgreSQL transaction identifier (``PREPARE TRANSACTION '<gid>'``)."""
-        return f"{self.format_id}_{_b64(self.gtrid)}_{_b64(self.bqual)}"
+        return self._wire[0]
+
+    def pg_gid_literal(self) -> str:
+        """The gid as a SQL string literal: its alphabet (digits, ``_`` and base64's
+        ``A-Za-z0-9+/=``) holds no quote or backslash, so quoting it is enclosing it."""
+        return self._wire[1]
 
     def mysql_literal(self) -> str:
         """The MySQL/MariaDB xid as it follows ``XA START`` / ``XA COMMIT`` etc."""
-        return f"X'{self.gtrid.encode().hex()}',X'{self.bqual.encode().hex()}',{self.format_id}"
+        return self._wire[2]
+
+    @functools.cached_property
+    def _wire(self) -> tuple[str, str, str]:
+        """Every wire form, made once per xid (a branch names itself several times)."""
+        gid = f"{self.format_id}_{_b64(self.gtrid)}_{_b64(self.bqual)}"
+        mysql = f"X'{self.gtrid.encode().hex()}',X'{self.bqual.encode().hex()}',{self.format_id}"
+        return gid, f"'{gid}'", mysql
 
     @classmethod
     def from_pg_gid(cls, gid: str) -> Xid | None:
