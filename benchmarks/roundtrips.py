@@ -72,6 +72,11 @@ class TurnCounter:
             links, self._links = self._links, []
         for link in links:
             for end in (link.client, link.server):
+                # Shut down before closing: a pump thread blocked in recv() on it wakes (a
+                # bare close() leaves the socket open under that recv, and the server's
+                # session with it, for as long as the process lives).
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     end.close()
 
