@@ -114,6 +114,7 @@ class Branch(ABC):
         # nothing ever cancelled a statement on it or cut its socket.
         self._finished_cleanly = False
         self._disturbed = False
+        self._verified = True  # the server was heard on the connection when it was lent
         self._awaiting: str | None = None  # the phase whose request is sent, reply unread
         self._unsent: Exception | None = None  # why that request could not be sent
 
@@ -239,6 +240,25 @@ class Branch(ABC):
         finally:
             self._awaiting, self._unsent = None, None
 
+    def _first_request(self, send: Callable[[], _R]) -> _R:
+        """``send`` as the branch's first request. On a connection lent without a check (see
+        :meth:`ConnectionPool.take`), a lost link there means it was dead in the pool, nothing
+        done on it: it is replaced by a verified one and ``send`` called again (a prepare the
+        first attempt did get to the server would make the second fail: one xid, one branch)."""
+        try:
+            return send()
+        except ParticipantUnavailable:
+            if self._verified:
+                self._disturbed = True  # never lent again
+                raise
+        self._participant.discard(self._connection)
+        self._use(*self._participant.take(trust_recent=False))
+        try:
+            return send()
+        except ParticipantUnavailable:
+            self._disturbed = True
+            raise
+
     def _lose_connection(self) -> None:
         self._disturbed = True
         self._participant.discard(self._connection)
@@ -295,6 +315,10 @@ class Branch(ABC):
     @property
     @abstractmethod
     def _connection(self) -> Any: ...
+
+    def _use(self, conn: Any, verified: bool) -> None:
+        """Carry on on ``conn`` (see :meth:`_first_request`)."""
+        raise NotImplementedError
 
     @abstractmethod
     def _sql_interrupt(self) -> None: ...

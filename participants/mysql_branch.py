@@ -26,7 +26,6 @@ from twopc.participants.branch import Branch, BranchProtocol, Cursor, PreparedBr
 from twopc.participants.errors import (
     BranchBusy,
     ParticipantError,
-    ParticipantUnavailable,
     PrepareRefused,
     StatementFailed,
     UnknownXid,
@@ -203,24 +202,14 @@ class MySQLBranch(Branch):
         return self._start_with(query, params)
 
     def _start_with(self, query: str, params: Sequence[Any] | None) -> Cursor:
-        """``XA START`` and the first statement in one round trip. On a connection lent
-        without a check, a lost link there means it was dead in the pool: nothing was done on
-        it, so it is replaced by a verified one and the pair sent again."""
-        try:
-            cursor = self._batch(f"XA START {self.xid.mysql_literal()}", (query, params))
-        except ParticipantUnavailable:
-            if self._verified:
-                self._disturbed = True  # never lent again
-                raise
-            self._participant.discard(self._conn)
-            self._conn, self._verified = self._participant.take(trust_recent=False)
-            try:
-                cursor = self._batch(f"XA START {self.xid.mysql_literal()}", (query, params))
-            except ParticipantUnavailable:
-                self._disturbed = True
-                raise
+        """``XA START`` and the first statement in one round trip."""
+        start = f"XA START {self.xid.mysql_literal()}"
+        cursor = self._first_request(lambda: self._batch(start, (query, params)))
         self._started = True
         return cursor
+
+    def _use(self, conn: MySQLConnection, verified: bool) -> None:
+        self._conn, self._verified = conn, verified
 
     def _batch(self, *statements: str | tuple[str, Sequence[Any] | None]) -> Cursor:
         """Send ``statements`` (text, or a query with its values, bound by the driver) in one
@@ -254,23 +243,10 @@ class MySQLBranch(Branch):
         self, query: str, params: Sequence[Any] | None
     ) -> tuple[Cursor, Vote]:
         """[``XA START``,] the statement, the marker, ``XA END`` and ``XA PREPARE`` in one
-        round trip (a connection lent without a check is replaced when its link turns out
-        lost, as for a first statement: see ``_start_with``)."""
+        round trip (the branch's first request, when it starts it)."""
         if self._started:
             return self._with_prepare(query, params, start=False)
-        try:
-            return self._with_prepare(query, params, start=True)
-        except ParticipantUnavailable:
-            if self._verified:
-                self._disturbed = True
-                raise
-        self._participant.discard(self._conn)
-        self._conn, self._verified = self._participant.take(trust_recent=False)
-        try:
-            return self._with_prepare(query, params, start=True)
-        except ParticipantUnavailable:
-            self._disturbed = True
-            raise
+        return self._first_request(lambda: self._with_prepare(query, params, start=True))
 
     def _with_prepare(
         self, query: str, params: Sequence[Any] | None, *, start: bool

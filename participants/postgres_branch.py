@@ -174,27 +174,13 @@ class PostgresBranch(Branch):
         return self._begin_with(query, params)
 
     def _begin_with(self, query: str, params: Sequence[Any] | None) -> Cursor:
-        """``BEGIN`` and the first statement in one round trip. On a connection lent without
-        a check, a lost link there means it was dead in the pool: nothing was done on it, so
-        it is replaced by a verified one and the pair sent again."""
-        try:
-            cursor = self._pipelined(("BEGIN", None), (query, params))
-        except ParticipantUnavailable:
-            if self._verified:
-                self._disturbed = True  # never lent again
-                raise
-            self._participant.discard(self._conn)
-            self._conn, self._verified = self._participant.take(trust_recent=False)
-            cursor = self._begin_again(query, params)
+        """``BEGIN`` and the first statement in one round trip."""
+        cursor = self._first_request(lambda: self._pipelined(("BEGIN", None), (query, params)))
         self._begun = True
         return cursor
 
-    def _begin_again(self, query: str, params: Sequence[Any] | None) -> Cursor:
-        try:
-            return self._pipelined(("BEGIN", None), (query, params))
-        except ParticipantUnavailable:
-            self._disturbed = True
-            raise
+    def _use(self, conn: psycopg.Connection[Any], verified: bool) -> None:
+        self._conn, self._verified = conn, verified
 
     def _pipelined(self, *statements: tuple[Any, Sequence[Any] | None]) -> Cursor:
         """Send ``statements`` in one round trip; the last one's cursor. The first error
@@ -246,25 +232,11 @@ class PostgresBranch(Branch):
     def _sql_execute_and_prepare(
         self, query: str, params: Sequence[Any] | None
     ) -> tuple[Cursor, Vote]:
-        """[``BEGIN``,] the statement, the marker and ``PREPARE TRANSACTION`` in one
-        pipeline. On a connection lent without a check, a lost link before ``BEGIN`` was
-        ever answered means it was dead in the pool: it is replaced and the lot sent again
-        (a prepare that did reach the server would make the second one fail: one gid)."""
+        """[``BEGIN``;] the statement, the marker and ``PREPARE TRANSACTION`` in one round
+        trip (the branch's first request, when it begins it)."""
         if self._begun:
             return self._with_prepare(query, params, begin=False)
-        try:
-            return self._with_prepare(query, params, begin=True)
-        except ParticipantUnavailable:
-            if self._verified:
-                self._disturbed = True
-                raise
-        self._participant.discard(self._conn)
-        self._conn, self._verified = self._participant.take(trust_recent=False)
-        try:
-            return self._with_prepare(query, params, begin=True)
-        except ParticipantUnavailable:
-            self._disturbed = True
-            raise
+        return self._first_request(lambda: self._with_prepare(query, params, begin=True))
 
     def _with_prepare(
         self, query: str, params: Sequence[Any] | None, *, begin: bool

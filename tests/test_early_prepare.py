@@ -178,3 +178,26 @@ def test_an_error_after_the_server_prepared_is_rolled_back_by_xid(
         tx.close()
         assert c.unsettled() == []
     assert untouched(db)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_a_last_statement_on_a_connection_that_died_idle_runs_on_a_fresh_one(
+    db: Databases, side: str
+) -> None:
+    """The branch's first request is its last statement with its prepare: a pooled
+    connection that died meanwhile is replaced, and the transfer applies once."""
+    session = {"pg": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}[side]
+    with coordinator(db) as c:
+        with c.transaction() as tx:
+            died = int(tx[side].execute(session).fetchone()[0])
+        if side == "pg":
+            db.pg_query("SELECT pg_terminate_backend(%s)", (died,))
+        else:
+            db.mysql_query("KILL %s", (died,))
+        with c.transaction() as tx:
+            tx["pg"].execute(DEBIT, (AMOUNT, "a1"), last=True)
+            tx["mysql"].execute(CREDIT, (AMOUNT, "a1"), last=True)
+    assert tx.outcome is not None and tx.outcome.protocol == "2pc"
+    assert db.balance("pg", "a1") == OPENING - AMOUNT
+    assert db.balance("mysql", "a1") == OPENING + AMOUNT
+    assert db.pg_prepared() == [] and db.mysql_prepared() == []
