@@ -347,24 +347,10 @@ class GlobalTransaction:
             self._interrupt([b for b, _ in hung], [f for _, f in hung])
         return unfinished + [b for (b, _), f in zip(jobs, futures, strict=True) if not _finished(f)]
 
-    def _finish_here(self, branch: Branch) -> bool | None:
-        """Read the reply to ``branch``'s commit request: whether it is finished as decided,
-        or None when it must be retried from a fresh connection. Never raises (see
-        :meth:`_finish`)."""
-        try:
-            branch.commit()
-            return True
-        except UnknownXid:
-            return self._settle_unknown(branch, commit=True)
-        except ParticipantError as err:
-            log.info("%s %s: %s; retrying from a new connection", self.gtrid, branch.xid, err)
-        except Exception:  # a bug: say so loudly, and still drive the branch to its end
-            log.exception("%s %s: unexpected error in phase 2", self.gtrid, branch.xid)
-        return None
-
-    def _finish(self, branch: Branch, *, commit: bool) -> bool:
-        """Commit or roll back one prepared branch; False when it could not be finished (it
-        stays in doubt for recovery). Never raises: once the decision is made, no error of a
+    def _finish_here(self, branch: Branch, *, commit: bool = True) -> bool | None:
+        """Finish ``branch`` on its own connection (reading the reply to its commit request,
+        if one was sent): whether it is finished as decided, or None when it must be retried
+        from a fresh connection. Never raises: once the decision is made, no error of a
         branch — a lost link, "busy", a statement error, a bug — may end as a plain failure."""
         try:
             branch.commit() if commit else branch.rollback()
@@ -375,7 +361,13 @@ class GlobalTransaction:
             log.info("%s %s: %s; retrying from a new connection", self.gtrid, branch.xid, err)
         except Exception:  # a bug: say so loudly, and still drive the branch to its end
             log.exception("%s %s: unexpected error in phase 2", self.gtrid, branch.xid)
-        return self._finish_elsewhere(branch, commit=commit)
+        return None
+
+    def _finish(self, branch: Branch, *, commit: bool) -> bool:
+        """Commit or roll back one prepared branch; False when it could not be finished (it
+        stays in doubt for recovery). Never raises."""
+        finished = self._finish_here(branch, commit=commit)
+        return self._finish_elsewhere(branch, commit=commit) if finished is None else finished
 
     def _finish_elsewhere(self, branch: Branch, *, commit: bool) -> bool:
         """Retry from fresh connections with back-off until the server acknowledges."""
