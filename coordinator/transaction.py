@@ -329,16 +329,18 @@ class GlobalTransaction:
         apart = [branch for branch in branches if branch not in here]
         jobs = [(b, functools.partial(self._finish, b, commit=commit)) for b in apart]
         unfinished = []
-        with _CutOff(self._coordinator.deadlines, until, here):
+        with _CutOff(self._coordinator.deadlines, until, here) as cut_off:
             for branch in here:
                 branch.request_commit()
             for branch in here:
                 finished = self._finish_here(branch)
-                if finished is None:  # retried from fresh connections, on a worker
+                if finished is None and not cut_off.fired:  # retried on a worker
                     retry = functools.partial(self._finish_elsewhere, branch, commit=True)
                     jobs.append((branch, retry))
-                elif not finished:
+                elif not finished:  # in doubt (past the deadline: no retry)
                     unfinished.append(branch)
+        if cut_off.fired:
+            self._stop.set()
         futures = [self._submit(branch, job) for branch, job in jobs]
         _, late = _wait(futures, until)
         if late:
@@ -526,10 +528,11 @@ class _CutOff:
             self._watchdog.disarm(alarm)
 
     def _interrupt(self) -> None:
-        if self._each("interrupt"):
+        if self._each("interrupt"):  # which may take long against a server that froze
+            left = max(0.0, self._until + _SEVER_AFTER - time.monotonic())
             with self._lock:
                 if not self._over:
-                    self._alarms.append(self._watchdog.arm(_SEVER_AFTER, self._sever))
+                    self._alarms.append(self._watchdog.arm(left, self._sever))
 
     def _sever(self) -> None:
         self._each("sever")
