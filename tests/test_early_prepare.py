@@ -9,13 +9,23 @@ no branch to a protocol worker on the normal path.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from decimal import Decimal
 
 import pytest
 from conftest import OPENING, Databases
+from faultkit import frozen
 
 from twopc.bank import AccountRef, Transfer, TransferRejected, run_transfer
-from twopc.coordinator import Coordinator, CoordinatorConfig, CrashPoint, TxState
+from twopc.coordinator import (
+    Coordinator,
+    CoordinatorConfig,
+    CrashPoint,
+    InDoubt,
+    RetryPolicy,
+    TxState,
+)
 from twopc.participants import FORMAT_ID, BranchState, DuplicateKey, UndefinedTable, Xid
 
 DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s"
@@ -198,6 +208,47 @@ def test_a_last_statement_on_a_connection_that_died_idle_runs_on_a_fresh_one(
             tx["pg"].execute(DEBIT, (AMOUNT, "a1"), last=True)
             tx["mysql"].execute(CREDIT, (AMOUNT, "a1"), last=True)
     assert tx.outcome is not None and tx.outcome.protocol == "2pc"
+    assert db.balance("pg", "a1") == OPENING - AMOUNT
+    assert db.balance("mysql", "a1") == OPENING + AMOUNT
+    assert db.pg_prepared() == [] and db.mysql_prepared() == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("side", SIDES)
+def test_a_commit_reply_overdue_at_the_deadline_is_cut_off_and_left_in_doubt(
+    db: Databases, side: str
+) -> None:
+    """The server freezes right after the decision: the overlapped commit's reply never comes.
+    At the phase-2 deadline the statement is interrupted, then the link severed; the branch
+    is in doubt at once (no retries past the deadline), and recovery commits it later."""
+    thaw = contextlib.ExitStack()
+
+    class Freeze:
+        def armed(self, point: CrashPoint) -> bool:
+            return point is CrashPoint.AFTER_DECISION
+
+        def reached(self, point: CrashPoint, gtrid: str, step: int | None = None) -> None:
+            if point is CrashPoint.AFTER_DECISION:
+                thaw.enter_context(frozen(db, side))
+
+    quick = RetryPolicy(initial_interval=0.05, maximum_interval=0.2, deadline=1.0)
+    with coordinator(db, hooks=Freeze(), retry=quick, phase_two_grace=1.0) as c, thaw:
+        tx = c.begin()
+        tx["pg"].execute(DEBIT, (AMOUNT, "a1"), last=True)
+        tx["mysql"].execute(CREDIT, (AMOUNT, "a1"), last=True)
+        started = time.monotonic()
+        with pytest.raises(InDoubt) as in_doubt:
+            tx.commit()
+        waited = time.monotonic() - started
+        thaw.close()
+        tx.close()
+    assert in_doubt.value.unfinished == (side,)
+    # The deadline and grace (2 s), then the interrupt's own bound against a frozen server
+    # (a cancel request: 2 s; a KILL QUERY's connect: 5 s), the sever due by then: measured
+    # 4.0 and 7.0 s. Retrying past the deadline took 6.1 and 14.0 s.
+    assert waited < 2 + {"pg": 2, "mysql": 5}[side] + 2.5, waited
+    recovered = db.twopc("recover")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert db.balance("pg", "a1") == OPENING - AMOUNT
     assert db.balance("mysql", "a1") == OPENING + AMOUNT
     assert db.pg_prepared() == [] and db.mysql_prepared() == []
