@@ -91,8 +91,8 @@ class Branch(ABC):
     """One participant's branch of a global transaction, bound to one open connection.
 
     Public methods check and advance the state; subclasses implement the ``_sql_*`` hooks in
-    their server's dialect (and, when they ``overlaps``, the ``_sql_send_*`` /
-    ``_sql_receive_*`` pairs).
+    their server's dialect: for the phases, ``_sql_prepare`` / ``_sql_commit_prepared``,
+    or, when they ``overlaps``, the ``_sql_send_*`` / ``_sql_receive_*`` pairs instead.
     """
 
     #: Whether ``execute(..., last=True)`` sends the branch's prepare with its statement.
@@ -150,7 +150,7 @@ class Branch(ABC):
         except BaseException:
             self._lose_connection()  # the server may have prepared it: rollback looks it up
             raise
-        self.state = BranchState.PREPARED if vote is Vote.PREPARED else BranchState.READ_ONLY
+        self._voted(vote)
         return cursor
 
     @property
@@ -177,19 +177,25 @@ class Branch(ABC):
         self._request("prepare", self._sql_send_prepare)
 
     def prepare(self) -> Vote:
-        """Phase 1. Returns the vote; raises :class:`PrepareRefused` for a NO vote. After
-        :meth:`request_prepare`, it reads that request's reply."""
+        """Phase 1. Returns the vote; raises :class:`PrepareRefused` for a NO vote. It reads
+        the reply to :meth:`request_prepare` (a branch that overlaps sends that request
+        first if it was not sent yet)."""
         self._require("prepare", BranchState.ACTIVE)
         try:
-            if self._awaiting == "prepare":
-                vote = self._reply(self._sql_receive_prepare)
-            else:
+            if not self.overlaps:
                 vote = self._sql_prepare()
+            else:
+                if self._awaiting is None:
+                    self._request("prepare", self._sql_send_prepare)
+                vote = self._reply(self._sql_receive_prepare)
         except (PrepareRefused, MisconfiguredServer):
             self.state = BranchState.ROLLED_BACK  # a NO vote leaves nothing behind
             raise
-        self.state = BranchState.PREPARED if vote is Vote.PREPARED else BranchState.READ_ONLY
+        self._voted(vote)
         return vote
+
+    def _voted(self, vote: Vote) -> None:
+        self.state = BranchState.PREPARED if vote is Vote.PREPARED else BranchState.READ_ONLY
 
     def request_commit(self) -> None:
         """Send phase 2's commit and return without its reply (``overlaps`` branches only);
@@ -198,13 +204,16 @@ class Branch(ABC):
         self._request("commit", self._sql_send_commit)
 
     def commit(self) -> None:
-        """Phase 2 commit on this branch's own connection (after :meth:`request_commit`, it
-        reads that request's reply)."""
+        """Phase 2 commit on this branch's own connection: it reads the reply to
+        :meth:`request_commit` (a branch that overlaps sends that request first if it was
+        not sent yet)."""
         self._require("commit", BranchState.PREPARED)
-        if self._awaiting == "commit":
-            self._reply(self._sql_receive_commit)
-        else:
+        if not self.overlaps:
             self._sql_commit_prepared()
+        else:
+            if self._awaiting is None:
+                self._request("commit", self._sql_send_commit)
+            self._reply(self._sql_receive_commit)
         self.state = BranchState.COMMITTED
         self._finished_cleanly = True
 
@@ -333,11 +342,13 @@ class Branch(ABC):
     @abstractmethod
     def _sql_execute(self, query: str, params: Sequence[Any] | None) -> Cursor: ...
 
-    @abstractmethod
-    def _sql_prepare(self) -> Vote: ...
+    # Only for branches that do not overlap: a phase in one call.
 
-    @abstractmethod
-    def _sql_commit_prepared(self) -> None: ...
+    def _sql_prepare(self) -> Vote:
+        raise NotImplementedError
+
+    def _sql_commit_prepared(self) -> None:
+        raise NotImplementedError
 
     def _sql_execute_and_prepare(
         self, query: str, params: Sequence[Any] | None

@@ -223,22 +223,6 @@ class MySQLBranch(Branch):
                 cursor.nextset()
             return cursor  # type: ignore[no-any-return]
 
-    def _sql_prepare(self) -> Vote:
-        if not self._started:
-            return Vote.READ_ONLY  # not a statement sent: nothing to prepare or commit
-        lit = self.xid.mysql_literal()
-        marker = (self._protocol.markers.insert_sql, self._protocol.markers.values(self.xid))
-        try:
-            self._batch(marker, f"XA END {lit}", f"XA PREPARE {lit}")
-        except StatementFailed as err:
-            self._abandon()
-            raise PrepareRefused(str(err)) from err
-        self._ended = True
-        return Vote.PREPARED
-
-    def _sql_commit_prepared(self) -> None:
-        self._protocol.finish_on(self._conn, self.xid, commit=True)
-
     def _sql_execute_and_prepare(
         self, query: str, params: Sequence[Any] | None
     ) -> tuple[Cursor, Vote]:

@@ -7,13 +7,15 @@ reply to ``PREPARE TRANSACTION`` is checked too: a ``ROLLBACK`` reply is a NO vo
 
 Round trips: ``BEGIN`` travels with the branch's first statement (psycopg's pipeline mode),
 and the outcome marker with ``PREPARE TRANSACTION``, so a one-statement branch costs three:
-its statement, its prepare, its commit. The marker is inserted only if the transaction wrote
-something, which is how a read-only branch is told without a query of its own.
+its statement, its prepare, its commit; two when the statement is sent as the branch's last,
+with its prepare. The marker is inserted only if the transaction wrote something, which is
+how a read-only branch is told without a query of its own.
 
 The branch overlaps (see :mod:`twopc.participants.branch`): a phase's request goes out as one
 simple-protocol query on libpq's non-blocking connection, and its reply is read through
-psycopg's own result generators under the connection's bounded wait. The marker's values are
-literals composed by psycopg (:class:`psycopg.sql.Literal`), the way the gid always was.
+psycopg's own result generators under the connection's bounded wait. Several statements in
+one query need the simple protocol, so their values are bound by psycopg on the client
+(:class:`psycopg.ClientCursor`).
 """
 
 from __future__ import annotations
@@ -52,13 +54,8 @@ _MARKER_IF_WRITTEN = (
     "SELECT %s, %s, %s WHERE txid_current_if_assigned() IS NOT NULL"
 )
 
-# The same, with psycopg-composed literals, sent with PREPARE TRANSACTION as one query.
-_MARKER_IF_WRITTEN_LITERALS = sql.SQL(
-    "INSERT INTO twopc_outcomes (gtrid, branch, created_at) "
-    "SELECT {}, {}, {} WHERE txid_current_if_assigned() IS NOT NULL; PREPARE TRANSACTION {}"
-)
 
-# The marker and the prepare, with ClientCursor placeholders (see _with_prepare).
+# The marker, then the prepare, as one query (values bound by psycopg's ClientCursor).
 _MARKER_AND_PREPARE = _MARKER_IF_WRITTEN + "; PREPARE TRANSACTION %s"
 
 _PREPARED_SQL = """
@@ -189,26 +186,6 @@ class PostgresBranch(Branch):
             cursors = [self._conn.execute(query, params) for query, params in statements]
         return cursors[-1]
 
-    def _sql_prepare(self) -> Vote:
-        if not self._begun:
-            return Vote.READ_ONLY  # not a statement sent: nothing to prepare or commit
-        status = self._conn.info.transaction_status
-        if status is not TransactionStatus.INTRANS:
-            self._abandon()
-            raise PrepareRefused(f"{self._link.server}: transaction is {status.name}")
-        gid = sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(self.xid.pg_gid()))
-        marker = (self.xid.gtrid, self.xid.bqual, time.time())
-        try:
-            with self._link.translated("prepare"), self._conn.pipeline():
-                written = self._conn.execute(_MARKER_IF_WRITTEN, marker)
-                prepared = self._conn.execute(gid)
-        except StatementFailed as err:
-            self._abandon()
-            if err.code == _PREPARED_DISABLED:
-                raise MisconfiguredServer(_disabled_message(self._link.server)) from err
-            raise PrepareRefused(f"{self._link.server}: {err}") from err
-        return self._vote(written.rowcount, prepared.statusmessage)
-
     def _vote(self, markers: int, reply: str | None) -> Vote:
         if reply != "PREPARE TRANSACTION":
             # The server turned the PREPARE into a ROLLBACK: nothing is prepared.
@@ -225,9 +202,6 @@ class PostgresBranch(Branch):
             self._conn.execute("ROLLBACK")
         except psycopg.Error:
             self._conn.close()
-
-    def _sql_commit_prepared(self) -> None:
-        self._protocol.finish_on(self._conn, self.xid, commit=True)
 
     def _sql_execute_and_prepare(
         self, query: str, params: Sequence[Any] | None
@@ -246,8 +220,7 @@ class PostgresBranch(Branch):
         only the simple protocol takes several statements at once. The server runs nothing
         after the first error, so the position of the failed result says whose error it is."""
         binder = psycopg.ClientCursor(self._conn)
-        marker = (self.xid.gtrid, self.xid.bqual, time.time(), self.xid.pg_gid())
-        parts = [binder.mogrify(query, params), binder.mogrify(_MARKER_AND_PREPARE, marker)]
+        parts = [binder.mogrify(query, params), binder.mogrify(_MARKER_AND_PREPARE, self._marker())]
         statement = 1 if begin else 0  # the index of the statement's result
         self._send_text("; ".join(["BEGIN", *parts] if begin else parts), "execute")
         self._begun = True
@@ -279,7 +252,13 @@ class PostgresBranch(Branch):
         reply = prepared.command_status
         return binder, self._vote(written.command_tuples or 0, reply.decode() if reply else None)
 
+    def _marker(self) -> tuple[str, str, float, str]:
+        """The values of ``_MARKER_AND_PREPARE``: the marker's row, then the gid."""
+        return (self.xid.gtrid, self.xid.bqual, time.time(), self.xid.pg_gid())
+
     def _send_text(self, text: str, action: str) -> None:
+        """Queue ``text`` (one simple-protocol query: several statements may share it) and
+        flush it to the server without waiting for any reply."""
         pgconn = self._conn.pgconn
         with self._link.translated(action):
             pgconn.send_query(text.encode(self._conn.info.encoding))
@@ -292,9 +271,8 @@ class PostgresBranch(Branch):
         if not self._begun or self._conn.info.transaction_status is not TransactionStatus.INTRANS:
             return  # nothing to send: the receive says why (read-only, or a NO vote)
         self._prepare_sent = True
-        marker = (self.xid.gtrid, self.xid.bqual, time.time(), self.xid.pg_gid())
-        query = _MARKER_IF_WRITTEN_LITERALS.format(*map(sql.Literal, marker))
-        self._send(query, "prepare")
+        binder = psycopg.ClientCursor(self._conn)
+        self._send_text(binder.mogrify(_MARKER_AND_PREPARE, self._marker()), "prepare")
 
     def _sql_receive_prepare(self) -> Vote:
         if not self._begun:
@@ -321,14 +299,6 @@ class PostgresBranch(Branch):
             self._receive("commit prepared", expect=1)
         except StatementFailed as err:
             raise self._protocol.unknown_or(err, self.xid) from err
-
-    def _send(self, query: sql.Composable, action: str) -> None:
-        """Queue ``query`` (one simple-protocol query: several statements may share it) and
-        flush it to the server without waiting for any reply."""
-        pgconn = self._conn.pgconn
-        with self._link.translated(action):
-            pgconn.send_query(query.as_bytes(self._conn))
-            self._conn.wait(generators.send(pgconn))
 
     def _receive(self, action: str, *, expect: int) -> list[PGresult]:
         """Read every result of the query sent; the first error raises (the server skips the

@@ -45,10 +45,9 @@ def faulty(kind: type[Participant], error: str, *, every_time: bool) -> type[Par
             def failing_commit() -> None:
                 raise ERRORS[error]()
 
-            # Both ways a branch commits: the overlapped request (nothing reaches the
-            # server: its failure is raised where the reply is read) and the one-shot call.
+            # The commit's request fails to go out (nothing reaches the server); the
+            # failure is raised where its reply is read.
             branch._sql_send_commit = failing_commit  # type: ignore[method-assign]
-            branch._sql_commit_prepared = failing_commit  # type: ignore[method-assign]
             return branch
 
         def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
