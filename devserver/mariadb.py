@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ from twopc.devserver.procs import (
     pid_alive,
     port_in_use,
     server_pid,
-    wait_until_gone,
+    signal_and_wait,
 )
 from twopc.devserver.state import EXTRA_DATABASES, Placement, ServerInfo
 from twopc.devserver.tls import ensure_tls_files
@@ -32,7 +31,6 @@ from twopc.devserver.tls import ensure_tls_files
 USER = DEV_USER
 DATABASE = DEV_DATABASE
 _READY_TIMEOUT = 60.0
-_STOP_TIMEOUT = 60.0
 _SETUP_SQL = (
     *(
         f"CREATE DATABASE IF NOT EXISTS `{db}`"
@@ -121,16 +119,7 @@ class MariaDBServer:
         self._signal(signal.SIGKILL, "kill")
 
     def _signal(self, signum: signal.Signals, what: str) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-        if not wait_until_gone([pid], _STOP_TIMEOUT):
-            raise DevServerError(
-                f"mariadbd (pid {pid}) still alive {_STOP_TIMEOUT:.0f}s after {what}; "
-                f"see {self.logfile}"
-            )
+        signal_and_wait(self.pid(), signum, "mariadbd", what, self.logfile)
 
     def _socket_path(self) -> str:
         socket_path = str(self._place.instance_dir / "mysqld.sock")

@@ -17,6 +17,7 @@ from twopc.devserver.procs import (
     LOOPBACK,
     MAX_SOCKET_PATH,
     describe_server,
+    ensure_gone,
     log_tail,
     pid_alive,
     pids_in_dir,
@@ -29,7 +30,6 @@ from twopc.devserver.state import EXTRA_DATABASES, Placement, ServerInfo
 
 USER = DEV_USER
 DATABASE = DEV_DATABASE
-_STOP_TIMEOUT = 60.0
 _INCLUDE_LINE = "include_if_exists = 'twopc.conf'  # added by twopc devserver\n"
 
 
@@ -107,11 +107,7 @@ class PostgresServer:
         self._wait_gone([pid, *processes], "kill")
 
     def _wait_gone(self, pids: list[int], what: str) -> None:
-        if not wait_until_gone(pids, _STOP_TIMEOUT):
-            raise DevServerError(
-                f"PostgreSQL processes {pids} still alive {_STOP_TIMEOUT:.0f}s after {what}; "
-                f"see {self.logfile}"
-            )
+        ensure_gone(pids, f"PostgreSQL processes {pids}", what, self.logfile)
 
     def _check_port_free(self) -> None:
         if port_in_use(self._place.port):

@@ -13,6 +13,7 @@ import socket
 import time
 from pathlib import Path
 
+from twopc.devserver.errors import DevServerError
 from twopc.devserver.state import ServerInfo, ServerKind
 
 LOOPBACK = "127.0.0.1"
@@ -104,6 +105,29 @@ def wait_until_gone(pids: list[int], timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+#: Seconds a dev server's processes may take to exit after a stop or a kill.
+STOP_TIMEOUT = 60.0
+
+
+def ensure_gone(pids: list[int], who: str, what: str, logfile: Path) -> None:
+    """Wait until ``pids`` have exited after ``what`` (a stop, a kill); DevServerError naming
+    ``who`` and the log to read if they are still alive after :data:`STOP_TIMEOUT`."""
+    if not wait_until_gone(pids, STOP_TIMEOUT):
+        raise DevServerError(
+            f"{who} still alive {STOP_TIMEOUT:.0f}s after {what}; see {logfile}"
+        )
+
+
+def signal_and_wait(pid: int | None, signum: int, who: str, what: str, logfile: Path) -> None:
+    """Send ``signum`` to a server's process (none running: nothing to do) and wait until it
+    has exited (see :func:`ensure_gone`)."""
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+    ensure_gone([pid], f"{who} (pid {pid})", what, logfile)
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ port), so it neither starts nor registers with the machine's name server. Its fi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -25,11 +24,10 @@ from twopc.devserver.procs import (
     port_accepting,
     port_in_use,
     server_pid,
-    wait_until_gone,
+    signal_and_wait,
 )
 
 _READY_TIMEOUT = 90.0  # a first boot on a busy 2-CPU machine takes 5-15 s
-_STOP_TIMEOUT = 60.0
 # The real start script: /usr/sbin/rabbitmq-server is a wrapper that switches to the
 # system's rabbitmq user and its /var/lib/rabbitmq, which a dev broker must not share.
 _SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
@@ -176,15 +174,6 @@ class RabbitMQServer:
         self._signal(signal.SIGKILL, "kill")
 
     def _signal(self, signum: signal.Signals, what: str) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-        if not wait_until_gone([pid], _STOP_TIMEOUT):
-            raise DevServerError(
-                f"RabbitMQ (pid {pid}) still alive {_STOP_TIMEOUT:.0f}s after {what}; "
-                f"see {self.logfile}"
-            )
+        signal_and_wait(self.pid(), signum, "RabbitMQ", what, self.logfile)
         # Its helper processes (erl_child_setup, inet_gethost) leave with the VM.
         self.pidfile.unlink(missing_ok=True)
