@@ -81,12 +81,13 @@ def _ordered_steps(transfer: Transfer, coordinator: Coordinator, *, announce: bo
     it: one round trip fewer per branch, and ``commit()`` finds their votes cast."""
     source, destination = transfer.source, transfer.destination
     cross = source.side != destination.side
+    credit_last = cross and not announce  # else the event is the destination's last statement
+    debit_reader = _reader(coordinator, source) if cross else None
+    credit_reader = _reader(coordinator, destination) if credit_last else None
     steps = [
-        _Step(source, -transfer.amount, _reader(coordinator, source) if cross else None),
-        _Step(destination, transfer.amount, _reader(coordinator, destination) if cross else None),
+        _Step(source, -transfer.amount, debit_reader),
+        _Step(destination, transfer.amount, credit_reader),
     ]
-    if announce:  # the event is the destination's last statement
-        steps[1] = _Step(destination, transfer.amount)
     return sorted(steps, key=lambda s: (SIDES.index(s.account.side), natural_key(s.account.id)))
 
 

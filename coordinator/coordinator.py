@@ -89,7 +89,7 @@ class Coordinator:
         # hold up a prepare or a commit (that could be the very commit it waits for).
         self._collector = Workers(1, "twopc-markers")
         #: Deadlines of the replies a transaction reads on its own thread (see
-        #: ``GlobalTransaction._cut_off_at``): one thread for all of them.
+        #: ``transaction._CutOff``): one thread for all of them.
         self.deadlines = Watchdog("twopc-deadlines")
         self.recovered: RecoveryReport | None = None
         self._participants = {p.name: p for p in participants}

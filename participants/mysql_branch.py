@@ -235,17 +235,10 @@ class MySQLBranch(Branch):
     def _with_prepare(
         self, query: str, params: Sequence[Any] | None, *, start: bool
     ) -> tuple[Cursor, Vote]:
-        lit = self.xid.mysql_literal()
-        markers = self._protocol.markers
         cursor = self._conn.cursor()
-        texts = [f"XA START {lit}"] if start else []
+        texts = [f"XA START {self.xid.mysql_literal()}"] if start else []
         statement = len(texts)  # the index of the statement's result
-        texts += [
-            cursor.mogrify(query, params),
-            cursor.mogrify(markers.insert_sql, markers.values(self.xid)),
-            f"XA END {lit}",
-            f"XA PREPARE {lit}",
-        ]
+        texts += [cursor.mogrify(query, params), *self._prepare_statements(cursor)]
         # From here on the server may hold the branch, even prepared: a rollback must ask.
         self._started = True
         reading = 0
@@ -271,10 +264,14 @@ class MySQLBranch(Branch):
     def _sql_send_prepare(self) -> None:
         if not self._started:
             return  # nothing to send: read-only
+        self._send("; ".join(self._prepare_statements(self._conn.cursor())), "prepare")
+
+    def _prepare_statements(self, cursor: Any) -> list[str]:
+        """The outcome marker (values bound by ``cursor``), ``XA END`` and ``XA PREPARE``."""
         lit = self.xid.mysql_literal()
         markers = self._protocol.markers
-        marker = self._conn.cursor().mogrify(markers.insert_sql, markers.values(self.xid))
-        self._send(f"{marker}; XA END {lit}; XA PREPARE {lit}", "prepare")
+        marker = cursor.mogrify(markers.insert_sql, markers.values(self.xid))
+        return [marker, f"XA END {lit}", f"XA PREPARE {lit}"]
 
     def _sql_receive_prepare(self) -> Vote:
         if not self._started:
