@@ -8,6 +8,7 @@ from twopc.bank import SIDES
 from twopc.commands.common import Context, emit, json_option, operational_errors
 from twopc.devserver import DevState
 from twopc.devserver.broker_state import BrokerInfo
+from twopc.devserver.state import ServerInfo
 
 
 @click.group()
@@ -71,18 +72,12 @@ def dev_env(obj: Context) -> None:
 
 def _server_document(state: DevState, kind: str) -> dict[str, object]:
     info = state.pg if kind == "pg" else state.mysql
-    return {
-        "url": info.url,
-        "running": info.running,
-        "pid": info.pid,
-        "port": info.port,
-        "datadir": str(info.datadir),
-        "log": str(info.logfile),
-        "tls_ca": None if info.tls_ca is None else str(info.tls_ca),
-    }
+    tls_ca = None if info.tls_ca is None else str(info.tls_ca)
+    return {**_broker_document(info), "tls_ca": tls_ca}
 
 
-def _broker_document(info: BrokerInfo) -> dict[str, object]:
+def _broker_document(info: BrokerInfo | ServerInfo) -> dict[str, object]:
+    """A dev process's fields (a database server's add its TLS CA)."""
     return {
         "url": info.url,
         "running": info.running,
