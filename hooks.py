@@ -82,13 +82,14 @@ class PauseAt(_At):
             return
         label = getattr(point, "subject", "id")
         at_step = "" if step is None else f" step {step}"
-        print(
-            f"paused at {self.name}: pid {os.getpid()} {label} {subject}{at_step} "
-            f"(holding {self.seconds:g}s; kill -9 {os.getpid()} to crash here)",
-            file=self.out,
-            flush=True,
-        )
+        # Interruptible before it says so: whoever reads the line may signal at once.
         with sigint_interrupts():
+            print(
+                f"paused at {self.name}: pid {os.getpid()} {label} {subject}{at_step} "
+                f"(holding {self.seconds:g}s; kill -9 {os.getpid()} to crash here)",
+                file=self.out,
+                flush=True,
+            )
             time.sleep(self.seconds)
 
 
