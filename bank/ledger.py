@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol, cast
 
@@ -40,6 +41,39 @@ class Executes(Protocol):
 Reader = Callable[[], AbstractContextManager[Executes]]
 
 
+@dataclass(frozen=True)
+class Change:
+    """A debit (``delta`` < 0) or a credit of ``account``: its statement, and what a cursor
+    that ran it says about a refusal."""
+
+    account: AccountRef
+    delta: Decimal
+
+    @property
+    def statement(self) -> tuple[str, tuple[Any, ...]]:
+        """The query and its values."""
+        if self.delta < 0:
+            return _DEBIT, (-self.delta, self.account.id, -self.delta)
+        return _CREDIT, (self.delta, self.account.id)
+
+    def refusal(self, done: Cursor, read_in: Executes | Reader) -> str | None:
+        """The refusal's reason (unknown account, insufficient funds) when the statement
+        changed no row, read in ``read_in`` (the transaction it ran in, or a ``Reader`` when
+        it was its branch's last statement); None when it went through."""
+        if done.rowcount == 1:
+            return None
+        if self.delta > 0:
+            return f"unknown account {self.account}"
+        if callable(read_in):
+            with read_in() as reader:
+                row = reader.execute(_BALANCE, (self.account.id,)).fetchone()
+        else:
+            row = read_in.execute(_BALANCE, (self.account.id,)).fetchone()
+        if row is None:
+            return f"unknown account {self.account}"
+        return f"insufficient funds in {self.account}: balance {row[0]}, need {-self.delta}"
+
+
 def debit(
     tx: Executes, account: AccountRef, amount: Decimal, *, last: Reader | None = None
 ) -> str | None:
@@ -50,16 +84,7 @@ def debit(
     (see :meth:`twopc.participants.Branch.execute`) and can run nothing after it: the reason
     of a refusal is then read in a transaction ``last`` opens.
     """
-    if _execute(tx, _DEBIT, (amount, account.id, amount), last).rowcount == 1:
-        return None
-    if last is None:
-        row = tx.execute(_BALANCE, (account.id,)).fetchone()
-    else:
-        with last() as reader:
-            row = reader.execute(_BALANCE, (account.id,)).fetchone()
-    if row is None:
-        return f"unknown account {account}"
-    return f"insufficient funds in {account}: balance {row[0]}, need {amount}"
+    return _run(tx, Change(account, -amount), last)
 
 
 def credit(
@@ -67,15 +92,13 @@ def credit(
 ) -> str | None:
     """Put ``amount`` into ``account``; the refusal's reason when it does not exist.
     ``last``: as for :func:`debit`."""
-    if _execute(tx, _CREDIT, (amount, account.id), last).rowcount != 1:
-        return f"unknown account {account}"
-    return None
+    return _run(tx, Change(account, amount), last)
 
 
-def _execute(tx: Executes, query: str, params: Sequence[Any], last: Reader | None) -> Cursor:
+def _run(tx: Executes, change: Change, last: Reader | None) -> str | None:
     if last is None:
-        return tx.execute(query, params)
-    return cast(Branch, tx).execute(query, params, last=True)
+        return change.refusal(tx.execute(*change.statement), tx)
+    return change.refusal(cast(Branch, tx).execute(*change.statement, last=True), last)
 
 
 def hold(tx: Executes, saga_id: str, account: AccountRef, amount: Decimal) -> None:

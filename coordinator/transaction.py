@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twopc.coordinator.crashpoints import CrashPoint
 from twopc.coordinator.errors import (
@@ -41,6 +41,8 @@ from twopc.coordinator.records import BranchEntry, CommitDecision, EndRecord, Ki
 from twopc.participants import (
     Branch,
     BranchState,
+    Cursor,
+    LockBusy,
     Participant,
     ParticipantError,
     ParticipantUnavailable,
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from twopc.coordinator.coordinator import Coordinator
 
 _T = TypeVar("_T")
+#: A branch's last statement: its participant, the query and its values.
+Statement = tuple[str, str, "Sequence[Any] | None"]
 log = logging.getLogger(__name__)
 #: Seconds phase 2 waits past the retry deadline for workers to report, before it cuts
 #: their links: the deadline holds even against a server that stopped answering.
@@ -118,6 +122,44 @@ class GlobalTransaction:
                 branch.prepares_early = False  # prepared in commit(), where the hooks watch
             self._branches[participant] = (rm, branch)
         return self._branches[participant][1]
+
+    def execute_last(self, statements: Sequence[Statement]) -> list[Cursor]:
+        """Run each ``(participant, query, values)`` as the last statement of its branch
+        (:meth:`Branch.execute` with ``last``: it carries the branch's prepare); the cursors,
+        in the order given, which must be the order the caller takes its locks in.
+
+        The servers run them at the same time when that cannot deadlock across them: each
+        branch is untouched, can send its last statement alone, and — all but the last —
+        can refuse to wait for a row lock. Then no branch waits for a lock while the
+        transaction holds one on another server, except in the order given, so no cycle
+        forms that neither server could see. If a row is locked, every branch is rolled back
+        and begun again, and the statements run one after the other, each waiting for its
+        locks, as :meth:`Branch.execute` would. The first error, in the order given, is
+        raised once every reply is read.
+        """
+        names = [participant for participant, _, _ in statements]
+        if len(set(names)) != len(names):
+            raise ValueError(f"one last statement per branch, got {names}")
+        branches = [self.branch(name) for name in names]
+        if len(branches) > 1 and all(_sends_alone(b) for b in branches) and all(
+            b.refuses_lock_waits for b in branches[:-1]
+        ):
+            try:
+                return _together(branches, statements)
+            except LockBusy:
+                branches = [self._begin_again(name) for name in names]
+        pairs = zip(branches, statements, strict=True)
+        return [branch.execute(query, values, last=True) for branch, (_, query, values) in pairs]
+
+    def _begin_again(self, participant: str) -> Branch:
+        """Roll back ``participant``'s branch and put a new one (same xid) in its place."""
+        rm, branch = self._branches[participant]
+        branch.rollback()
+        branch.close()
+        again = rm.begin(branch.xid)
+        again.prepares_early = branch.prepares_early
+        self._branches[participant] = (rm, again)
+        return again
 
     @property
     def participants(self) -> list[str]:
@@ -555,6 +597,27 @@ def _wait(futures: list[Future[_T]], until: float) -> tuple[set[Future[_T]], set
         return set(), set()
     done, late = wait(futures, timeout=max(0.0, until - time.monotonic()))
     return done, late
+
+
+def _sends_alone(branch: Branch) -> bool:
+    return branch.untouched and branch.overlaps and branch.prepares_early
+
+
+def _together(branches: Sequence[Branch], statements: Sequence[Statement]) -> list[Cursor]:
+    """Send every branch's last statement (all but the last not waiting for locks), then
+    read every reply; the first error raises once all are read."""
+    for n, (branch, (_, query, values)) in enumerate(zip(branches, statements, strict=True)):
+        branch.request_execute(query, values, wait_for_locks=n == len(branches) - 1)
+    cursors: list[Cursor] = []
+    errors: list[Exception] = []
+    for branch in branches:
+        try:
+            cursors.append(branch.execute_reply())
+        except Exception as err:  # every reply is read before any error is raised
+            errors.append(err)
+    if errors:
+        raise errors[0]
+    return cursors
 
 
 def _fails(prepare: Callable[[], object]) -> Exception | None:

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from twopc.participants.errors import (
     BranchStateError,
+    LockBusy,
     MisconfiguredServer,
     ParticipantError,
     ParticipantUnavailable,
@@ -45,6 +47,8 @@ from twopc.participants.pool import ConnectionPool
 from twopc.participants.xid import Xid
 
 _R = TypeVar("_R")
+#: Errors after which a last statement's branch is rolled back by its subclass.
+_SETTLED_LAST = (PrepareRefused, MisconfiguredServer, StatementFailed)
 
 if TYPE_CHECKING:  # a branch reports to its participant, which opens branches
     from twopc.participants.base import Participant
@@ -105,6 +109,9 @@ class Branch(ABC):
     #: protocol worker of its own.
     overlaps: ClassVar[bool] = False
 
+    #: Whether :meth:`request_execute` can send a statement that does not wait for locks.
+    refuses_lock_waits: ClassVar[bool] = False
+
     def __init__(self, participant: Participant, xid: Xid) -> None:
         self.xid = xid
         self.state = BranchState.ACTIVE
@@ -117,6 +124,8 @@ class Branch(ABC):
         self._verified = True  # the server was heard on the connection when it was lent
         self._awaiting: str | None = None  # the phase whose request is sent, reply unread
         self._unsent: Exception | None = None  # why that request could not be sent
+        # The last statement sent (query, values, wait_for_locks, the branch's first request).
+        self._last: tuple[str, Sequence[Any] | None, bool, bool] | None = None
 
     def execute(
         self, query: str, params: Sequence[Any] | None = None, *, last: bool = False
@@ -134,24 +143,79 @@ class Branch(ABC):
         reports, once, what it waits for to the participant's ``on_lock_wait`` callback.
         """
         self._require("execute", BranchState.ACTIVE)
-        run = self._execute_last if last and self.prepares_early else self._sql_execute
-        participant = self._participant
-        if participant.on_lock_wait is None or self._noticed:
-            return run(query, params)
-        with participant.watchdog.watching(participant.notice_after, self._notice_lock_wait):
-            return run(query, params)
+        if last and self.prepares_early:
+            self.request_execute(query, params)
+            return self.execute_reply()
+        with self._watching_lock_waits():
+            return self._sql_execute(query, params)
 
-    def _execute_last(self, query: str, params: Sequence[Any] | None) -> Cursor:
+    def request_execute(
+        self, query: str, params: Sequence[Any] | None = None, *, wait_for_locks: bool = True
+    ) -> None:
+        """Send ``execute(query, params, last=True)`` and return without its reply, which
+        :meth:`execute_reply` reads: several branches' servers then run their last statements
+        at the same time (branches that overlap and prepare early only).
+
+        With ``wait_for_locks`` False (``refuses_lock_waits`` branches only) the statement
+        does not wait for a row lock another transaction holds: its reply is then
+        :class:`LockBusy`, with the branch rolled back.
+        """
+        self._require("execute", BranchState.ACTIVE)
+        if not (self.overlaps and self.prepares_early):
+            raise BranchStateError(f"can't send the last statement of branch {self.xid} alone")
+        if not wait_for_locks and not self.refuses_lock_waits:
+            raise BranchStateError(f"branch {self.xid} cannot refuse to wait for locks")
+        self._last = (query, params, wait_for_locks, not self._has_begun)
+        self._request("execute", lambda: self._sql_send_last(query, params, wait_for_locks))
+
+    def execute_reply(self) -> Cursor:
+        """The reply to :meth:`request_execute`: the statement's cursor, with the branch
+        PREPARED (or READ_ONLY), or the statement's own error (:class:`LockBusy` included) or
+        :class:`PrepareRefused`, with the branch rolled back. Any other error closes the
+        connection: the server may have prepared the branch, so a rollback looks it up."""
+        if self._awaiting != "execute" or self._last is None:
+            raise BranchStateError(f"branch {self.xid} has no last statement to read")
+        query, params, wait_for_locks, first = self._last
+        self._last = None
         try:
-            cursor, vote = self._sql_execute_and_prepare(query, params)
+            with self._watching_lock_waits():
+                try:
+                    cursor, vote = self._reply(self._sql_receive_last, _SETTLED_LAST)
+                except ParticipantUnavailable:
+                    if not first or self._verified:
+                        raise
+                    # Dead in the pool (see _first_request): nothing was done on it. Again,
+                    # on a connection the server was just heard on.
+                    self._use(*self._participant.take(trust_recent=False))
+                    self._disturbed = False
+                    self._request(
+                        "execute", lambda: self._sql_send_last(query, params, wait_for_locks)
+                    )
+                    cursor, vote = self._reply(self._sql_receive_last, _SETTLED_LAST)
         except (PrepareRefused, MisconfiguredServer, StatementFailed):
             self.state = BranchState.ROLLED_BACK  # the subclass rolled it back
             raise
-        except BaseException:
-            self._lose_connection()  # the server may have prepared it: rollback looks it up
-            raise
         self._voted(vote)
         return cursor
+
+    @contextmanager
+    def _watching_lock_waits(self) -> Iterator[None]:
+        participant = self._participant
+        if participant.on_lock_wait is None or self._noticed:
+            yield
+            return
+        with participant.watchdog.watching(participant.notice_after, self._notice_lock_wait):
+            yield
+
+    @property
+    def untouched(self) -> bool:
+        """Whether nothing was sent in this branch yet (it is not begun on its server)."""
+        return not self._has_begun
+
+    @property
+    @abstractmethod
+    def _has_begun(self) -> bool:
+        """Whether the branch's first request (its ``BEGIN`` / ``XA START``) went out."""
 
     @property
     @abstractmethod
@@ -233,13 +297,19 @@ class Branch(ABC):
         """Whether a request was sent whose reply is not read yet."""
         return self._awaiting is not None
 
-    def _reply(self, receive: Callable[[], _R]) -> _R:
+    def _reply(
+        self,
+        receive: Callable[[], _R],
+        settled: tuple[type[Exception], ...] = (PrepareRefused, MisconfiguredServer),
+    ) -> _R:
         try:
             if self._unsent is not None:
                 raise self._unsent
             return receive()
-        except (PrepareRefused, MisconfiguredServer):
-            self._disturbed = True  # a NO vote: the subclass rolled back; never lend it again
+        except settled as err:
+            # A NO vote or a failed statement: the subclass rolled back. Never lend the
+            # connection again, unless the statement only found its row locked.
+            self._disturbed = self._disturbed or not isinstance(err, LockBusy)
             raise
         except BaseException:
             # Unread, or not understood: what the server did is unknown, so the link goes,
@@ -350,13 +420,18 @@ class Branch(ABC):
     def _sql_commit_prepared(self) -> None:
         raise NotImplementedError
 
-    def _sql_execute_and_prepare(
-        self, query: str, params: Sequence[Any] | None
-    ) -> tuple[Cursor, Vote]:
-        """The statement, the marker and the prepare in one round trip; the statement's
-        cursor and the vote. A failed statement raises its (typed) error and a failed
-        prepare :class:`PrepareRefused`, each after rolling the branch back; a lost link
-        raises :class:`ParticipantUnavailable` (what the server did is then looked up)."""
+    def _sql_send_last(
+        self, query: str, params: Sequence[Any] | None, wait_for_locks: bool
+    ) -> None:
+        """Send [the begin,] the statement, the marker and the prepare in one request (for
+        ``wait_for_locks`` False, with the statement told not to wait for row locks)."""
+        raise NotImplementedError
+
+    def _sql_receive_last(self) -> tuple[Cursor, Vote]:
+        """Its reply: the statement's cursor and the vote. A failed statement raises its
+        (typed) error and a failed prepare :class:`PrepareRefused`, each after rolling the
+        branch back; a lost link raises :class:`ParticipantUnavailable` (what the server did
+        is then looked up)."""
         raise NotImplementedError
 
     # Only for branches that overlap: a phase's request, and the reading of its reply.

@@ -39,6 +39,11 @@ class LockWaitTimeout(StatementFailed):
         return cls(f"{message} (lock-wait limit {seconds:g}s)", code=code)
 
 
+class LockBusy(LockWaitTimeout):
+    """A statement sent not to wait for row locks found its row locked by another
+    transaction (see :meth:`twopc.participants.Branch.request_execute`)."""
+
+
 class DuplicateKey(StatementFailed):
     """A unique or primary key already holds the value (PostgreSQL 23505, MySQL 1062)."""
 

@@ -25,6 +25,7 @@ from twopc.participants.base import Participant, shut_down_socket
 from twopc.participants.branch import Branch, BranchProtocol, Cursor, PreparedBranch, Vote
 from twopc.participants.errors import (
     BranchBusy,
+    BranchStateError,
     ParticipantError,
     PrepareRefused,
     StatementFailed,
@@ -166,6 +167,8 @@ class MySQLBranch(Branch):
         self._verified = verified  # the server was heard on this connection when it was lent
         self._started = False  # XA START sent (with the first statement)
         self._ended = False  # XA END sent: the branch is IDLE on the server
+        # The last statement's cursor, its result's index, and how many results come.
+        self._sent_last: tuple[Any, int, int] | None = None
 
     @property
     def _connection(self) -> MySQLConnection:
@@ -210,6 +213,11 @@ class MySQLBranch(Branch):
 
     def _use(self, conn: MySQLConnection, verified: bool) -> None:
         self._conn, self._verified = conn, verified
+        self._started = self._ended = False
+
+    @property
+    def _has_begun(self) -> bool:
+        return self._started
 
     def _batch(self, *statements: str | tuple[str, Sequence[Any] | None]) -> Cursor:
         """Send ``statements`` (text, or a query with its values, bound by the driver) in one
@@ -223,29 +231,31 @@ class MySQLBranch(Branch):
                 cursor.nextset()
             return cursor  # type: ignore[no-any-return]
 
-    def _sql_execute_and_prepare(
-        self, query: str, params: Sequence[Any] | None
-    ) -> tuple[Cursor, Vote]:
-        """[``XA START``,] the statement, the marker, ``XA END`` and ``XA PREPARE`` in one
-        round trip (the branch's first request, when it starts it)."""
-        if self._started:
-            return self._with_prepare(query, params, start=False)
-        return self._first_request(lambda: self._with_prepare(query, params, start=True))
-
-    def _with_prepare(
-        self, query: str, params: Sequence[Any] | None, *, start: bool
-    ) -> tuple[Cursor, Vote]:
+    def _sql_send_last(
+        self, query: str, params: Sequence[Any] | None, wait_for_locks: bool
+    ) -> None:
+        """[``XA START``,] the statement, the marker, ``XA END`` and ``XA PREPARE`` as one
+        multi-statement request. (Never told not to wait: ``refuses_lock_waits`` is False,
+        MySQL 8 knows no lock-wait limit under a second.)"""
         cursor = self._conn.cursor()
-        texts = [f"XA START {self.xid.mysql_literal()}"] if start else []
-        statement = len(texts)  # the index of the statement's result
+        texts = [] if self._started else [f"XA START {self.xid.mysql_literal()}"]
+        self._sent_last = (cursor, len(texts), len(texts) + 4)
         texts += [cursor.mogrify(query, params), *self._prepare_statements(cursor)]
         # From here on the server may hold the branch, even prepared: a rollback must ask.
         self._started = True
+        self._send("; ".join(texts), "execute")
+
+    def _sql_receive_last(self) -> tuple[Cursor, Vote]:
+        if self._sent_last is None:
+            raise BranchStateError(f"branch {self.xid}: no last statement was sent")
+        cursor, statement, results = self._sent_last
+        self._sent_last = None
         reading = 0
         try:
             with self._link.translated("execute"):
-                cursor.execute("; ".join(texts))
-                for reading in range(1, len(texts)):
+                self._conn.next_result()  # the first result (PyMySQL reads each in turn)
+                cursor._do_get_result()
+                for reading in range(1, results):
                     # The cursor stops on the statement's result; the rest are read past it.
                     if reading <= statement:
                         cursor.nextset()

@@ -34,6 +34,9 @@ from psycopg.pq.abc import PGresult
 from twopc.participants.base import Participant, shut_down_socket
 from twopc.participants.branch import Branch, BranchProtocol, Cursor, PreparedBranch, Vote
 from twopc.participants.errors import (
+    BranchStateError,
+    LockBusy,
+    LockWaitTimeout,
     MisconfiguredServer,
     ParticipantError,
     ParticipantUnavailable,
@@ -54,6 +57,10 @@ _MARKER_IF_WRITTEN = (
     "SELECT %s, %s, %s WHERE txid_current_if_assigned() IS NOT NULL"
 )
 
+
+# A statement that must not wait for row locks: PostgreSQL's lock_timeout, 1 ms, for the
+# rest of its transaction (PREPARE TRANSACTION ends it).
+_NO_LOCK_WAIT = "SET LOCAL lock_timeout = 1"
 
 # The marker, then the prepare, as one query (values bound by psycopg's ClientCursor).
 _MARKER_AND_PREPARE = _MARKER_IF_WRITTEN + "; PREPARE TRANSACTION %s"
@@ -128,6 +135,7 @@ class PostgresBranch(Branch):
 
     overlaps = True
     prepares_early = True
+    refuses_lock_waits = True
 
     def __init__(
         self,
@@ -145,6 +153,8 @@ class PostgresBranch(Branch):
         self._verified = verified  # the server was heard on this connection when it was lent
         self._begun = False  # BEGIN sent (with the first statement)
         self._prepare_sent = False  # the overlapped prepare's request went out
+        # The last statement's binder, its result's index, and whether it waits for locks.
+        self._sent_last: tuple[psycopg.ClientCursor[Any], int, bool] | None = None
 
     @property
     def _connection(self) -> psycopg.Connection[Any]:
@@ -178,6 +188,11 @@ class PostgresBranch(Branch):
 
     def _use(self, conn: psycopg.Connection[Any], verified: bool) -> None:
         self._conn, self._verified = conn, verified
+        self._begun = False
+
+    @property
+    def _has_begun(self) -> bool:
+        return self._begun
 
     def _pipelined(self, *statements: tuple[Any, Sequence[Any] | None]) -> Cursor:
         """Send ``statements`` in one round trip; the last one's cursor. The first error
@@ -203,33 +218,41 @@ class PostgresBranch(Branch):
         except psycopg.Error:
             self._conn.close()
 
-    def _sql_execute_and_prepare(
-        self, query: str, params: Sequence[Any] | None
-    ) -> tuple[Cursor, Vote]:
-        """[``BEGIN``;] the statement, the marker and ``PREPARE TRANSACTION`` in one round
-        trip (the branch's first request, when it begins it)."""
-        if self._begun:
-            return self._with_prepare(query, params, begin=False)
-        return self._first_request(lambda: self._with_prepare(query, params, begin=True))
-
-    def _with_prepare(
-        self, query: str, params: Sequence[Any] | None, *, begin: bool
-    ) -> tuple[Cursor, Vote]:
-        """One simple-protocol query: [``BEGIN``;] the statement; the marker; ``PREPARE
-        TRANSACTION``. The values are bound by psycopg on the client (its ``ClientCursor``):
-        only the simple protocol takes several statements at once. The server runs nothing
-        after the first error, so the position of the failed result says whose error it is."""
+    def _sql_send_last(
+        self, query: str, params: Sequence[Any] | None, wait_for_locks: bool
+    ) -> None:
+        """One simple-protocol query: [``BEGIN``;] [``SET LOCAL lock_timeout``;] the
+        statement; the marker; ``PREPARE TRANSACTION``. The values are bound by psycopg on
+        the client (its ``ClientCursor``): only the simple protocol takes several statements
+        at once. The server runs nothing after the first error, so the position of the
+        failed result says whose error it is."""
         binder = psycopg.ClientCursor(self._conn)
-        parts = [binder.mogrify(query, params), binder.mogrify(_MARKER_AND_PREPARE, self._marker())]
-        statement = 1 if begin else 0  # the index of the statement's result
-        self._send_text("; ".join(["BEGIN", *parts] if begin else parts), "execute")
-        self._begun = True
+        head = [] if self._begun else ["BEGIN"]
+        if not wait_for_locks:
+            head.append(_NO_LOCK_WAIT)
+        marker = binder.mogrify(_MARKER_AND_PREPARE, self._marker())
+        parts = [*head, binder.mogrify(query, params), marker]
+        self._sent_last = (binder, len(head), wait_for_locks)
+        self._begun = True  # from here on the server may hold the branch, even prepared
+        self._send_text("; ".join(parts), "execute")
+
+    def _sql_receive_last(self) -> tuple[Cursor, Vote]:
+        if self._sent_last is None:
+            raise BranchStateError(f"branch {self.xid}: no last statement was sent")
+        binder, statement, wait_for_locks = self._sent_last
+        self._sent_last = None
         try:
             with self._link.translated("execute"):
                 results = self._conn.wait(generators.fetch_many(self._conn.pgconn))
                 failed = _first_error(results)
                 if failed is not None and failed <= statement:
                     raise error_from_result(results[failed], encoding=self._conn.info.encoding)
+        except LockWaitTimeout as err:
+            self._abandon()
+            if wait_for_locks:
+                raise
+            self._finished_cleanly = not self._conn.closed  # rolled back: the link is sound
+            raise LockBusy(f"{self._link.server}: row locked by another transaction") from err
         except StatementFailed:
             self._abandon()
             raise  # BEGIN's or the statement's own error

@@ -174,13 +174,13 @@ def test_an_error_after_the_server_prepared_is_rolled_back_by_xid(
     with coordinator(db) as c:
         tx = c.begin()
         branch = tx[side]
-        send = branch._with_prepare  # type: ignore[attr-defined]
+        receive = branch._sql_receive_last
 
-        def broken(*args: object, **kwargs: object) -> object:
-            send(*args, **kwargs)
+        def broken() -> object:
+            receive()
             raise RuntimeError("a bug after the prepare (injected)")
 
-        branch._with_prepare = broken  # type: ignore[attr-defined]
+        branch._sql_receive_last = broken  # type: ignore[method-assign]
         with pytest.raises(RuntimeError):
             branch.execute(DEBIT, (AMOUNT, "a1"), last=True)
         assert prepared(db, side) == [Xid(FORMAT_ID, tx.gtrid, side)]
