@@ -124,6 +124,7 @@ class Branch(ABC):
         self._verified = True  # the server was heard on the connection when it was lent
         self._awaiting: str | None = None  # the phase whose request is sent, reply unread
         self._unsent: Exception | None = None  # why that request could not be sent
+        self._touched = False  # a statement was sent in the branch
         # The last statement sent (query, values, wait_for_locks, the branch's first request).
         self._last: tuple[str, Sequence[Any] | None, bool, bool] | None = None
 
@@ -146,6 +147,7 @@ class Branch(ABC):
         if last and self.prepares_early:
             self.request_execute(query, params)
             return self.execute_reply()
+        self._touched = True
         with self._watching_lock_waits():
             return self._sql_execute(query, params)
 
@@ -165,7 +167,8 @@ class Branch(ABC):
             raise BranchStateError(f"can't send the last statement of branch {self.xid} alone")
         if not wait_for_locks and not self.refuses_lock_waits:
             raise BranchStateError(f"branch {self.xid} cannot refuse to wait for locks")
-        self._last = (query, params, wait_for_locks, not self._has_begun)
+        self._last = (query, params, wait_for_locks, not self._touched)
+        self._touched = True
         self._request("execute", lambda: self._sql_send_last(query, params, wait_for_locks))
 
     def execute_reply(self) -> Cursor:
@@ -209,13 +212,8 @@ class Branch(ABC):
 
     @property
     def untouched(self) -> bool:
-        """Whether nothing was sent in this branch yet (it is not begun on its server)."""
-        return not self._has_begun
-
-    @property
-    @abstractmethod
-    def _has_begun(self) -> bool:
-        """Whether the branch's first request (its ``BEGIN`` / ``XA START``) went out."""
+        """Whether no statement was sent in this branch yet (it is not begun on its server)."""
+        return not self._touched
 
     @property
     @abstractmethod

@@ -215,10 +215,6 @@ class MySQLBranch(Branch):
         self._conn, self._verified = conn, verified
         self._started = self._ended = False
 
-    @property
-    def _has_begun(self) -> bool:
-        return self._started
-
     def _batch(self, *statements: str | tuple[str, Sequence[Any] | None]) -> Cursor:
         """Send ``statements`` (text, or a query with its values, bound by the driver) in one
         round trip; the cursor on the last one's result. The server stops at the first error,

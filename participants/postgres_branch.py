@@ -16,6 +16,11 @@ simple-protocol query on libpq's non-blocking connection, and its reply is read 
 psycopg's own result generators under the connection's bounded wait. Several statements in
 one query need the simple protocol, so their values are bound by psycopg on the client
 (:class:`psycopg.ClientCursor`).
+
+A last statement sent not to wait for row locks carries ``SET LOCAL lock_timeout = 1``
+(after ``BEGIN``, for the rest of its transaction, which its ``PREPARE TRANSACTION`` ends): a
+row another transaction holds fails it at once with :class:`LockBusy`, after which the branch
+is rolled back on its connection, which stays usable.
 """
 
 from __future__ import annotations
@@ -189,10 +194,6 @@ class PostgresBranch(Branch):
     def _use(self, conn: psycopg.Connection[Any], verified: bool) -> None:
         self._conn, self._verified = conn, verified
         self._begun = False
-
-    @property
-    def _has_begun(self) -> bool:
-        return self._begun
 
     def _pipelined(self, *statements: tuple[Any, Sequence[Any] | None]) -> Cursor:
         """Send ``statements`` in one round trip; the last one's cursor. The first error
