@@ -132,10 +132,10 @@ class GlobalTransaction:
         branch is untouched, can send its last statement alone, and — all but the last —
         can refuse to wait for a row lock. Then no branch waits for a lock while the
         transaction holds one on another server, except in the order given, so no cycle
-        forms that neither server could see. If a row is locked, every branch is rolled back
-        and begun again, and the statements run one after the other, each waiting for its
-        locks, as :meth:`Branch.execute` would. The first error, in the order given, is
-        raised once every reply is read.
+        forms that neither server could see. If a row is locked (and nothing else failed),
+        every branch is rolled back and begun again, and the statements run one after the
+        other, each waiting for its locks, as :meth:`Branch.execute` would. Any other error
+        is raised once every reply is read (the first, in the order given).
         """
         names = [participant for participant, _, _ in statements]
         if len(set(names)) != len(names):
@@ -605,7 +605,8 @@ def _sends_alone(branch: Branch) -> bool:
 
 def _together(branches: Sequence[Branch], statements: Sequence[Statement]) -> list[Cursor]:
     """Send every branch's last statement (all but the last not waiting for locks), then
-    read every reply; the first error raises once all are read."""
+    read every reply; once all are read, the first error raises (:class:`LockBusy` only
+    when nothing else went wrong)."""
     for n, (branch, (_, query, values)) in enumerate(zip(branches, statements, strict=True)):
         branch.request_execute(query, values, wait_for_locks=n == len(branches) - 1)
     cursors: list[Cursor] = []
@@ -615,8 +616,8 @@ def _together(branches: Sequence[Branch], statements: Sequence[Statement]) -> li
             cursors.append(branch.execute_reply())
         except Exception as err:  # every reply is read before any error is raised
             errors.append(err)
-    if errors:
-        raise errors[0]
+    if errors:  # a locked row is retried in order: any other error goes first
+        raise next((e for e in errors if not isinstance(e, LockBusy)), errors[0])
     return cursors
 
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -49,6 +49,7 @@ from twopc.participants.xid import Xid
 _R = TypeVar("_R")
 #: Errors after which a last statement's branch is rolled back by its subclass.
 _SETTLED_LAST = (PrepareRefused, MisconfiguredServer, StatementFailed)
+_UNWATCHED = nullcontext()  # no lock-wait notice wanted (reusable)
 
 if TYPE_CHECKING:  # a branch reports to its participant, which opens branches
     from twopc.participants.base import Participant
@@ -201,14 +202,11 @@ class Branch(ABC):
         self._voted(vote)
         return cursor
 
-    @contextmanager
-    def _watching_lock_waits(self) -> Iterator[None]:
+    def _watching_lock_waits(self) -> AbstractContextManager[object]:
         participant = self._participant
         if participant.on_lock_wait is None or self._noticed:
-            yield
-            return
-        with participant.watchdog.watching(participant.notice_after, self._notice_lock_wait):
-            yield
+            return _UNWATCHED
+        return participant.watchdog.watching(participant.notice_after, self._notice_lock_wait)
 
     @property
     def untouched(self) -> bool:

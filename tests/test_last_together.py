@@ -127,6 +127,28 @@ def test_a_locked_row_rolls_both_back_and_waits_holding_nothing_elsewhere(db: Da
     assert moved(db, -AMOUNT, AMOUNT)
 
 
+def test_another_error_beside_a_locked_row_is_raised_without_running_again(
+    db: Databases,
+) -> None:
+    """PostgreSQL's row is locked and MariaDB's statement fails: that error is the answer.
+    Run again in order, the transaction would first wait for the lock (here until the 3 s
+    limit: LockWaitTimeout) only to meet the same error."""
+    pg = PostgresParticipant("pg", DatabaseURL.parse(db.pg_url), lock_wait=3)
+    holder = psycopg.connect(db.pg_url)
+    holder.execute("UPDATE accounts SET balance = balance WHERE id = 'a1'")
+    try:
+        with coordinator(db, pg, db.mysql()) as c:
+            with pytest.raises(UndefinedTable), c.transaction() as tx:
+                tx.execute_last(
+                    [("pg", DEBIT, (AMOUNT, "a1")), ("mysql", "UPDATE no_such_table SET x = 1", ())]
+                )
+            assert c.unsettled() == []
+    finally:
+        holder.rollback()
+        holder.close()
+    assert moved(db, Decimal(0), Decimal(0))
+
+
 def _waits_for_a_lock(db: Databases, holder: int) -> bool:
     """Whether a session other than ``holder`` waits for a lock on the PostgreSQL server."""
     waiting = (
