@@ -141,7 +141,7 @@ def _measure_raw(
     lock across both (a log without group commit of its own); otherwise the threads race,
     and the file system may merge their concurrent fdatasyncs into one journal commit."""
     payload = b"r" * record_bytes
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     one_at_a_time = threading.Lock() if serial else contextlib.nullcontext()
 
     def append_one(_number: int) -> None:
