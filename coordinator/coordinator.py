@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from twopc.coordinator.contention import LockContention
 from twopc.coordinator.crashpoints import ProtocolHooks
 from twopc.coordinator.errors import CoordinatorBusy, CoordinatorError
 from twopc.coordinator.facts import coordinator_home
@@ -91,6 +92,8 @@ class Coordinator:
         #: Deadlines of the replies a transaction reads on its own thread (see
         #: ``transaction._CutOff``): one thread for all of them.
         self.deadlines = Watchdog("twopc-deadlines")
+        #: How often last statements sent together found a row locked (see execute_last).
+        self.contention = LockContention()
         self.recovered: RecoveryReport | None = None
         self._participants = {p.name: p for p in participants}
         self._ephemeral = False

@@ -135,19 +135,29 @@ class GlobalTransaction:
         forms that neither server could see. If a row is locked (and nothing else failed),
         every branch is rolled back and begun again, and the statements run one after the
         other, each waiting for its locks, as :meth:`Branch.execute` would. Any other error
-        is raised once every reply is read (the first, in the order given).
+        is raised once every reply is read (the first, in the order given). While many
+        tries find rows locked, the coordinator sends in order instead, trying together now
+        and then (:class:`twopc.coordinator.contention.LockContention`).
         """
         names = [participant for participant, _, _ in statements]
         if len(set(names)) != len(names):
             raise ValueError(f"one last statement per branch, got {names}")
         branches = [self.branch(name) for name in names]
-        if len(branches) > 1 and all(_sends_alone(b) for b in branches) and all(
-            b.refuses_lock_waits for b in branches[:-1]
+        contention = self._coordinator.contention
+        if (
+            len(branches) > 1
+            and all(_sends_alone(b) for b in branches)
+            and all(b.refuses_lock_waits for b in branches[:-1])
+            and contention.together()
         ):
             try:
-                return _together(branches, statements)
+                cursors = _together(branches, statements)
             except LockBusy:
+                contention.tried(locked=True)
                 branches = [self._begin_again(name) for name in names]
+            else:
+                contention.tried(locked=False)
+                return cursors
         pairs = zip(branches, statements, strict=True)
         return [branch.execute(query, values, last=True) for branch, (_, query, values) in pairs]
 

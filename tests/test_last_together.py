@@ -21,6 +21,7 @@ from test_participants_watchdog import Notices
 
 from twopc.bank import AccountRef, Transfer, run_transfer
 from twopc.coordinator import Coordinator, CoordinatorConfig
+from twopc.coordinator.contention import LockContention
 from twopc.participants import (
     FORMAT_ID,
     BranchState,
@@ -76,6 +77,18 @@ def test_both_go_out_before_either_reply_is_read_and_commit(db: Databases) -> No
     assert moved(db, -AMOUNT, AMOUNT)
 
 
+def test_a_coordinator_that_met_many_locked_rows_sends_in_order(db: Databases) -> None:
+    with coordinator(db) as c:
+        for _ in range(100):
+            c.contention.tried(locked=True)
+        with c.transaction() as tx:
+            order: list[str] = []
+            spy(tx, order)
+            tx.execute_last([("pg", DEBIT, (AMOUNT, "a1")), ("mysql", CREDIT, (AMOUNT, "a1"))])
+    assert order == ["pg send_last", "pg receive_last", "mysql send_last", "mysql receive_last"]
+    assert moved(db, -AMOUNT, AMOUNT)
+
+
 @pytest.mark.parametrize("failing", ["pg", "mysql"])
 def test_a_failed_statement_rolls_back_the_branch_prepared_beside_it(
     db: Databases, failing: str
@@ -122,6 +135,7 @@ def test_a_locked_row_rolls_both_back_and_waits_holding_nothing_elsewhere(db: Da
             holder.rollback()
             holder.close()
             mover.join(30)
+        assert c.contention.rate > 0  # the locked row was counted
     assert not mover.is_alive()
     assert [type(o).__name__ for o in outcome] == ["Outcome"], outcome
     assert moved(db, -AMOUNT, AMOUNT)
@@ -174,6 +188,7 @@ def test_opposite_transfers_never_wait_for_each_other_across_the_servers(db: Dat
     back = Transfer(AccountRef("mysql", "a1"), AccountRef("pg", "a1"), AMOUNT)
     errors: list[BaseException] = []
     with coordinator(db, pg, mysql) as c:
+        c.contention = LockContention(probe=1)  # always together, however often rows are locked
 
         def shuttle(transfer: Transfer) -> None:
             for _ in range(40):
