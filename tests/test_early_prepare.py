@@ -190,12 +190,14 @@ def test_an_error_after_the_server_prepared_is_rolled_back_by_xid(
     assert untouched(db)
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["in-order", "together"])
 @pytest.mark.parametrize("side", SIDES)
 def test_a_last_statement_on_a_connection_that_died_idle_runs_on_a_fresh_one(
-    db: Databases, side: str
+    db: Databases, side: str, together: bool
 ) -> None:
-    """The branch's first request is its last statement with its prepare: a pooled
-    connection that died meanwhile is replaced, and the transfer applies once."""
+    """The branch's first request is its last statement with its prepare (sent alone, or
+    with the other branch's, see ``execute_last``): a pooled connection that died meanwhile
+    is replaced, and the transfer applies once."""
     session = {"pg": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}[side]
     with coordinator(db) as c:
         with c.transaction() as tx:
@@ -205,8 +207,11 @@ def test_a_last_statement_on_a_connection_that_died_idle_runs_on_a_fresh_one(
         else:
             db.mysql_query("KILL %s", (died,))
         with c.transaction() as tx:
-            tx["pg"].execute(DEBIT, (AMOUNT, "a1"), last=True)
-            tx["mysql"].execute(CREDIT, (AMOUNT, "a1"), last=True)
+            if together:
+                tx.execute_last([("pg", DEBIT, (AMOUNT, "a1")), ("mysql", CREDIT, (AMOUNT, "a1"))])
+            else:
+                tx["pg"].execute(DEBIT, (AMOUNT, "a1"), last=True)
+                tx["mysql"].execute(CREDIT, (AMOUNT, "a1"), last=True)
     assert tx.outcome is not None and tx.outcome.protocol == "2pc"
     assert db.balance("pg", "a1") == OPENING - AMOUNT
     assert db.balance("mysql", "a1") == OPENING + AMOUNT

@@ -236,24 +236,6 @@ def test_a_statement_waiting_together_is_noticed_on_a_prepared_branch(db: Databa
     assert moved(db, -AMOUNT, AMOUNT)
 
 
-@pytest.mark.parametrize("side", ["pg", "mysql"])
-def test_a_connection_that_died_idle_is_replaced_under_statements_sent_together(
-    db: Databases, side: str
-) -> None:
-    session = {"pg": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}[side]
-    with coordinator(db) as c:
-        with c.transaction() as tx:
-            died = int(tx[side].execute(session).fetchone()[0])
-        if side == "pg":
-            db.pg_query("SELECT pg_terminate_backend(%s)", (died,))
-        else:
-            db.mysql_query("KILL %s", (died,))
-        with c.transaction() as tx:
-            tx.execute_last([("pg", DEBIT, (AMOUNT, "a1")), ("mysql", CREDIT, (AMOUNT, "a1"))])
-    assert tx.outcome is not None and tx.outcome.protocol == "2pc"
-    assert moved(db, -AMOUNT, AMOUNT)
-
-
 def test_one_last_statement_per_branch(db: Databases) -> None:
     with coordinator(db) as c, c.transaction() as tx, pytest.raises(ValueError):
         tx.execute_last([("pg", DEBIT, (AMOUNT, "a1")), ("pg", CREDIT, (AMOUNT, "a2"))])
