@@ -6,8 +6,8 @@ branch, which the coordinator commits in one phase. Locks are taken in a fixed o
 PostgreSQL before MySQL, then by account id — so two opposite transfers never wait for each
 other's locks in a cycle. When each branch has one statement (no outbox event), both go out
 at once, PostgreSQL's not waiting for locks, which keeps that order (see
-:meth:`GlobalTransaction.execute_last`). The debit and credit are :mod:`bank.ledger`'s, the same the saga
-runs (:mod:`bank.transfer_saga`).
+:meth:`GlobalTransaction.execute_last`). The debit and credit are :mod:`bank.ledger`'s,
+the same the saga runs (:mod:`bank.transfer_saga`).
 """
 
 from __future__ import annotations
