@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twopc.outbox import Executes, OutboxEvent, write_event
+from twopc.outbox import Executes, OutboxEvent, append
 
 if TYPE_CHECKING:  # bank.transfer writes these events
     from twopc.bank.transfer import Transfer
@@ -21,6 +21,13 @@ TRANSFER_COMMITTED = "transfer.committed"
 def announce_transfer(tx: Executes, transfer: Transfer, transfer_id: str, mode: str) -> OutboxEvent:
     """Write the ``transfer.committed`` event of ``transfer`` inside ``tx`` (the branch or
     local transaction that credits the destination). ``transfer_id``: the gtrid or saga id."""
+    event = transfer_event(transfer, transfer_id, mode)
+    append(tx, event)
+    return event
+
+
+def transfer_event(transfer: Transfer, transfer_id: str, mode: str) -> OutboxEvent:
+    """The ``transfer.committed`` event of ``transfer`` (not written yet)."""
     payload = {
         "transfer_id": transfer_id,
         "source": str(transfer.source),
@@ -28,4 +35,4 @@ def announce_transfer(tx: Executes, transfer: Transfer, transfer_id: str, mode: 
         "amount": str(transfer.amount),
         "mode": mode,
     }
-    return write_event(tx, str(transfer.destination), TRANSFER_COMMITTED, payload)
+    return OutboxEvent.new(str(transfer.destination), TRANSFER_COMMITTED, payload)

@@ -20,8 +20,9 @@ from typing import Any
 from twopc.bank import ledger
 from twopc.bank.accounts import SIDES, AccountRef, natural_key
 from twopc.bank.errors import InvalidInput, TransferRejected
-from twopc.bank.events import announce_transfer
+from twopc.bank.events import announce_transfer, transfer_event
 from twopc.coordinator import Coordinator, GlobalTransaction, Outcome
+from twopc.outbox import insert_statement
 from twopc.participants import Participant, PermissionDenied, UndefinedTable
 
 
@@ -51,9 +52,9 @@ def run_transfer(coordinator: Coordinator, transfer: Transfer, *, announce: bool
             coordinator.participant(side).check_ready()
     with coordinator.transaction() as tx:
         _enlist(tx, transfer)
-        steps = _ordered_steps(transfer, coordinator, announce=announce)
-        if all(step.last is not None for step in steps):
-            _together(tx, steps)
+        steps = _ordered_steps(transfer, coordinator)
+        if transfer.source.side != transfer.destination.side:
+            _across(tx, transfer, steps, announce=announce)
         else:
             for step in steps:
                 step(tx)
@@ -63,13 +64,29 @@ def run_transfer(coordinator: Coordinator, transfer: Transfer, *, announce: bool
     return tx.outcome
 
 
-def _together(tx: GlobalTransaction, steps: list[_Step]) -> None:
-    """Each step its branch's last statement: the servers run them at the same time where
-    that cannot deadlock (see :meth:`GlobalTransaction.execute_last`)."""
-    changes = [step.change for step in steps]
-    done = tx.execute_last([(c.account.side, *c.statement) for c in changes])
-    for step, cursor in zip(steps, done, strict=True):
-        assert step.last is not None  # every step is last here
+def _across(
+    tx: GlobalTransaction, transfer: Transfer, steps: list[_Step], *, announce: bool
+) -> None:
+    """Across two databases each branch's statements are its last: its prepare goes with
+    them, and both branches go out at once where that cannot deadlock (see
+    :meth:`GlobalTransaction.execute_last`). The event follows the credit in its branch."""
+    statements: list[tuple[str, str, tuple[Any, ...]]] = []
+    event_at = None
+    for step in steps:
+        statements.append((step.account.side, *step.change.statement))
+        if announce and step.account == transfer.destination:
+            event_at = len(statements)
+            event = transfer_event(transfer, tx.gtrid, "2pc")
+            statements.append((step.account.side, *insert_statement(event)))
+    try:
+        done = tx.execute_last(statements)
+    except UndefinedTable as err:
+        if event_at is not None and err.statement == event_at:
+            raise _no_outbox(transfer) from None
+        raise
+    changed = [cursor for n, cursor in enumerate(done) if n != event_at]
+    for step, cursor in zip(steps, changed, strict=True):
+        assert step.last is not None  # every step is its branch's last change here
         refusal = step.change.refusal(cursor, step.last)
         if refusal is not None:
             raise TransferRejected(refusal)
@@ -81,10 +98,14 @@ def _announce(tx: GlobalTransaction, transfer: Transfer) -> None:
     try:
         announce_transfer(tx.branch(transfer.destination.side), transfer, tx.gtrid, "2pc")
     except UndefinedTable:
-        raise TransferRejected(
-            f"{transfer.destination.side} has no outbox table: run `twopc init` (it adds the "
-            "missing tables and keeps the data)"
-        ) from None
+        raise _no_outbox(transfer) from None
+
+
+def _no_outbox(transfer: Transfer) -> TransferRejected:
+    return TransferRejected(
+        f"{transfer.destination.side} has no outbox table: run `twopc init` (it adds the "
+        "missing tables and keeps the data)"
+    )
 
 
 def _enlist(tx: GlobalTransaction, transfer: Transfer) -> None:
@@ -93,15 +114,14 @@ def _enlist(tx: GlobalTransaction, transfer: Transfer) -> None:
     tx.branch(transfer.destination.side)
 
 
-def _ordered_steps(transfer: Transfer, coordinator: Coordinator, *, announce: bool) -> list[_Step]:
-    """The debit and the credit, in lock order. Across two databases each is its branch's
-    last statement (the credit unless the event follows it), so each branch prepares with
-    it: one round trip fewer per branch, and ``commit()`` finds their votes cast."""
+def _ordered_steps(transfer: Transfer, coordinator: Coordinator) -> list[_Step]:
+    """The debit and the credit, in lock order. Across two databases each ends its branch
+    (but for the event after the credit), so each branch prepares with it: one round trip
+    fewer per branch, and ``commit()`` finds their votes cast."""
     source, destination = transfer.source, transfer.destination
     cross = source.side != destination.side
-    credit_last = cross and not announce  # else the event is the destination's last statement
     debit_reader = _reader(coordinator, source) if cross else None
-    credit_reader = _reader(coordinator, destination) if credit_last else None
+    credit_reader = _reader(coordinator, destination) if cross else None
     steps = [
         _Step(source, -transfer.amount, debit_reader),
         _Step(destination, transfer.amount, credit_reader),

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -46,6 +48,7 @@ from twopc.participants import (
     Participant,
     ParticipantError,
     ParticipantUnavailable,
+    StatementFailed,
     UnknownXid,
     Xid,
 )
@@ -59,6 +62,8 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 #: A branch's last statement: its participant, the query and its values.
 Statement = tuple[str, str, "Sequence[Any] | None"]
+#: A statement within a branch: the query and its values.
+Query = tuple[str, "Sequence[Any] | None"]
 log = logging.getLogger(__name__)
 #: Seconds phase 2 waits past the retry deadline for workers to report, before it cuts
 #: their links: the deadline holds even against a server that stopped answering.
@@ -124,25 +129,25 @@ class GlobalTransaction:
         return self._branches[participant][1]
 
     def execute_last(self, statements: Sequence[Statement]) -> list[Cursor]:
-        """Run each ``(participant, query, values)`` as the last statement of its branch
-        (:meth:`Branch.execute` with ``last``: it carries the branch's prepare); the cursors,
-        in the order given, which must be the order the caller takes its locks in.
+        """Run each ``(participant, query, values)`` as one of the last statements of its
+        branch, the branch's prepare with them (as :meth:`Branch.execute` with ``last`` does
+        for one): a cursor per statement, in the order given. A branch's statements come
+        together, and the order must be the one the caller takes its locks in.
 
         The servers run them at the same time when that cannot deadlock across them: each
-        branch is untouched, can send its last statement alone, and — all but the last —
+        branch is untouched, can send its last statements alone, and — all but the last —
         can refuse to wait for a row lock. Then no branch waits for a lock while the
         transaction holds one on another server, except in the order given, so no cycle
         forms that neither server could see. If a row is locked (and nothing else failed),
-        every branch is rolled back and begun again, and the statements run one after the
-        other, each waiting for its locks, as :meth:`Branch.execute` would. Any other error
-        is raised once every reply is read (the first, in the order given). While many
+        every branch is rolled back and begun again, and the branches' statements run one
+        branch after the other, each waiting for its locks. Any other error is raised once
+        every reply is read (the first, in the order given), its ``statement`` (for a
+        :class:`StatementFailed`) the index of the failed one in ``statements``. While many
         tries find rows locked, the coordinator sends in order instead, trying together now
         and then (:class:`twopc.coordinator.contention.LockContention`).
         """
-        names = [participant for participant, _, _ in statements]
-        if len(set(names)) != len(names):
-            raise ValueError(f"one last statement per branch, got {names}")
-        branches = [self.branch(name) for name in names]
+        groups = _by_branch(statements)
+        branches = [self.branch(name) for name, _ in groups]
         contention = self._coordinator.contention
         if (
             len(branches) > 1
@@ -151,15 +156,18 @@ class GlobalTransaction:
             and contention.together()
         ):
             try:
-                cursors = _together(branches, statements)
+                cursors = _together(branches, groups)
             except LockBusy:
                 contention.tried(locked=True)
-                branches = [self._begin_again(name) for name in names]
+                branches = [self._begin_again(name) for name, _ in groups]
             else:
                 contention.tried(locked=False)
                 return cursors
-        pairs = zip(branches, statements, strict=True)
-        return [branch.execute(query, values, last=True) for branch, (_, query, values) in pairs]
+        cursors = []
+        for branch, (_, group), offset in zip(branches, groups, _offsets(groups), strict=True):
+            with _numbered(offset):
+                cursors += _in_order(branch, group)
+        return cursors
 
     def _begin_again(self, participant: str) -> Branch:
         """Roll back ``participant``'s branch and put a new one (same xid) in its place."""
@@ -613,17 +621,64 @@ def _sends_alone(branch: Branch) -> bool:
     return branch.untouched and branch.overlaps and branch.prepares_early
 
 
-def _together(branches: Sequence[Branch], statements: Sequence[Statement]) -> list[Cursor]:
-    """Send every branch's last statement (all but the last not waiting for locks), then
-    read every reply; once all are read, the first error raises (:class:`LockBusy` only
-    when nothing else went wrong)."""
-    for n, (branch, (_, query, values)) in enumerate(zip(branches, statements, strict=True)):
-        branch.request_execute(query, values, wait_for_locks=n == len(branches) - 1)
+def _by_branch(statements: Sequence[Statement]) -> list[tuple[str, list[Query]]]:
+    """``statements`` grouped by participant, in order; a participant's must be together."""
+    groups: list[tuple[str, list[Query]]] = []
+    for participant, query, values in statements:
+        if groups and groups[-1][0] == participant:
+            groups[-1][1].append((query, values))
+        elif any(name == participant for name, _ in groups):
+            names = [name for name, _, _ in statements]
+            raise ValueError(f"a branch's last statements must come together, got {names}")
+        else:
+            groups.append((participant, [(query, values)]))
+    return groups
+
+
+def _in_order(branch: Branch, group: list[Query]) -> list[Cursor]:
+    """``group`` as ``branch``'s last statements, waiting for its locks: in one request
+    where the branch can send one, else one statement after the other."""
+    if branch.overlaps and branch.prepares_early:
+        branch.request_execute(group)
+        return branch.execute_reply()
+    cursors = []
+    for n, (query, values) in enumerate(group):
+        try:
+            cursors.append(branch.execute(query, values, last=n == len(group) - 1))
+        except StatementFailed as err:
+            err.statement = n
+            raise
+    return cursors
+
+
+def _offsets(groups: list[tuple[str, list[Query]]]) -> list[int]:
+    """Where each group's first statement stands among all of them."""
+    return list(itertools.accumulate((len(group) for _, group in groups[:-1]), initial=0))
+
+
+@contextmanager
+def _numbered(offset: int) -> Iterator[None]:
+    """A statement error raised in the block counts its ``statement`` from ``offset``."""
+    try:
+        yield
+    except StatementFailed as err:
+        if err.statement is not None:
+            err.statement += offset
+        raise
+
+
+def _together(branches: Sequence[Branch], groups: list[tuple[str, list[Query]]]) -> list[Cursor]:
+    """Send every branch's last statements (all but the last branch's not waiting for
+    locks), then read every reply; once all are read, the first error raises
+    (:class:`LockBusy` only when nothing else went wrong)."""
+    for n, (branch, (_, group)) in enumerate(zip(branches, groups, strict=True)):
+        branch.request_execute(group, wait_for_locks=n == len(branches) - 1)
     cursors: list[Cursor] = []
     errors: list[Exception] = []
-    for branch in branches:
+    for branch, offset in zip(branches, _offsets(groups), strict=True):
         try:
-            cursors.append(branch.execute_reply())
+            with _numbered(offset):
+                cursors += branch.execute_reply()
         except Exception as err:  # every reply is read before any error is raised
             errors.append(err)
     if errors:  # a locked row is retried in order: any other error goes first

@@ -58,7 +58,7 @@ from twopc.outbox.tables import (
     outbox_ddl,
     outbox_drop_ddl,
 )
-from twopc.outbox.writer import Executes, append, write_event
+from twopc.outbox.writer import Executes, append, insert_statement, write_event
 
 __all__ = [
     "CONSUMED_TABLE",
@@ -95,6 +95,7 @@ __all__ = [
     "consumed_ddl",
     "ensure_consumed_table",
     "ensure_outbox_tables",
+    "insert_statement",
     "outbox_ddl",
     "outbox_drop_ddl",
     "outbox_state",

@@ -29,8 +29,14 @@ class Executes(Protocol):
 
 def append(tx: Executes, event: OutboxEvent) -> None:
     """Write ``event`` to the outbox inside ``tx`` (it commits or rolls back with ``tx``)."""
+    tx.execute(*insert_statement(event))
+
+
+def insert_statement(event: OutboxEvent) -> tuple[str, tuple[Any, ...]]:
+    """The INSERT that writes ``event``, and its values: for a caller that sends it with
+    others (see :meth:`twopc.coordinator.GlobalTransaction.execute_last`)."""
     params = (event.event_id, event.aggregate, event.type, event.payload_json(), event.created_at)
-    tx.execute(_INSERT, params)
+    return _INSERT, params
 
 
 def write_event(tx: Executes, aggregate: str, type: str, payload: Mapping[str, Any]) -> OutboxEvent:

@@ -47,6 +47,8 @@ from twopc.participants.pool import ConnectionPool
 from twopc.participants.xid import Xid
 
 _R = TypeVar("_R")
+#: A statement and its values.
+Statement = tuple[str, "Sequence[Any] | None"]
 #: Errors after which a last statement's branch is rolled back by its subclass.
 _SETTLED_LAST = (PrepareRefused, MisconfiguredServer, StatementFailed)
 _UNWATCHED = nullcontext()  # no lock-wait notice wanted (reusable)
@@ -126,8 +128,8 @@ class Branch(ABC):
         self._awaiting: str | None = None  # the phase whose request is sent, reply unread
         self._unsent: Exception | None = None  # why that request could not be sent
         self._touched = False  # a statement was sent in the branch
-        # The last statement sent (query, values, wait_for_locks, the branch's first request).
-        self._last: tuple[str, Sequence[Any] | None, bool, bool] | None = None
+        # The last statements sent, wait_for_locks, and whether they began the branch.
+        self._last: tuple[list[Statement], bool, bool] | None = None
 
     def execute(
         self, query: str, params: Sequence[Any] | None = None, *, last: bool = False
@@ -146,45 +148,50 @@ class Branch(ABC):
         """
         self._require("execute", BranchState.ACTIVE)
         if last and self.prepares_early:
-            self.request_execute(query, params)
-            return self.execute_reply()
+            self.request_execute([(query, params)])
+            return self.execute_reply()[0]
         self._touched = True
         with self._watching_lock_waits():
             return self._sql_execute(query, params)
 
     def request_execute(
-        self, query: str, params: Sequence[Any] | None = None, *, wait_for_locks: bool = True
+        self, statements: Sequence[Statement], *, wait_for_locks: bool = True
     ) -> None:
-        """Send ``execute(query, params, last=True)`` and return without its reply, which
+        """Send ``statements`` (each a query and its values) as the branch's last ones, the
+        prepare with them, all in one request, and return without the reply, which
         :meth:`execute_reply` reads: several branches' servers then run their last statements
         at the same time (branches that overlap and prepare early only).
 
-        With ``wait_for_locks`` False (``refuses_lock_waits`` branches only) the statement
-        does not wait for a row lock another transaction holds: its reply is then
+        With ``wait_for_locks`` False (``refuses_lock_waits`` branches only) the statements
+        do not wait for a row lock another transaction holds: the reply is then
         :class:`LockBusy`, with the branch rolled back.
         """
         self._require("execute", BranchState.ACTIVE)
         if not (self.overlaps and self.prepares_early):
-            raise BranchStateError(f"can't send the last statement of branch {self.xid} alone")
+            raise BranchStateError(f"can't send the last statements of branch {self.xid} alone")
         if not wait_for_locks and not self.refuses_lock_waits:
             raise BranchStateError(f"branch {self.xid} cannot refuse to wait for locks")
-        self._last = (query, params, wait_for_locks, not self._touched)
+        if not statements:
+            raise ValueError(f"no last statement for branch {self.xid}")
+        sent = list(statements)
+        self._last = (sent, wait_for_locks, not self._touched)
         self._touched = True
-        self._request("execute", lambda: self._sql_send_last(query, params, wait_for_locks))
+        self._request("execute", lambda: self._sql_send_last(sent, wait_for_locks))
 
-    def execute_reply(self) -> Cursor:
-        """The reply to :meth:`request_execute`: the statement's cursor, with the branch
-        PREPARED (or READ_ONLY), or the statement's own error (:class:`LockBusy` included) or
-        :class:`PrepareRefused`, with the branch rolled back. Any other error closes the
-        connection: the server may have prepared the branch, so a rollback looks it up."""
+    def execute_reply(self) -> list[Cursor]:
+        """The reply to :meth:`request_execute`: a cursor per statement, with the branch
+        PREPARED (or READ_ONLY); or a statement's own error (:class:`LockBusy` included; its
+        ``statement`` says which one) or :class:`PrepareRefused`, with the branch rolled back.
+        Any other error closes the connection: the server may have prepared the branch, so a
+        rollback looks it up."""
         if self._awaiting != "execute" or self._last is None:
             raise BranchStateError(f"branch {self.xid} has no last statement to read")
-        query, params, wait_for_locks, first = self._last
+        sent, wait_for_locks, first = self._last
         self._last = None
         try:
             with self._watching_lock_waits():
                 try:
-                    cursor, vote = self._reply(self._sql_receive_last, _SETTLED_LAST)
+                    cursors, vote = self._reply(self._sql_receive_last, _SETTLED_LAST)
                 except ParticipantUnavailable:
                     if not first or self._verified:
                         raise
@@ -192,15 +199,13 @@ class Branch(ABC):
                     # on a connection the server was just heard on.
                     self._use(*self._participant.take(trust_recent=False))
                     self._disturbed = False
-                    self._request(
-                        "execute", lambda: self._sql_send_last(query, params, wait_for_locks)
-                    )
-                    cursor, vote = self._reply(self._sql_receive_last, _SETTLED_LAST)
+                    self._request("execute", lambda: self._sql_send_last(sent, wait_for_locks))
+                    cursors, vote = self._reply(self._sql_receive_last, _SETTLED_LAST)
         except (PrepareRefused, MisconfiguredServer, StatementFailed):
             self.state = BranchState.ROLLED_BACK  # the subclass rolled it back
             raise
         self._voted(vote)
-        return cursor
+        return cursors
 
     def _watching_lock_waits(self) -> AbstractContextManager[object]:
         participant = self._participant
@@ -416,18 +421,16 @@ class Branch(ABC):
     def _sql_commit_prepared(self) -> None:
         raise NotImplementedError
 
-    def _sql_send_last(
-        self, query: str, params: Sequence[Any] | None, wait_for_locks: bool
-    ) -> None:
-        """Send [the begin,] the statement, the marker and the prepare in one request (for
-        ``wait_for_locks`` False, with the statement told not to wait for row locks)."""
+    def _sql_send_last(self, statements: list[Statement], wait_for_locks: bool) -> None:
+        """Send [the begin,] the statements, the marker and the prepare in one request (for
+        ``wait_for_locks`` False, with the statements told not to wait for row locks)."""
         raise NotImplementedError
 
-    def _sql_receive_last(self) -> tuple[Cursor, Vote]:
-        """Its reply: the statement's cursor and the vote. A failed statement raises its
-        (typed) error and a failed prepare :class:`PrepareRefused`, each after rolling the
-        branch back; a lost link raises :class:`ParticipantUnavailable` (what the server did
-        is then looked up)."""
+    def _sql_receive_last(self) -> tuple[list[Cursor], Vote]:
+        """Its reply: a cursor per statement, and the vote. A failed statement raises its
+        (typed) error, with ``statement`` set to its index, and a failed prepare
+        :class:`PrepareRefused`, each after rolling the branch back; a lost link raises
+        :class:`ParticipantUnavailable` (what the server did is then looked up)."""
         raise NotImplementedError
 
     # Only for branches that overlap: a phase's request, and the reading of its reply.

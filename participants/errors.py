@@ -28,6 +28,8 @@ class StatementFailed(ParticipantError):
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code  # PostgreSQL SQLSTATE or MySQL error number
+        #: Which of several statements sent at once failed (0-based), where that is known.
+        self.statement: int | None = None
 
 
 class LockWaitTimeout(StatementFailed):

@@ -22,7 +22,14 @@ from typing import Any
 from pymysql.constants import COMMAND
 
 from twopc.participants.base import Participant, shut_down_socket
-from twopc.participants.branch import Branch, BranchProtocol, Cursor, PreparedBranch, Vote
+from twopc.participants.branch import (
+    Branch,
+    BranchProtocol,
+    Cursor,
+    PreparedBranch,
+    Statement,
+    Vote,
+)
 from twopc.participants.errors import (
     BranchBusy,
     BranchStateError,
@@ -167,8 +174,8 @@ class MySQLBranch(Branch):
         self._verified = verified  # the server was heard on this connection when it was lent
         self._started = False  # XA START sent (with the first statement)
         self._ended = False  # XA END sent: the branch is IDLE on the server
-        # The last statement's cursor, its result's index, and how many results come.
-        self._sent_last: tuple[Any, int, int] | None = None
+        # The last statements' cursors, and the index of the first one's result.
+        self._sent_last: tuple[list[Any], int] | None = None
 
     @property
     def _connection(self) -> MySQLConnection:
@@ -227,43 +234,43 @@ class MySQLBranch(Branch):
                 cursor.nextset()
             return cursor  # type: ignore[no-any-return]
 
-    def _sql_send_last(
-        self, query: str, params: Sequence[Any] | None, wait_for_locks: bool
-    ) -> None:
-        """[``XA START``,] the statement, the marker, ``XA END`` and ``XA PREPARE`` as one
+    def _sql_send_last(self, statements: list[Statement], wait_for_locks: bool) -> None:
+        """[``XA START``,] the statements, the marker, ``XA END`` and ``XA PREPARE`` as one
         multi-statement request. (Never told not to wait: ``refuses_lock_waits`` is False,
         MySQL 8 knows no lock-wait limit under a second.)"""
-        cursor = self._conn.cursor()
+        cursors = [self._conn.cursor() for _ in statements]
         texts = [] if self._started else [f"XA START {self.xid.mysql_literal()}"]
-        self._sent_last = (cursor, len(texts), len(texts) + 4)
-        texts += [cursor.mogrify(query, params), *self._prepare_statements(cursor)]
+        self._sent_last = (cursors, len(texts))
+        texts += [c.mogrify(q, v) for c, (q, v) in zip(cursors, statements, strict=True)]
+        texts += self._prepare_statements(cursors[0])
         # From here on the server may hold the branch, even prepared: a rollback must ask.
         self._started = True
         self._send("; ".join(texts), "execute")
 
-    def _sql_receive_last(self) -> tuple[Cursor, Vote]:
+    def _sql_receive_last(self) -> tuple[list[Cursor], Vote]:
+        """Each result in turn (PyMySQL reads them one by one); a statement's goes to its
+        cursor, the marker's, ``XA END``'s and ``XA PREPARE``'s are read past."""
         if self._sent_last is None:
             raise BranchStateError(f"branch {self.xid}: no last statement was sent")
-        cursor, statement, results = self._sent_last
+        cursors, first = self._sent_last
         self._sent_last = None
+        end = first + len(cursors)  # the index of the marker's result
         reading = 0
         try:
             with self._link.translated("execute"):
-                self._conn.next_result()  # the first result (PyMySQL reads each in turn)
-                cursor._do_get_result()
-                for reading in range(1, results):
-                    # The cursor stops on the statement's result; the rest are read past it.
-                    if reading <= statement:
-                        cursor.nextset()
-                    else:
-                        self._conn.next_result()
+                for reading in range(end + 3):
+                    self._conn.next_result()
+                    if first <= reading < end:
+                        cursors[reading - first]._do_get_result()
         except StatementFailed as err:
             self._abandon()
-            if reading <= statement:
-                raise  # XA START's or the statement's own error
-            raise PrepareRefused(str(err)) from err
+            if reading >= end:
+                raise PrepareRefused(str(err)) from err
+            if reading >= first:
+                err.statement = reading - first
+            raise  # XA START's or a statement's own error
         self._ended = True
-        return cursor, Vote.PREPARED
+        return list(cursors), Vote.PREPARED
 
     # -- overlapped phases: a request now, its reply later ---------------------------------
 

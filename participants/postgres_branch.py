@@ -37,7 +37,14 @@ from psycopg.pq import DiagnosticField, ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
 from twopc.participants.base import Participant, shut_down_socket
-from twopc.participants.branch import Branch, BranchProtocol, Cursor, PreparedBranch, Vote
+from twopc.participants.branch import (
+    Branch,
+    BranchProtocol,
+    Cursor,
+    PreparedBranch,
+    Statement,
+    Vote,
+)
 from twopc.participants.errors import (
     BranchStateError,
     LockBusy,
@@ -158,8 +165,8 @@ class PostgresBranch(Branch):
         self._verified = verified  # the server was heard on this connection when it was lent
         self._begun = False  # BEGIN sent (with the first statement)
         self._prepare_sent = False  # the overlapped prepare's request went out
-        # The last statement's binder, its result's index, and whether it waits for locks.
-        self._sent_last: tuple[psycopg.ClientCursor[Any], int, bool] | None = None
+        # The last statements' binders, the first one's result index, whether they wait.
+        self._sent_last: tuple[list[psycopg.ClientCursor[Any]], int, bool] | None = None
 
     @property
     def _connection(self) -> psycopg.Connection[Any]:
@@ -219,44 +226,45 @@ class PostgresBranch(Branch):
         except psycopg.Error:
             self._conn.close()
 
-    def _sql_send_last(
-        self, query: str, params: Sequence[Any] | None, wait_for_locks: bool
-    ) -> None:
+    def _sql_send_last(self, statements: list[Statement], wait_for_locks: bool) -> None:
         """One simple-protocol query: [``BEGIN``;] [``SET LOCAL lock_timeout``;] the
-        statement; the marker; ``PREPARE TRANSACTION``. The values are bound by psycopg on
-        the client (its ``ClientCursor``): only the simple protocol takes several statements
-        at once. The server runs nothing after the first error, so the position of the
-        failed result says whose error it is."""
-        binder = psycopg.ClientCursor(self._conn)
+        statements; the marker; ``PREPARE TRANSACTION``. The values are bound by psycopg on
+        the client (a ``ClientCursor`` per statement): only the simple protocol takes several
+        statements at once. The server runs nothing after the first error, so the position
+        of the failed result says whose error it is."""
+        binders = [psycopg.ClientCursor(self._conn) for _ in statements]
         head = [] if self._begun else ["BEGIN"]
         if not wait_for_locks:
             head.append(_NO_LOCK_WAIT)
-        marker = binder.mogrify(_MARKER_AND_PREPARE, self._marker())
-        parts = [*head, binder.mogrify(query, params), marker]
-        self._sent_last = (binder, len(head), wait_for_locks)
+        texts = [b.mogrify(q, v) for b, (q, v) in zip(binders, statements, strict=True)]
+        marker = binders[0].mogrify(_MARKER_AND_PREPARE, self._marker())
+        self._sent_last = (binders, len(head), wait_for_locks)
         self._begun = True  # from here on the server may hold the branch, even prepared
-        self._send_text("; ".join(parts), "execute")
+        self._send_text("; ".join([*head, *texts, marker]), "execute")
 
-    def _sql_receive_last(self) -> tuple[Cursor, Vote]:
+    def _sql_receive_last(self) -> tuple[list[Cursor], Vote]:
         if self._sent_last is None:
             raise BranchStateError(f"branch {self.xid}: no last statement was sent")
-        binder, statement, wait_for_locks = self._sent_last
+        binders, first, wait_for_locks = self._sent_last
         self._sent_last = None
+        end = first + len(binders)  # the index of the marker's result
+        failed: int | None = None
         try:
             with self._link.translated("execute"):
                 results = self._conn.wait(generators.fetch_many(self._conn.pgconn))
                 failed = _first_error(results)
-                if failed is not None and failed <= statement:
+                if failed is not None and failed < end:
                     raise error_from_result(results[failed], encoding=self._conn.info.encoding)
-        except LockWaitTimeout as err:
+        except StatementFailed as err:
             self._abandon()
-            if wait_for_locks:
-                raise
+            if failed is not None and failed >= first:
+                err.statement = failed - first
+            if wait_for_locks or not isinstance(err, LockWaitTimeout):
+                raise  # BEGIN's or a statement's own error
             self._finished_cleanly = not self._conn.closed  # rolled back: the link is sound
-            raise LockBusy(f"{self._link.server}: row locked by another transaction") from err
-        except StatementFailed:
-            self._abandon()
-            raise  # BEGIN's or the statement's own error
+            busy = LockBusy(f"{self._link.server}: row locked by another transaction")
+            busy.statement = err.statement
+            raise busy from err
         if failed is not None:
             self._abandon()
             reason = results[failed].error_message.decode(errors="replace").strip()
@@ -264,17 +272,19 @@ class PostgresBranch(Branch):
             if sqlstate == _PREPARED_DISABLED.encode():
                 raise MisconfiguredServer(_disabled_message(self._link.server))
             raise PrepareRefused(f"{self._link.server}: prepare failed: {reason}")
-        if len(results) != statement + 3:
+        if len(results) != end + 2:
             self._conn.close()
             raise ParticipantUnavailable(
-                f"{self._link.server}: execute: {len(results)} replies, expected {statement + 3}"
+                f"{self._link.server}: execute: {len(results)} replies, expected {end + 2}"
             )
-        # The statement's result, read through the cursor that bound it (the way psycopg's
+        # Each statement's result, read through the cursor that bound it (the way psycopg's
         # pipeline hands each cursor its results).
-        binder._set_results([results[statement]])
-        written, prepared = results[statement + 1 :]
+        for binder, result in zip(binders, results[first:end], strict=True):
+            binder._set_results([result])
+        written, prepared = results[end:]
         reply = prepared.command_status
-        return binder, self._vote(written.command_tuples or 0, reply.decode() if reply else None)
+        vote = self._vote(written.command_tuples or 0, reply.decode() if reply else None)
+        return list(binders), vote
 
     def _marker(self) -> tuple[str, str, float, str]:
         """The values of ``_MARKER_AND_PREPARE``: the marker's row, then the gid."""

@@ -19,7 +19,7 @@ import pytest
 from conftest import OPENING, Databases
 from test_participants_watchdog import Notices
 
-from twopc.bank import AccountRef, Transfer, run_transfer
+from twopc.bank import AccountRef, Transfer, TransferRejected, run_transfer
 from twopc.coordinator import Coordinator, CoordinatorConfig
 from twopc.coordinator.contention import LockContention
 from twopc.participants import (
@@ -32,6 +32,8 @@ from twopc.participants import (
     UndefinedTable,
     Xid,
 )
+from twopc.participants.mysql_branch import MySQLBranch
+from twopc.participants.postgres_branch import PostgresBranch
 
 DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s"
 CREDIT = "UPDATE accounts SET balance = balance + %s WHERE id = %s"
@@ -236,7 +238,98 @@ def test_a_statement_waiting_together_is_noticed_on_a_prepared_branch(db: Databa
     assert moved(db, -AMOUNT, AMOUNT)
 
 
-def test_one_last_statement_per_branch(db: Databases) -> None:
+def test_a_branch_s_last_statements_come_together(db: Databases) -> None:
+    statements = [
+        ("pg", DEBIT, (AMOUNT, "a1")),
+        ("mysql", CREDIT, (AMOUNT, "a1")),
+        ("pg", CREDIT, (AMOUNT, "a2")),
+    ]
     with coordinator(db) as c, c.transaction() as tx, pytest.raises(ValueError):
-        tx.execute_last([("pg", DEBIT, (AMOUNT, "a1")), ("pg", CREDIT, (AMOUNT, "a2"))])
+        tx.execute_last(statements)
     assert moved(db, Decimal(0), Decimal(0))
+
+
+def test_several_last_statements_per_branch_go_out_in_one_request_each(db: Databases) -> None:
+    order: list[str] = []
+    with coordinator(db) as c, c.transaction() as tx:
+        spy(tx, order)
+        done = tx.execute_last(
+            [
+                ("pg", DEBIT, (AMOUNT, "a1")),
+                ("pg", "SELECT balance FROM accounts WHERE id = %s", ("a1",)),
+                ("mysql", CREDIT, (AMOUNT, "a1")),
+                ("mysql", CREDIT, (AMOUNT, "a2")),
+            ]
+        )
+        assert [cursor.rowcount for cursor in (done[0], done[2], done[3])] == [1, 1, 1]
+        assert Decimal(done[1].fetchone()[0]) == OPENING - AMOUNT  # read inside the branch
+    assert order == ["pg send_last", "mysql send_last", "pg receive_last", "mysql receive_last"]
+    assert moved(db, -AMOUNT, AMOUNT)
+    assert db.balance("mysql", "a2") == OPENING + AMOUNT
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["together", "in-order"])
+@pytest.mark.parametrize("failing", [1, 3])
+def test_a_failed_statement_says_which_of_them_it_is(
+    db: Databases, failing: int, together: bool
+) -> None:
+    statements = [
+        ("pg", DEBIT, (AMOUNT, "a1")),
+        ("pg", CREDIT, (AMOUNT, "a2")),
+        ("mysql", CREDIT, (AMOUNT, "a1")),
+        ("mysql", CREDIT, (AMOUNT, "a2")),
+    ]
+    side = statements[failing][0]
+    statements[failing] = (side, "UPDATE no_such_table SET x = 1", ())
+    with coordinator(db) as c:
+        if not together:
+            c.contention = LockContention(threshold=0.01)
+            c.contention.tried(locked=True)  # sends in order from now on (probes aside)
+        with pytest.raises(UndefinedTable) as failed, c.transaction() as tx:
+            tx.execute_last(statements)
+        assert c.unsettled() == []
+    assert failed.value.statement == failing
+    assert moved(db, Decimal(0), Decimal(0))
+
+
+@pytest.mark.parametrize("destination", ["pg", "mysql"])
+def test_a_transfer_and_its_event_go_out_together(
+    db: Databases, destination: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = "mysql" if destination == "pg" else "pg"
+    move = Transfer(AccountRef(source, "a1"), AccountRef(destination, "a1"), AMOUNT)
+    order: list[str] = []
+    for kind in (PostgresBranch, MySQLBranch):
+        for name in ("_sql_send_last", "_sql_receive_last"):
+            real: Callable[..., Any] = getattr(kind, name)
+
+            def recorded(*args: Any, real: Callable[..., Any] = real, tag: str = name) -> Any:
+                order.append(tag.replace("_sql_", f"{args[0].xid.bqual} "))
+                return real(*args)
+
+            monkeypatch.setattr(kind, name, recorded)
+    with coordinator(db) as c:
+        run_transfer(c, move)
+    assert order == ["pg send_last", "mysql send_last", "pg receive_last", "mysql receive_last"]
+    query = {"pg": db.pg_query, "mysql": db.mysql_query}[destination]
+    events = query("SELECT aggregate, event_type FROM outbox")
+    assert events == [(f"{destination}:a1", "transfer.committed")]
+    pg, mysql = (AMOUNT, -AMOUNT) if destination == "pg" else (-AMOUNT, AMOUNT)
+    assert moved(db, pg, mysql)
+
+
+@pytest.mark.parametrize("destination", ["pg", "mysql"])
+def test_a_missing_outbox_table_refuses_the_transfer_and_changes_nothing(
+    db: Databases, destination: str
+) -> None:
+    source = "mysql" if destination == "pg" else "pg"
+    {"pg": db.pg_query, "mysql": db.mysql_query}[destination]("DROP TABLE outbox")
+    move = Transfer(AccountRef(source, "a1"), AccountRef(destination, "a1"), AMOUNT)
+    with coordinator(db) as c, pytest.raises(TransferRejected) as refused:
+        run_transfer(c, move)
+    assert str(refused.value) == (
+        f"{destination} has no outbox table: run `twopc init` (it adds the missing tables and "
+        "keeps the data)"
+    )
+    assert moved(db, Decimal(0), Decimal(0))
+
