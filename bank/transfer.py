@@ -4,8 +4,8 @@ Under 2PC (:func:`run_transfer`) a cross-database transfer is one global transac
 branch on each side, committed with two-phase commit; a same-database transfer has a single
 branch, which the coordinator commits in one phase. Locks are taken in a fixed order —
 PostgreSQL before MySQL, then by account id — so two opposite transfers never wait for each
-other's locks in a cycle. When each branch has one statement (no outbox event), both go out
-at once, PostgreSQL's not waiting for locks, which keeps that order (see
+other's locks in a cycle. Across two databases both branches' statements (the event after
+the credit) go out at once, PostgreSQL's not waiting for locks, which keeps that order (see
 :meth:`GlobalTransaction.execute_last`). The debit and credit are :mod:`bank.ledger`'s,
 the same the saga runs (:mod:`bank.transfer_saga`).
 """

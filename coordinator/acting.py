@@ -54,6 +54,8 @@ class RecoveryReport:
     removed_logs: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     markers_collected: int = 0
+    # gtrids named by requests of dead coordinators that were still running and were stopped
+    stopped_requests: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -73,6 +75,7 @@ class RecoveryReport:
             "removed_logs": self.removed_logs,
             "problems": self.problems,
             "markers_collected": self.markers_collected,
+            "stopped_requests": self.stopped_requests,
             "in_doubt_remains": self.in_doubt_remains,
         }
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -99,6 +99,7 @@ class _Session:
         self.report = report
         self.prepared = [p for p in prepared_everywhere(participants) if p.ours]
         self.still = {p.xid for p in self.prepared}
+        self.listed = set(self.still)  # every branch this recovery has listed
         self.evidence = gather_evidence(participants, {p.gtrid for p in self.prepared})
         self.waited = self._waited_on() if self.prepared else set()
         self._lock = threading.Lock()
@@ -116,6 +117,68 @@ class _Session:
         if act(prepared, facts, self.report):
             with self._lock:
                 self.still.discard(prepared.xid)
+
+    def fence(self, coordinators: Collection[str]) -> set[str]:
+        """Stop the requests of these dead coordinators (their logs held) that a server is
+        still running, and wait until their sessions are gone: a request waiting for a row
+        lock would otherwise prepare its branch once it got the lock, after this recovery
+        listed the servers (see :mod:`twopc.participants.requests`). Returns the coordinators
+        this cannot vouch for: all of them when a server could not be asked."""
+        if not coordinators:
+            return set()
+        prefixes = [f"{c}." for c in coordinators]
+        for participant in self.participants:
+            try:
+                stopped = participant.stop_requests(prefixes)
+            except ParticipantError as err:
+                self.report.problems.append(
+                    f"{participant.server}: could not make sure that no request of a dead "
+                    f"coordinator is still running there ({err}): their logs are kept"
+                )
+                return set(coordinators)
+            self.report.stopped_requests.extend(sorted(stopped))
+        return set()
+
+    def late(self, coordinators: Collection[str]) -> tuple[list[Prepared], set[str]]:
+        """Branches of these (fenced) coordinators prepared now that the listing at the start
+        did not hold (a request that prepared between that listing and the fence), and the
+        coordinators whose branches could not be listed again."""
+        wanted = set(coordinators)
+        if not wanted:
+            return [], set()
+        found: list[Prepared] = []
+        for participant in self.participants:
+            try:
+                fresh = {
+                    x
+                    for x in participant.prepared_xids()
+                    if coordinator_of(x.gtrid) in wanted and x not in self.listed
+                }
+                if fresh:
+                    branches = participant.prepared_branches()
+                    found += [Prepared(participant, b) for b in branches if b.xid in fresh]
+            except ParticipantError as err:
+                self.report.problems.append(
+                    f"{participant.server}: could not list prepared branches again ({err}): "
+                    "the logs of the coordinators it holds branches of are kept"
+                )
+                return found, wanted
+        if found:
+            more = gather_evidence(self.participants, {p.gtrid for p in found})
+            self.evidence = Evidence(
+                {**self.evidence.committed, **more.committed},
+                tuple(sorted({*self.evidence.unknown, *more.unknown})),
+            )
+            self.prepared += found
+            self.listed |= {p.xid for p in found}
+            self.still |= {p.xid for p in found}
+        return found, set()
+
+    def left_prepared(self, coordinators: Collection[str]) -> set[str]:
+        """Those of ``coordinators`` with a branch this recovery did not finish (left alone
+        or failed): their logs must stay for the recovery that will."""
+        wanted = set(coordinators)
+        return {c for c in map(coordinator_of, (x.gtrid for x in self.still)) if c in wanted}
 
     def _waited_on(self) -> set[Xid]:
         waited: set[Xid] = set()
@@ -275,13 +338,18 @@ def _recover_coordinators(
             plans += [(b, facts_of(b, state, session.evidence)) for b in branches]
             if not state.exists:
                 orphans.append(coordinator)
+        unvouched = session.fence(list(held))
         session.act_all(plans)
+        late, unlisted = session.late([c for c in held if c not in unvouched])
+        session.act_all([(b, _late_facts(b, held, session.evidence)) for b in late])
         session.end_complete(held)
         unfinished = {g for txlog in held.values() for g in txlog.unfinished()}
-        keep = session.elsewhere([c for c, txlog in held.items() if not txlog.unfinished()])
+        done = [c for c, txlog in held.items() if not txlog.unfinished()]
+        elsewhere = session.elsewhere(done)
+        keep = elsewhere | session.left_prepared(done) | ((unvouched | unlisted) & set(done))
         session.collect_markers([c for c in held if c not in keep], unfinished)
         _collect_orphan_markers(home, orphans, session)
-        for coordinator in sorted(keep):
+        for coordinator in sorted(elsewhere):
             session.report.problems.append(
                 f"coordinator {coordinator} still has branches prepared on these servers that "
                 "this recovery did not finish (other databases or participants it is not "
@@ -321,6 +389,15 @@ def _held_facts(
 ) -> BranchFacts:
     logged = Logged.COMMIT if prepared.gtrid in commits else Logged.NONE
     return BranchFacts(logged, alive=False, evidence=evidence.of(prepared.gtrid))
+
+
+def _late_facts(
+    prepared: Prepared, held: dict[str, TransactionLog], evidence: Evidence
+) -> BranchFacts:
+    """A branch prepared after the listing: its coordinator's log is held (it was fenced)."""
+    coordinator = prepared.coordinator
+    assert coordinator is not None  # late() keeps only branches of held coordinators
+    return _held_facts(prepared, _commits(held[coordinator]), evidence)
 
 
 def _release(
@@ -384,8 +461,13 @@ def _plan_one(prepared: Prepared, facts: BranchFacts, report: RecoveryReport) ->
 def recover_own(
     txlog: TransactionLog, coordinator: str, participants: Sequence[Participant]
 ) -> RecoveryReport:
-    """A (re)starting coordinator resolves its own in-doubt branches before new work."""
+    """A (re)starting coordinator resolves its own in-doubt branches before new work. A
+    request its previous run left running on a server is stopped first (it could prepare a
+    branch after the listing; see :meth:`_Session.fence`)."""
     report = RecoveryReport()
+    prefix = [f"{coordinator}."]
+    for participant in participants:
+        report.stopped_requests.extend(sorted(participant.stop_requests(prefix)))
     session = _Session(participants, report)
     commits = _commits(txlog)
     mine = [p for p in session.prepared if p.coordinator == coordinator]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -477,6 +477,17 @@ class BranchProtocol(ABC):
     def prepared_elsewhere(self) -> set[str]:
         """Gtrids of our branches prepared on this server by other participants (other
         databases, other bquals): seen, never acted on."""
+
+    def prepared_xids(self) -> set[Xid]:
+        """Our branches prepared in this database under this participant: a quick look
+        (what :meth:`prepared_branches` lists, without the details)."""
+        return {b.xid for b in self.prepared_branches() if b.xid is not None and b.xid.is_ours}
+
+    @abstractmethod
+    def stop_requests(self, prefixes: Collection[str]) -> set[str]:
+        """End the sessions still running a request that carries the prepare of a branch
+        whose gtrid starts with one of ``prefixes``, and wait until they are gone; the gtrids
+        those requests named (see :mod:`twopc.participants.requests`)."""
 
     @abstractmethod
     def check_server(self) -> None:

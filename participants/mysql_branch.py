@@ -15,10 +15,11 @@ prepared the branch is still connected. So "unknown xid" is only taken to mean "
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
+import pymysql
 from pymysql.constants import COMMAND
 
 from twopc.participants.base import Participant, shut_down_socket
@@ -40,14 +41,29 @@ from twopc.participants.errors import (
 )
 from twopc.participants.markers import OutcomeMarkers
 from twopc.participants.mysql_link import MySQLLink
+from twopc.participants.requests import requests_of, wait_until_gone
 from twopc.participants.xid import Xid
 
 _XAER_NOTA = 1397
+_NO_SUCH_THREAD = 1094
 # XA RECOVER has no timestamp, and the markers of prepared branches are uncommitted: only a
 # dirty read sees when each was written.
 _MARKER_TIMES = "SELECT gtrid, branch, created_at FROM twopc_outcomes WHERE gtrid IN ({})"
 
 MySQLConnection = Any  # PyMySQL ships no type information
+
+# Sessions running something (see participants.requests); the text is a multi-statement
+# request's rest, from the statement running now.
+_RUNNING_SQL = (
+    "SELECT ID, INFO FROM information_schema.PROCESSLIST "
+    "WHERE ID <> CONNECTION_ID() AND INFO IS NOT NULL"
+)
+
+
+def _still_there(cursor: Any, sessions: list[int]) -> set[int]:
+    marks = ", ".join(["%s"] * len(sessions))
+    cursor.execute(f"SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN ({marks})", sessions)
+    return {int(session) for (session,) in cursor.fetchall()}
 
 
 class MySQLBranches(BranchProtocol):
@@ -108,6 +124,16 @@ class MySQLBranches(BranchProtocol):
             conn.close()
         return [replace(b, prepared_at=times.get(b.xid)) if b.xid else b for b in branches]
 
+    def prepared_xids(self) -> set[Xid]:
+        conn = self.link.connect()
+        try:
+            listed = self._xa_recover(conn)
+        finally:
+            conn.close()
+        name = self._participant.name
+        xids = [b.xid for b in listed if b.xid is not None and b.xid.is_ours]
+        return {x for x in xids if x.bqual == name}
+
     def prepared_elsewhere(self) -> set[str]:
         conn = self.link.connect()
         try:
@@ -124,6 +150,27 @@ class MySQLBranches(BranchProtocol):
             cursor = conn.cursor()
             cursor.execute("XA RECOVER")
             return [self._prepared_branch(*row) for row in cursor.fetchall()]
+
+    def stop_requests(self, prefixes: Collection[str]) -> set[str]:
+        """Kill the sessions running a request of a branch whose gtrid starts with one of
+        ``prefixes`` and wait until they are gone; the gtrids they named."""
+        conn = self.link.connect()
+        try:
+            with self.link.translated("stop requests"):
+                cursor = conn.cursor()
+                cursor.execute(_RUNNING_SQL)
+                found = requests_of(cursor.fetchall(), prefixes)
+                for session in sorted(found):
+                    try:
+                        cursor.execute("KILL %s", (session,))
+                    except pymysql.err.OperationalError as err:
+                        if err.args[0] != _NO_SUCH_THREAD:  # it ended meanwhile
+                            raise
+                if found:
+                    wait_until_gone(lambda: _still_there(cursor, sorted(found)), self.link.server)
+        finally:
+            conn.close()
+        return set().union(*found.values())
 
     def check_server(self) -> None:
         self.link.connect().close()  # MySQL and MariaDB need no setting for XA: it answers
@@ -236,12 +283,16 @@ class MySQLBranch(Branch):
 
     def _sql_send_last(self, statements: list[Statement], wait_for_locks: bool) -> None:
         """[``XA START``,] the statements, the marker, ``XA END`` and ``XA PREPARE`` as one
-        multi-statement request. (Never told not to wait: ``refuses_lock_waits`` is False,
-        MySQL 8 knows no lock-wait limit under a second.)"""
+        multi-statement request. Each statement is followed by the xid's tag on a line of its
+        own (the process list then names the branch while it runs, and a statement ending in
+        a ``--`` comment cannot swallow what follows). Never told not to wait:
+        ``refuses_lock_waits`` is False, MySQL 8 knows no lock-wait limit under a second."""
         cursors = [self._conn.cursor() for _ in statements]
         texts = [] if self._started else [f"XA START {self.xid.mysql_literal()}"]
         self._sent_last = (cursors, len(texts))
-        texts += [c.mogrify(q, v) for c, (q, v) in zip(cursors, statements, strict=True)]
+        tag = self.xid.request_tag()
+        bound = zip(cursors, statements, strict=True)
+        texts += [f"{c.mogrify(q, v)}\n{tag}" for c, (q, v) in bound]
         texts += self._prepare_statements(cursors[0])
         # From here on the server may hold the branch, even prepared: a rollback must ask.
         self._started = True
@@ -280,11 +331,14 @@ class MySQLBranch(Branch):
         self._send("; ".join(self._prepare_statements(self._conn.cursor())), "prepare")
 
     def _prepare_statements(self, cursor: Any) -> list[str]:
-        """The outcome marker (values bound by ``cursor``), ``XA END`` and ``XA PREPARE``."""
+        """The outcome marker (values bound by ``cursor``), ``XA END`` and ``XA PREPARE``.
+        The process list shows a multi-statement request's statements one at a time: each
+        of ours names the branch (the marker by the xid's tag), so recovery can find and
+        stop a dead coordinator's request at any of them."""
         lit = self.xid.mysql_literal()
         markers = self._protocol.markers
         marker = cursor.mogrify(markers.insert_sql, markers.values(self.xid))
-        return [marker, f"XA END {lit}", f"XA PREPARE {lit}"]
+        return [f"{marker}\n{self.xid.request_tag()}", f"XA END {lit}", f"XA PREPARE {lit}"]
 
     def _sql_receive_prepare(self) -> Vote:
         if not self._started:

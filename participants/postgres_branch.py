@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import psycopg
@@ -58,6 +58,7 @@ from twopc.participants.errors import (
 )
 from twopc.participants.markers import OutcomeMarkers
 from twopc.participants.postgres_link import PostgresLink
+from twopc.participants.requests import requests_of, wait_until_gone
 from twopc.participants.xid import Xid
 
 _UNDEFINED_OBJECT = "42704"
@@ -83,6 +84,14 @@ _PREPARED_SQL = """
 """
 
 _ELSEWHERE_SQL = "SELECT gid FROM pg_prepared_xacts WHERE database <> current_database()"
+
+# Sessions running a tagged request (see participants.requests), in any database.
+_TAGGED_SQL = """
+    SELECT pid, query FROM pg_stat_activity
+     WHERE pid <> pg_backend_pid() AND state = 'active' AND starts_with(query, '/* twopc ')
+"""
+_TERMINATE_SQL = "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid"
+_STILL_THERE_SQL = "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)"
 
 
 class PostgresBranches(BranchProtocol):
@@ -134,6 +143,21 @@ class PostgresBranches(BranchProtocol):
             rows = conn.execute(_ELSEWHERE_SQL).fetchall()
         xids = (Xid.from_pg_gid(gid) for (gid,) in rows)
         return {x.gtrid for x in xids if x is not None and x.is_ours}
+
+    def stop_requests(self, prefixes: Collection[str]) -> set[str]:
+        """Terminate the sessions running a request of a branch whose gtrid starts with one
+        of ``prefixes`` and wait until they are gone; the gtrids they named."""
+        with self.link.connect() as conn, self.link.translated("stop requests"):
+            found = requests_of(conn.execute(_TAGGED_SQL).fetchall(), prefixes)
+            if not found:
+                return set()
+            sessions = sorted(found)
+            conn.execute(_TERMINATE_SQL, [sessions])
+            wait_until_gone(
+                lambda: {pid for (pid,) in conn.execute(_STILL_THERE_SQL, [sessions])},
+                self.link.server,
+            )
+        return set().union(*found.values())
 
     def check_server(self) -> None:
         with self.link.connect() as conn, self.link.translated("check max_prepared_transactions"):
@@ -231,16 +255,19 @@ class PostgresBranch(Branch):
         statements; the marker; ``PREPARE TRANSACTION``. The values are bound by psycopg on
         the client (a ``ClientCursor`` per statement): only the simple protocol takes several
         statements at once. The server runs nothing after the first error, so the position
-        of the failed result says whose error it is."""
+        of the failed result says whose error it is. The xid's tag opens it (recovery finds a
+        dead coordinator's request by it)."""
         binders = [psycopg.ClientCursor(self._conn) for _ in statements]
         head = [] if self._begun else ["BEGIN"]
         if not wait_for_locks:
             head.append(_NO_LOCK_WAIT)
-        texts = [b.mogrify(q, v) for b, (q, v) in zip(binders, statements, strict=True)]
+        # A newline ends each statement: one ending in a -- comment cannot swallow the rest.
+        texts = [f"{b.mogrify(q, v)}\n" for b, (q, v) in zip(binders, statements, strict=True)]
         marker = binders[0].mogrify(_MARKER_AND_PREPARE, self._marker())
         self._sent_last = (binders, len(head), wait_for_locks)
         self._begun = True  # from here on the server may hold the branch, even prepared
-        self._send_text("; ".join([*head, *texts, marker]), "execute")
+        request = "; ".join([*head, *texts, marker])
+        self._send_text(f"{self.xid.request_tag()} {request}", "execute")
 
     def _sql_receive_last(self) -> tuple[list[Cursor], Vote]:
         if self._sent_last is None:
@@ -306,7 +333,8 @@ class PostgresBranch(Branch):
             return  # nothing to send: the receive says why (read-only, or a NO vote)
         self._prepare_sent = True
         binder = psycopg.ClientCursor(self._conn)
-        self._send_text(binder.mogrify(_MARKER_AND_PREPARE, self._marker()), "prepare")
+        marker = binder.mogrify(_MARKER_AND_PREPARE, self._marker())
+        self._send_text(f"{self.xid.request_tag()} {marker}", "prepare")
 
     def _sql_receive_prepare(self) -> Vote:
         if not self._begun:

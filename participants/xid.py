@@ -26,6 +26,8 @@ _MAX_PART_BYTES = 64
 # trivially safe to splice and keeps them readable in `XA RECOVER` and `pg_prepared_xacts`.
 _PART = re.compile(r"[A-Za-z0-9._:-]+")
 _PG_GID = re.compile(r"(\d+)_([A-Za-z0-9+/=]+)_([A-Za-z0-9+/=]+)")
+_TAG = re.compile(r"/\* twopc (\d+):([A-Za-z0-9._:-]+)/[A-Za-z0-9._:-]+ \*/")
+_MYSQL_XID = re.compile(r"X'([0-9a-fA-F]*)',X'[0-9a-fA-F]*',(\d+)")
 
 
 class InvalidXid(ValueError):
@@ -64,12 +66,21 @@ class Xid:
         """The MySQL/MariaDB xid as it follows ``XA START`` / ``XA COMMIT`` etc."""
         return self._wire[2]
 
+    def request_tag(self) -> str:
+        """The comment that opens every request carrying this branch's prepare. While the
+        server runs such a request, the session's query text names the branch
+        (``pg_stat_activity``, the process list): a request of a dead coordinator still
+        running (waiting for a row lock, say) is found and stopped before it can prepare a
+        branch that recovery has already judged (see :func:`gtrids_named_in`)."""
+        return self._wire[3]
+
     @functools.cached_property
-    def _wire(self) -> tuple[str, str, str]:
+    def _wire(self) -> tuple[str, str, str, str]:
         """Every wire form, made once per xid (a branch names itself several times)."""
         gid = f"{self.format_id}_{_b64(self.gtrid)}_{_b64(self.bqual)}"
         mysql = f"X'{self.gtrid.encode().hex()}',X'{self.bqual.encode().hex()}',{self.format_id}"
-        return gid, f"'{gid}'", mysql
+        tag = f"/* twopc {self.format_id}:{self.gtrid}/{self.bqual} */"  # the alphabet has no *
+        return gid, f"'{gid}'", mysql, tag
 
     @classmethod
     def from_pg_gid(cls, gid: str) -> Xid | None:
@@ -99,6 +110,23 @@ class Xid:
 
     def __str__(self) -> str:
         return f"{self.gtrid}/{self.bqual}"
+
+
+def gtrids_named_in(text: str) -> set[str]:
+    """The gtrids of our branches a running request names: by its tag (on both servers the
+    text shown for it starts with the tag while its first statement runs, and PostgreSQL
+    shows the whole request throughout), or by the ``XA`` xid literals still ahead of
+    MySQL/MariaDB's current statement (the process list shows the rest of a multi-statement
+    request, down to ``XA PREPARE``)."""
+    named = {m.group(2) for m in _TAG.finditer(text) if int(m.group(1)) == FORMAT_ID}
+    for literal in _MYSQL_XID.finditer(text):
+        if int(literal.group(2)) != FORMAT_ID:
+            continue
+        try:
+            named.add(bytes.fromhex(literal.group(1)).decode())
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return named
 
 
 def _check_part(name: str, value: str) -> None:

@@ -28,6 +28,7 @@ import pymysql
 import pytest
 from conftest import ACCOUNTS, AMOUNT, OPENING, Databases, Direction, twopc_executable
 
+from twopc.coordinator.ids import coordinator_of
 from twopc.participants import FORMAT_ID, Xid
 from twopc.txlog import Record, TransactionLog, read_log
 
@@ -340,11 +341,22 @@ def test_blocked_transfer_waits_until_recovery(db: Databases, case: Blocking) ->
         )
         assert "twopc recover" in notice
 
-        waiters = in_doubt_by_server(db)[case.side]["blocking"]
+        listed = in_doubt(db)
+        crashed = {e["server"]: e for e in listed if e["gtrid"] == gtrid}
+        waiters = crashed[case.side]["blocking"]
         assert any("UPDATE accounts" in str(w["query"]) for w in waiters), waiters
+        # Waiting on MySQL, the transfer's PostgreSQL branch is already prepared (its
+        # statements went out with their prepare, together with MySQL's): listed, as a live
+        # coordinator's, and left alone by recovery.
+        own = {(e["gtrid"], e["server"]): e["coordinator_alive"] for e in listed}
+        del own[(gtrid, "pg")], own[(gtrid, "mysql")]
+        assert list(own.values()) == ([] if case.side == "pg" else [True]), listed
+        assert [server for (_, server) in own] == ([] if case.side == "pg" else ["pg"]), listed
 
-        report = run_json(db, "recover", code=0)
-        assert actions(report) == {(gtrid, side): "committed" for side in SIDES}
+        expected = {(gtrid, side): "committed" for side in SIDES}
+        expected |= {key: "left alone" for key in own}
+        report = run_json(db, "recover", code=EXIT_IN_DOUBT if own else 0)
+        assert actions(report) == expected
         assert process.wait(timeout=30) == 0, lines.rest()
     finally:
         stop(process)
@@ -355,6 +367,42 @@ def test_blocked_transfer_waits_until_recovery(db: Databases, case: Blocking) ->
     assert db.balances() == after
     assert after[source] == OPENING - AMOUNT - 1
     assert prepared(db) == NOTHING_PREPARED
+
+
+@pytest.mark.parametrize("case", BLOCKING)
+def test_a_transfer_killed_while_it_waits_never_prepares_behind_recovery(
+    db: Databases, case: Blocking
+) -> None:
+    """A transfer killed while its request waits for a row an in-doubt transaction holds:
+    the server would run the rest of that request (marker, prepare) once recovery freed the
+    row, leaving a branch prepared after recovery removed the dead transfer's log, an orphan
+    no recovery could decide. Recovery stops the request first. Waiting on MySQL, the
+    transfer's PostgreSQL branch is already prepared (the branches went out together): no
+    decision, so recovery rolls it back."""
+    opening = db.balances()
+    gtrid = crash_after_decision(db, case.crashed)
+    process = start(db, "transfer", *case.blocked, "1", "--lock-wait", "60")
+    try:
+        assert process.stderr is not None
+        Lines(process.stderr).wait_for(lambda s: s.startswith("waiting for"), timeout=15)
+        listed = in_doubt(db)
+        waiting = [(e["server"], e["coordinator_alive"]) for e in listed if e["gtrid"] != gtrid]
+        assert waiting == ([] if case.side == "pg" else [("pg", True)])
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        stop(process)
+
+    report = run_json(db, "recover", code=0)
+    [killed] = report["stopped_requests"]  # its request, still waiting on case.side
+    assert coordinator_of(killed) not in (None, coordinator_of(gtrid))
+    expected = {(gtrid, side): "committed" for side in SIDES}
+    if case.side == "mysql":
+        expected[(killed, "pg")] = "rolled back"
+    assert actions(report) == expected
+    assert set(report["removed_logs"]) == {coordinator_of(gtrid), coordinator_of(killed)}
+    assert prepared(db) == NOTHING_PREPARED
+    assert db.balances() == case.crashed.moved(opening)
 
 
 # -- 4. resolve by hand ------------------------------------------------------------------------
