@@ -269,6 +269,29 @@ def test_several_last_statements_per_branch_go_out_in_one_request_each(db: Datab
 
 
 @pytest.mark.parametrize("together", [True, False], ids=["together", "in-order"])
+def test_a_statement_ending_in_a_line_comment_does_not_swallow_the_prepare(
+    db: Databases, together: bool
+) -> None:
+    """The statements, the marker and the prepare share one request: a ``--`` comment at the
+    end of a statement must not turn the rest of that request into a comment."""
+    with coordinator(db) as c:
+        if not together:
+            c.contention = LockContention(threshold=0.01)
+            c.contention.tried(locked=True)
+        with c.transaction() as tx:
+            done = tx.execute_last(
+                [
+                    ("pg", DEBIT + " -- the debit", (AMOUNT, "a1")),
+                    ("mysql", CREDIT + " -- the credit", (AMOUNT, "a1")),
+                ]
+            )
+            assert [cursor.rowcount for cursor in done] == [1, 1]
+            assert tx["pg"].state is BranchState.PREPARED
+            assert tx["mysql"].state is BranchState.PREPARED
+    assert moved(db, -AMOUNT, AMOUNT)
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["together", "in-order"])
 @pytest.mark.parametrize("failing", [1, 3])
 def test_a_failed_statement_says_which_of_them_it_is(
     db: Databases, failing: int, together: bool
