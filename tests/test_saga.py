@@ -316,7 +316,7 @@ def test_recover_finishes_a_saga_killed_at_each_point(
     assert run_json(db, "sagas")["sagas"] == []
     assert run_json(db, "recover") == {
         "resolutions": [], "ended": [], "removed_logs": [], "problems": [],
-        "markers_collected": 0, "in_doubt_remains": False,
+        "markers_collected": 0, "stopped_requests": [], "in_doubt_remains": False,
         "sagas": {
             "resolutions": [], "removed_logs": [], "problems": [], "unfinished_remain": False,
         },
