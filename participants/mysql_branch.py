@@ -125,24 +125,19 @@ class MySQLBranches(BranchProtocol):
         return [replace(b, prepared_at=times.get(b.xid)) if b.xid else b for b in branches]
 
     def prepared_xids(self) -> set[Xid]:
-        conn = self.link.connect()
-        try:
-            listed = self._xa_recover(conn)
-        finally:
-            conn.close()
-        name = self._participant.name
-        xids = [b.xid for b in listed if b.xid is not None and b.xid.is_ours]
-        return {x for x in xids if x.bqual == name}
+        return {x for x in self._ours_on_server() if x.bqual == self._participant.name}
 
     def prepared_elsewhere(self) -> set[str]:
+        return {x.gtrid for x in self._ours_on_server() if x.bqual != self._participant.name}
+
+    def _ours_on_server(self) -> list[Xid]:
+        """Our prepared branches on the whole server, from a connection of its own."""
         conn = self.link.connect()
         try:
             listed = self._xa_recover(conn)
         finally:
             conn.close()
-        name = self._participant.name
-        xids = [b.xid for b in listed if b.xid is not None]
-        return {x.gtrid for x in xids if x.is_ours and x.bqual != name}
+        return [b.xid for b in listed if b.xid is not None and b.xid.is_ours]
 
     def _xa_recover(self, conn: Any) -> list[PreparedBranch]:
         """Every prepared branch on the server (``XA RECOVER`` is server-wide)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from twopc.txlog import LogCorrupt, Record, TransactionLog, read_log, verify_log
+from twopc.txlog import LogCorrupt, LogMissing, Record, TransactionLog, read_log, verify_log
 
 LOGS = Path(__file__).resolve().parent / "data" / "logs"
 EXPECTED: dict[str, Any] = json.loads((LOGS / "expected.json").read_text())
@@ -99,3 +99,29 @@ def test_mid_corrupt_damage_is_located_exactly() -> None:
     )
     undecodable = [s for s in report.segments if s.records is None]
     assert [Path(s.file).name for s in undecodable] == [EXPECTED["mid-corrupt"]["file"]]
+
+
+def test_a_log_destroyed_while_it_is_read_is_missing_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader lists the segments of a finished one-shot log just before its writer
+    destroys it: the reader must be told the log is missing (a plain FileNotFoundError broke
+    saga pruning, and so a CLI transfer that had moved its money exited 1)."""
+    import twopc.txlog.replay as replay
+
+    txlog = TransactionLog.open(tmp_path / "one-shot")
+    txlog.append(Record("commit", "t1", {}), force=True)
+    txlog.append(Record("end", "t1", {}, final=True), force=True)
+    listed = replay.list_segments
+    destroyed: list[bool] = []
+
+    def list_then_destroy(directory: Path) -> list[int]:
+        numbers = listed(directory)
+        if not destroyed:
+            txlog.destroy()  # the writer finishes between the listing and the reading
+            destroyed.append(True)
+        return numbers
+
+    monkeypatch.setattr(replay, "list_segments", list_then_destroy)
+    with pytest.raises(LogMissing):
+        read_log(tmp_path / "one-shot")

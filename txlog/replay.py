@@ -103,18 +103,29 @@ def read_log(path: Path) -> LogContents:
 
 def _scan_consistently(directory: Path) -> LogScan:
     # A live writer's checkpoint deletes segments; a scan that saw the checkpoint change
-    # under it may have seen a missing segment that is not damage, so it is retried.
+    # under it may have seen a missing segment that is not damage, so it is retried. A file
+    # listed and then gone was deleted meanwhile (a checkpoint, or the whole log destroyed by
+    # its writer once nothing in it was unfinished): scanned again; a log gone is missing.
     for _ in range(RACE_RETRIES):
         before = checkpoint_identity(directory)
         try:
             scan = scan_log(directory)
-        except (FileNotFoundError, LogCorrupt):
-            if checkpoint_identity(directory) == before:
+        except LogMissing:
+            raise
+        except (FileNotFoundError, LogCorrupt) as err:
+            if not directory.is_dir():
+                raise LogMissing(directory) from None
+            if isinstance(err, LogCorrupt) and checkpoint_identity(directory) == before:
                 raise
             continue
         if checkpoint_identity(directory) == before:
             return scan
-    return scan_log(directory)
+    try:
+        return scan_log(directory)
+    except FileNotFoundError:
+        if not directory.is_dir():
+            raise LogMissing(directory) from None
+        raise
 
 
 def checkpoint_identity(directory: Path) -> tuple[int, int, int] | None:
