@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from twopc.bank import InvalidInput, TransferRejected
-from twopc.coordinator import CoordinatorError, InDoubt, TransactionAborted
+from twopc.coordinator import CoordinatorError, InDoubt, OutcomeUnknown, TransactionAborted
 from twopc.coordinator.recovery import RecoveryError
 from twopc.devserver import DevServerError, DevServers, DevState
 from twopc.participants import (
@@ -282,7 +282,8 @@ class Aborted(Failure):
 
 
 class InDoubtRemains(Failure):
-    """Something of ours is left in doubt: the decision is logged, some branch not told."""
+    """Something of ours is left in doubt: a logged decision some branch was not told, or a
+    one-phase commit whose answer was lost."""
 
     exit_code = EXIT_IN_DOUBT
     outcome = "in doubt"
@@ -308,6 +309,11 @@ def operational_errors(command: _F) -> _F:
             raise Refused(f"transfer refused: {err}; nothing was changed") from None
         except InDoubt as err:
             raise InDoubtRemains(str(err)) from None
+        except OutcomeUnknown as err:  # it may have committed: never "nothing was changed"
+            raise InDoubtRemains(
+                f"{err}: it may or may not have committed; check with `twopc balances` "
+                "before retrying"
+            ) from None
         except TransactionAborted as err:
             raise Aborted(str(err)) from None
         except (
