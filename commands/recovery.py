@@ -124,6 +124,11 @@ def recover(obj: Context, dry_run: bool, retry_deadline: float | None, as_json: 
 def _recovery_text(report: RecoveryReport) -> str:
     width = _width(r.participant for r in report.resolutions)
     lines = [
+        f"{gtrid}  request stopped: its coordinator is dead and the server was still running "
+        "it (it could have prepared the branch afterwards)"
+        for gtrid in report.stopped_requests
+    ]
+    lines += [
         f"{r.gtrid}  {r.participant:<{width}}  {r.action}: {r.reason}" for r in report.resolutions
     ]
     lines += [f"{gtrid}  ended (END record written)" for gtrid in report.ended]

@@ -119,3 +119,13 @@ def test_a_restarting_coordinator_stops_its_previous_runs_requests_first(tmp_pat
     finally:
         txlog.close()
     assert a.asked == [[f"{DEAD}."]] and report.stopped_requests == [GTRID]
+
+
+def test_recover_says_which_requests_it_stopped(tmp_path: Path) -> None:
+    from twopc.commands.recovery import _recovery_text
+
+    a = Fenced("a")
+    a.running = {GTRID}
+    dead_log(tmp_path)
+    lines = _recovery_text(recover([a], tmp_path)).splitlines()
+    assert lines[0].startswith(f"{GTRID}  request stopped: its coordinator is dead"), lines
