@@ -52,8 +52,8 @@ _MARKER_TIMES = "SELECT gtrid, branch, created_at FROM twopc_outcomes WHERE gtri
 
 MySQLConnection = Any  # PyMySQL ships no type information
 
-# Sessions running something (see participants.requests); the text is a multi-statement
-# request's rest, from the statement running now.
+# Sessions running something (see participants.requests); of a multi-statement request the
+# process list shows only the statement running now.
 _RUNNING_SQL = (
     "SELECT ID, INFO FROM information_schema.PROCESSLIST "
     "WHERE ID <> CONNECTION_ID() AND INFO IS NOT NULL"

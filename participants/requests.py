@@ -10,8 +10,8 @@ recovery could decide. So recovery (and a coordinator restarting under its old i
 stops every running request of the coordinators it is about to judge, and waits until their
 sessions are gone; only then is what the servers list prepared the whole story.
 
-Each such request opens with its xid's tag (:meth:`Xid.request_tag`), which the servers show
-as the session's running query.
+Each such request names its xid (:meth:`Xid.request_tag`) in the text the servers show as
+the session's running query.
 """
 
 from __future__ import annotations

@@ -67,11 +67,12 @@ class Xid:
         return self._wire[2]
 
     def request_tag(self) -> str:
-        """The comment that opens every request carrying this branch's prepare. While the
-        server runs such a request, the session's query text names the branch
-        (``pg_stat_activity``, the process list): a request of a dead coordinator still
-        running (waiting for a row lock, say) is found and stopped before it can prepare a
-        branch that recovery has already judged (see :func:`gtrids_named_in`)."""
+        """The comment that names this branch in every request carrying its prepare (it opens
+        a PostgreSQL request; on MySQL it follows each statement). While the server runs such
+        a request, the session's query text names the branch (``pg_stat_activity``, the
+        process list): a request of a dead coordinator still running (waiting for a row lock,
+        say) is found and stopped before it can prepare a branch that recovery has already
+        judged (see :func:`gtrids_named_in`)."""
         return self._wire[3]
 
     @functools.cached_property
@@ -113,11 +114,10 @@ class Xid:
 
 
 def gtrids_named_in(text: str) -> set[str]:
-    """The gtrids of our branches a running request names: by its tag (on both servers the
-    text shown for it starts with the tag while its first statement runs, and PostgreSQL
-    shows the whole request throughout), or by the ``XA`` xid literals still ahead of
-    MySQL/MariaDB's current statement (the process list shows the rest of a multi-statement
-    request, down to ``XA PREPARE``)."""
+    """The gtrids of our branches a running request names: by its tag (PostgreSQL shows the
+    whole request, which the tag opens; MySQL/MariaDB's process list shows only the statement
+    running, which the tag follows), or by the ``XA START/END/PREPARE`` xid literal when that
+    statement is one of those."""
     named = {m.group(2) for m in _TAG.finditer(text) if int(m.group(1)) == FORMAT_ID}
     for literal in _MYSQL_XID.finditer(text):
         if int(literal.group(2)) != FORMAT_ID:
