@@ -11,9 +11,12 @@ import pytest
 
 from twopc.coordinator.facts import OPERATOR_LOG, coordinator_home
 from twopc.coordinator.ids import InvalidCoordinatorId
+from twopc.coordinator.recovery import recover
 from twopc.saga.ids import InvalidSagaId
 from twopc.saga.logs import orchestrator_home
 from twopc.txlog import LogLocked, LogMissing, Record
+from twopc.txlog import log as log_module
+from twopc.txlog.locking import WriterLock
 
 
 def test_owners_are_the_valid_ids_with_a_log(tmp_path: Path) -> None:
@@ -60,3 +63,27 @@ def test_a_dead_owner_is_not_alive(tmp_path: Path) -> None:
     logs = coordinator_home(tmp_path)
     assert logs.owners() == ["killed"] and not logs.alive("killed")
     logs.open("killed", create=False).close()  # taken over, as recovery does
+
+
+def test_a_log_being_created_is_never_taken_for_a_dead_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recovery that runs while a coordinator creates its log (here: just before the new
+    log's lock is taken) neither takes that log over nor removes it. The directory appears
+    with its lock already held; made first and locked after, it was for a moment a log with
+    no live writer, which recovery removed as a dead coordinator's (and the start failed)."""
+    real_lock = log_module.WriterLock
+    seen: list[tuple[list[str], list[str]]] = []
+
+    def recovery_then_lock(directory: Path) -> WriterLock:
+        if not seen:  # once: recovery opens logs through the same lock
+            seen.append((coordinator_home(tmp_path).owners(), recover([], tmp_path).removed_logs))
+        return real_lock(directory)
+
+    monkeypatch.setattr(log_module, "WriterLock", recovery_then_lock)
+    with coordinator_home(tmp_path).open("starting") as log:
+        assert coordinator_home(tmp_path).alive("starting")
+        log.append(Record("COMMIT", "tx-1", {}), force=True)
+    assert seen == [([], [])]
+    assert [r.txid for r in coordinator_home(tmp_path).read("starting").records] == ["tx-1"]
+    assert sorted(p.name for p in coordinator_home(tmp_path).root.iterdir()) == ["starting"]

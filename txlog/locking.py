@@ -28,6 +28,10 @@ class WriterLock:
             self.release()
             raise
 
+    def moved_to(self, directory: Path) -> None:
+        """The locked directory was renamed to ``directory`` (the lock goes with it)."""
+        self.path = directory / LOCK_NAME
+
     def release(self) -> None:
         """Drop the lock (closing the descriptor releases the flock); idempotent."""
         if self._fd is not None:

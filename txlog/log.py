@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -10,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from twopc.txlog.errors import LogError, LogMissing
-from twopc.txlog.files import make_directories
+from twopc.txlog.files import fsync_directory, make_directories
 from twopc.txlog.framing import FILE_HEADER_SIZE, FRAME_OVERHEAD
 from twopc.txlog.group_commit import GroupCommit
 from twopc.txlog.locking import WriterLock
@@ -83,8 +87,9 @@ class TransactionLog:
             raise ValueError(f"segment_bytes must be at least {MIN_SEGMENT_BYTES}")
         if not directory.is_dir() and not create:
             raise LogMissing(directory)
-        make_directories(directory)
-        lock = WriterLock(directory)
+        lock = _create_locked(directory)
+        if lock is None:
+            lock = _lock_existing(directory)
         try:
             scan = _scan_existing(directory, create=create)
             writer = SegmentWriter(directory, scan, segment_bytes, auto_checkpoint=auto_checkpoint)
@@ -191,6 +196,40 @@ class TransactionLog:
 
 def _nothing() -> None:
     pass
+
+
+def _create_locked(directory: Path) -> WriterLock | None:
+    """Create the log directory already locked, or None if it exists.
+
+    It is built under a temporary name (``_new-…``: no owner's, so never listed) and renamed
+    into place holding its lock: a directory made first and locked after would, for a moment,
+    be a log with no live writer, which a recovery may take over or remove as a dead one's.
+    """
+    if directory.is_dir():
+        return None
+    make_directories(directory.parent)
+    temporary = Path(tempfile.mkdtemp(prefix="_new-", dir=directory.parent))
+    lock = WriterLock(temporary)
+    try:
+        os.rename(temporary, directory)
+    except OSError as err:
+        lock.release()
+        shutil.rmtree(temporary, ignore_errors=True)
+        if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            return None  # created meanwhile by another writer
+        raise
+    except BaseException:
+        lock.release()
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    lock.moved_to(directory)
+    fsync_directory(directory.parent)
+    return lock
+
+
+def _lock_existing(directory: Path) -> WriterLock:
+    make_directories(directory)  # makes an older version's open directory private
+    return WriterLock(directory)
 
 
 def _scan_existing(directory: Path, *, create: bool) -> LogScan | None:
