@@ -55,6 +55,7 @@ from twopc.coordinator.records import BranchEntry, CommitDecision, EndedBy, EndR
 from twopc.coordinator.resolve import ManualResolution, resolve
 from twopc.participants import FORMAT_ID, Participant, ParticipantError, Xid
 from twopc.txlog import LogCorrupt, LogError, LogLocked, LogMissing, TransactionLog
+from twopc.txlog.files import fsync_directory
 
 __all__ = [
     "DECISION_NONE",
@@ -357,8 +358,12 @@ def _recover_coordinators(
                 "--participant NAME=URL)"
             )
     finally:
-        for coordinator, txlog in held.items():
+        removed = [
             _release(coordinator, txlog, session.report, keep=coordinator in keep)
+            for coordinator, txlog in held.items()
+        ]
+        if any(removed):  # one fsync makes every removal of the chunk durable
+            fsync_directory(coordinator_home(home).root)
 
 
 def _hold(
@@ -402,12 +407,15 @@ def _late_facts(
 
 def _release(
     coordinator: str, txlog: TransactionLog, report: RecoveryReport, *, keep: bool = False
-) -> None:
+) -> bool:
+    """Close a held log, or remove it when nothing in it is unfinished (and it need not be
+    kept); whether it was removed (its removal is made durable by the caller)."""
     if keep or txlog.unfinished():
         txlog.close()
-    else:
-        txlog.destroy()
-        report.removed_logs.append(coordinator)
+        return False
+    txlog.destroy(durable=False)
+    report.removed_logs.append(coordinator)
+    return True
 
 
 def _collect_orphan_markers(home: Path, orphans: Sequence[str], session: _Session) -> None:

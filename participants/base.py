@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from twopc.participants.branch import (
     Branch,
@@ -33,7 +33,7 @@ from twopc.participants.branch import (
     PreparedBranch,
     Vote,
 )
-from twopc.participants.errors import ParticipantError
+from twopc.participants.errors import ParticipantError, ParticipantUnavailable
 from twopc.participants.lockwaits import LockInspector, LockWait
 from twopc.participants.markers import OutcomeMarkers
 from twopc.participants.pool import ConnectionPool
@@ -62,6 +62,7 @@ __all__ = [
 #: The longest lock wait or I/O timeout a participant accepts (PostgreSQL's lock_timeout is
 #: an int of milliseconds: about 24.8 days).
 MAX_SECONDS = 2_000_000.0
+_T = TypeVar("_T")
 
 #: Told, once per branch, when a statement has waited ``notice_after`` seconds for a lock held
 #: by a prepared branch (the CLI prints who blocks it and how to resolve it). It runs on the
@@ -171,6 +172,28 @@ class Participant(ABC):
             self.discard(conn)
             raise
         self.release(conn)
+
+    def redoable(self, work: Callable[[Any], _T]) -> _T:
+        """``work(conn)`` on a pooled connection with no round trip to check it first when it
+        was given back recently (see :meth:`ConnectionPool.take`): if the server cannot be
+        reached on such a one, it had died in the pool, and ``work`` runs again on a checked
+        one. Only for work whose second run is right even if the first reached the server
+        (finishing a prepared branch by xid: the second finds it unknown, which its caller
+        settles by the outcome marker). A connection that saw an error is closed."""
+        conn, verified = self.take(trust_recent=True)
+        try:
+            result = work(conn)
+        except ParticipantUnavailable:
+            self.discard(conn)
+            if verified:
+                raise
+            with self.borrowed() as checked:
+                return work(checked)
+        except BaseException:
+            self.discard(conn)
+            raise
+        self.release(conn)
+        return result
 
     def close(self) -> None:
         """Stop the lock-wait watchdog and close the idle connections (a participant stays

@@ -80,8 +80,7 @@ class MySQLBranches(BranchProtocol):
         return MySQLBranch(self._participant, self, conn, xid, verified=verified)
 
     def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
-        with self._participant.borrowed() as conn:
-            self.finish_on(conn, xid, commit=commit)
+        self._participant.redoable(lambda conn: self.finish_on(conn, xid, commit=commit))
 
     def finish_on(self, conn: MySQLConnection, xid: Xid, *, commit: bool) -> None:
         """``XA COMMIT`` / ``XA ROLLBACK`` of a prepared branch."""

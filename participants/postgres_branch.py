@@ -108,8 +108,7 @@ class PostgresBranches(BranchProtocol):
         return PostgresBranch(self._participant, self, conn, xid, verified=verified)
 
     def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
-        with self._participant.borrowed() as conn:
-            self.finish_on(conn, xid, commit=commit)
+        self._participant.redoable(lambda conn: self.finish_on(conn, xid, commit=commit))
 
     def finish_on(self, conn: psycopg.Connection[Any], xid: Xid, *, commit: bool) -> None:
         """``COMMIT PREPARED`` / ``ROLLBACK PREPARED`` on an idle connection."""

@@ -10,7 +10,7 @@ import pytest
 from conftest import OPENING, Databases
 
 from twopc.coordinator import Coordinator, CoordinatorConfig, TransactionAborted
-from twopc.participants import Participant
+from twopc.participants import FORMAT_ID, Participant, Xid
 
 SESSION = {"pg": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
 DEBIT = "UPDATE accounts SET balance = balance - %s WHERE id = %s"
@@ -97,4 +97,32 @@ def test_a_local_transaction_that_failed_is_not_reused(db: Databases, side: str)
         after = int(local.execute(SESSION[side]).fetchone()[0])
     assert failed == committed  # the committed one's connection served again...
     assert after != failed  # ... but not the one left inside a transaction
+    participant.close()
+
+
+@pytest.mark.parametrize("commit", [True, False], ids=["commit", "rollback"])
+@pytest.mark.parametrize("side", ["pg", "mysql"])
+def test_a_branch_is_finished_by_xid_though_its_pooled_connection_died_idle(
+    db: Databases, side: str, commit: bool
+) -> None:
+    """Finishing a prepared branch by xid (recovery, phase-2 retries) takes a recently pooled
+    connection without a round trip to check it: one whose session died in the pool fails
+    for want of a server, is closed, and the branch is finished on a checked connection."""
+    participant: Participant = db.pg() if side == "pg" else db.mysql()
+    xid = Xid(FORMAT_ID, "pool.00000000000000000001", participant.name)
+    branch = participant.begin(xid)
+    branch.execute(CREDIT, (Decimal("3"), "a2"))
+    branch.prepare()
+    branch.close()  # its session goes: another may finish it (MariaDB: only then)
+    with participant.local_transaction() as local:
+        pooled = int(local.execute(SESSION[side]).fetchone()[0])
+    if side == "pg":
+        db.pg_query("SELECT pg_terminate_backend(%s)", (pooled,))
+    else:
+        db.mysql_query("KILL %s", (pooled,))
+    participant.finish_prepared(xid, commit=commit)
+    assert (db.pg_prepared() if side == "pg" else db.mysql_prepared()) == []
+    assert db.balance(side, "a2") == OPENING + (3 if commit else 0)
+    with participant.local_transaction() as local:
+        assert int(local.execute(SESSION[side]).fetchone()[0]) not in (pooled, 0)
     participant.close()

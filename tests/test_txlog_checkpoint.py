@@ -19,6 +19,7 @@ from twopc.txlog import (
     read_log,
     verify_log,
 )
+from twopc.txlog import writer as writer_module
 from twopc.txlog.files import disk_usage
 
 SEGMENT = 8 * 1024
@@ -125,6 +126,21 @@ def test_stats_count_records_and_the_syncs_that_made_them_durable(tmp_path: Path
         assert log.stats() == LogStats(records=3, syncs=3)  # unforced: only buffered
         log.append(Record("begin", "t9"), force=True)
         assert log.stats() == LogStats(records=7, syncs=4)  # one sync for all four
+        log.sync()
+        assert log.stats() == LogStats(records=7, syncs=4)  # nothing new: nothing to sync
+        log.append(Record("end", "t9", final=True), force=False)
+        log.sync()
+        assert log.stats() == LogStats(records=8, syncs=5)
+
+
+def test_a_reopened_log_is_synced_once_though_nothing_is_appended(tmp_path: Path) -> None:
+    """Its last segment may hold a dead writer's unsynced tail: the first sync syncs it."""
+    with TransactionLog.open(tmp_path / "log") as log:
+        log.append(Record("begin", "t1"), force=False)
+    with TransactionLog.open(tmp_path / "log") as log:
+        log.sync()
+        log.sync()
+        assert log.stats() == LogStats(records=0, syncs=1)
 
 
 def test_second_writer_is_refused_and_lock_follows_close(tmp_path: Path) -> None:
@@ -164,6 +180,18 @@ def test_destroy_refuses_unfinished_then_removes_everything(tmp_path: Path) -> N
     log.destroy()
     assert not directory.exists()
     assert not is_locked(directory)
+    assert log.stats().syncs == 1  # what is deleted is not synced first
+
+
+def test_destroy_leaves_making_the_removal_durable_to_the_caller_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    monkeypatch.setattr(writer_module, "fsync_directory", synced.append)
+    TransactionLog.open(tmp_path / "a").destroy(durable=False)
+    assert synced == [] and not (tmp_path / "a").exists()
+    TransactionLog.open(tmp_path / "b").destroy()
+    assert synced == [tmp_path] and not (tmp_path / "b").exists()
 
 
 def test_torn_tail_cut_is_reported_at_info(

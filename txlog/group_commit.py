@@ -84,8 +84,11 @@ class GroupCommit(Generic[Item]):
         if waiter is not None:
             self._serve(waiter, sync=force)
 
-    def barrier(self, action: Action | None = None, *, close: bool = False) -> None:
-        """Sync everything buffered, then run ``action`` while no other flush can run.
+    def barrier(
+        self, action: Action | None = None, *, close: bool = False, sync: bool = True
+    ) -> None:
+        """Sync everything buffered (only write it, without ``sync``), then run ``action``
+        while no other flush can run.
 
         With ``close``, later appends raise :class:`LogError`.
         """
@@ -94,7 +97,7 @@ class GroupCommit(Generic[Item]):
             self._closed = close
             waiter = self._join(self._appended, action)
         if waiter is not None:
-            self._serve(waiter, sync=True)
+            self._serve(waiter, sync=sync)
 
     def _should_write_unforced(self) -> bool:
         # Bounds memory under a stream of unforced items; never waits for a flush.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import tempfile
@@ -154,9 +155,15 @@ class TransactionLog:
             self._writer.close()  # no-op unless the sync failed before closing
             self._lock.release()
 
-    def destroy(self) -> None:
+    def destroy(self, *, durable: bool = True) -> None:
         """Close and delete the whole log directory; :class:`LogError` (and nothing
-        deleted) if any txid is unfinished."""
+        deleted) if any txid is unfinished.
+
+        Nothing is synced first (what is deleted need not be durable). With ``durable`` false
+        the removal is not made durable either: a caller removing many logs of one parent
+        makes them all durable with one :func:`twopc.txlog.files.fsync_directory` of it
+        (until then a crash may bring a removed log back, holding nothing unfinished).
+        """
         if self._closed:
             raise LogError(f"log {self._directory} is closed")
         remaining = self.unfinished()
@@ -167,7 +174,8 @@ class TransactionLog:
             )
         self._closed = True
         try:
-            self._sync_then(self._writer.remove_all, close=True)
+            remove = functools.partial(self._writer.remove_all, durable=durable)
+            self._sync_then(remove, close=True, sync=False)
         finally:
             self._writer.close()
             self._lock.release()
@@ -187,9 +195,11 @@ class TransactionLog:
         with self._view_lock:
             self._view.apply(pending.record)
 
-    def _sync_then(self, action: Callable[[], None], *, close: bool = False) -> None:
+    def _sync_then(
+        self, action: Callable[[], None], *, close: bool = False, sync: bool = True
+    ) -> None:
         try:
-            self._commit.barrier(action, close=close)
+            self._commit.barrier(action, close=close, sync=sync)
         except OSError as err:
             raise LogError(f"syncing {self._directory} failed: {err}") from err
 

@@ -54,6 +54,9 @@ class SegmentWriter:
         else:
             self._first, self._number = scan.segments[0].number, scan.segments[-1].number
             self._fd, self._size = _resume_segment(scan.segments[-1])
+        # Bytes written to the current segment since its last fdatasync: a resumed segment
+        # may hold a dead writer's unsynced tail, so it counts as unsynced until synced once.
+        self._unsynced = scan is not None
         #: Records written and fdatasyncs of segment data since open (for statistics).
         self.records_written = 0
         self.syncs = 0
@@ -70,8 +73,9 @@ class SegmentWriter:
             self._tracker.apply(pending.record)
         self._write(chunk)
         self.records_written += len(batch)
-        if sync:
+        if sync and self._unsynced:  # nothing written since the last sync: nothing to do
             os.fdatasync(self._fd)
+            self._unsynced = False
             self.syncs += 1
 
     def checkpoint(self) -> None:
@@ -88,19 +92,23 @@ class SegmentWriter:
             os.close(self._fd)
             self._fd = -1
 
-    def remove_all(self) -> None:
-        """Close and delete the whole log directory."""
+    def remove_all(self, *, durable: bool = True) -> None:
+        """Close and delete the whole log directory; with ``durable``, make the removal
+        durable (an fsync of the parent directory)."""
         self.close()
         shutil.rmtree(self._directory)
-        fsync_directory(self._directory.parent)
+        if durable:
+            fsync_directory(self._directory.parent)
 
     def _must_roll(self, buffered: int, incoming: int) -> bool:
         size = self._size + buffered
         return size > FILE_HEADER_SIZE and size + incoming > self._segment_bytes
 
     def _write(self, chunk: bytearray) -> None:
-        write_all(self._fd, chunk)
-        self._size += len(chunk)
+        if chunk:
+            write_all(self._fd, chunk)
+            self._size += len(chunk)
+            self._unsynced = True
 
     def _roll(self, *, checkpoint: bool) -> None:
         # Sync before the next segment exists: a sealed segment is never torn.
@@ -109,6 +117,7 @@ class SegmentWriter:
         self.close()
         self._number += 1
         self._fd = self._create_segment()
+        self._unsynced = False  # created synced (header, fdatasync, directory)
         if checkpoint:
             self._checkpoint_at_current()
 
