@@ -86,14 +86,7 @@ class Xid:
     @classmethod
     def from_pg_gid(cls, gid: str) -> Xid | None:
         """Parse a gid from ``pg_prepared_xacts``; None when it is not in xid form."""
-        match = _PG_GID.fullmatch(gid)
-        if match is None:
-            return None
-        try:
-            parts = [base64.b64decode(p, validate=True).decode() for p in match.group(2, 3)]
-            return cls(int(match.group(1)), parts[0], parts[1])
-        except (binascii.Error, UnicodeDecodeError, InvalidXid):
-            return None
+        return _parsed_pg_gid(gid)
 
     @classmethod
     def from_mysql_recover(
@@ -138,3 +131,17 @@ def _check_part(name: str, value: str) -> None:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed_pg_gid(gid: str) -> Xid | None:
+    # Cached: recovery lists the same prepared transactions once per chunk of logs it
+    # judges, and an xid is immutable.
+    match = _PG_GID.fullmatch(gid)
+    if match is None:
+        return None
+    try:
+        parts = [base64.b64decode(p, validate=True).decode() for p in match.group(2, 3)]
+        return Xid(int(match.group(1)), parts[0], parts[1])
+    except (binascii.Error, UnicodeDecodeError, InvalidXid):
+        return None
