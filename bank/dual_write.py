@@ -63,6 +63,8 @@ TOPOLOGY = Topology((Subscription(CONSUMER_NAME, (EVENT_TYPE,)),))
 #: Relay runs (each may be killed) before a last one that is not.
 MAX_RELAY_RUNS = 10
 RELAY_BATCH = 5
+#: Seconds the count keeps consuming while the broker still holds events of the run.
+COUNT_PATIENCE = 30.0
 
 _OPS_DDL = (
     "CREATE TABLE IF NOT EXISTS dual_write_ops (run_id VARCHAR(60) NOT NULL, "
@@ -279,16 +281,29 @@ def _relay(url: DatabaseURL, broker_url: str, plan: _Plan, run: int) -> None:
 
 
 def _count(pg: Participant, broker_url: str, run_id: str, counts: ModeFigures) -> None:
-    runner = ConsumerRunner.open(CONSUMER, pg, broker_url, TOPOLOGY, ConsumerConfig())
-    stats = runner.run(lambda: False, idle_exit=0.5)
+    """Consume everything the relay left in the queue, then compare with what committed.
+    The consumer stops after half a second without a message; on a busy machine that can
+    come before the queue is empty, so it goes again while the broker still holds some
+    (within ``COUNT_PATIENCE``): an event not yet consumed is not a lost one."""
+    give_up = time.monotonic() + COUNT_PATIENCE
+    duplicates = 0
+    while True:
+        runner = ConsumerRunner.open(CONSUMER, pg, broker_url, TOPOLOGY, ConsumerConfig())
+        duplicates += runner.run(lambda: False, idle_exit=0.5).duplicates
+        try:
+            waiting = runner.subscriber.backlog()
+        finally:
+            runner.subscriber.close()
+        if waiting == 0 or time.monotonic() > give_up:
+            break
     with pg.local_transaction() as tx:
         committed = _ops(tx, "SELECT op FROM dual_write_ops WHERE run_id = %s", run_id)
         received = _ops(tx, "SELECT op FROM dual_write_received WHERE run_id = %s", run_id)
     counts.committed = len(committed)
     counts.lost = len(committed - received)
     counts.phantom = len(received - committed)
-    counts.delivered = len(received) + stats.duplicates  # this run's, by event
-    counts.duplicates = stats.duplicates
+    counts.delivered = len(received) + duplicates  # this run's, by event
+    counts.duplicates = duplicates
 
 
 def _ops(tx: LocalTransaction, query: str, run_id: str) -> set[int]:

@@ -258,6 +258,17 @@ class Subscriber:
             self.close()
             raise BrokerUnavailable(f"lost the broker while consuming: {_describe(err)}") from err
 
+    def backlog(self) -> int:
+        """Messages waiting in the queue, not yet delivered to any consumer (a passive
+        declare: it changes nothing)."""
+        channel = self._open()
+        try:
+            frame = channel.queue_declare(self._subscription.queue, passive=True)
+        except (*_LINK_ERRORS, pika.exceptions.AMQPError) as err:
+            self.close()
+            raise BrokerUnavailable(f"lost the broker while counting: {_describe(err)}") from err
+        return int(frame.method.message_count)
+
     def ack(self, delivery: Delivery) -> None:
         """The message's effect is committed: the broker may forget it."""
         self._settle(lambda channel: channel.basic_ack(delivery.tag))

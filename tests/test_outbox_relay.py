@@ -353,3 +353,18 @@ def test_a_consumer_that_dies_before_its_ack_gets_the_event_again_and_absorbs_it
     # The record of applied ids is pruned past its retention as the consumer runs.
     assert db.pg_query("SELECT event_id FROM consumed_events") == [(event.event_id,)]
     assert db.pg_query("SELECT transfer_id FROM transfer_confirmations") == [("t-lost-ack",)]
+
+
+def test_a_subscriber_counts_what_waits_in_its_queue(outbox: Outbox) -> None:
+    """``backlog`` is what the broker still holds for the subscription, undelivered: how a
+    count (the dual-write demo's) knows a consumer that went idle did not finish the queue."""
+    subscriber = Subscriber(outbox.url, TOPOLOGY, TEST_QUEUE)
+    try:
+        assert subscriber.backlog() == 0
+        write_many(outbox.participant("pg"), [("a", 1), ("b", 2), ("c", 3)])
+        assert outbox.relay("pg").drain().published == 3
+        assert subscriber.backlog() == 3
+        assert sorted(outbox.test_events()) == [("a", 1), ("b", 2), ("c", 3)]
+        assert subscriber.backlog() == 0
+    finally:
+        subscriber.close()
