@@ -222,15 +222,11 @@ def _create_locked(directory: Path) -> WriterLock | None:
     lock = WriterLock(temporary)
     try:
         os.rename(temporary, directory)
-    except OSError as err:
+    except BaseException as err:
         lock.release()
         shutil.rmtree(temporary, ignore_errors=True)
-        if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+        if isinstance(err, OSError) and err.errno in (errno.EEXIST, errno.ENOTEMPTY):
             return None  # created meanwhile by another writer
-        raise
-    except BaseException:
-        lock.release()
-        shutil.rmtree(temporary, ignore_errors=True)
         raise
     lock.moved_to(directory)
     fsync_directory(directory.parent)
