@@ -233,7 +233,6 @@ class Orchestrator:
     def close(self) -> None:
         """Release the log; a one-shot orchestrator's log goes when nothing is unfinished."""
         if self._ephemeral and not self.log.unfinished():
-            self.log.sync()  # a removal a crash undoes brings back the log as it ended
             self.log.destroy()
         else:
             self.log.close()

@@ -153,7 +153,6 @@ def _close(txlog: TransactionLog, orchestrator_id: str, report: SagaRecoveryRepo
     if txlog.unfinished():
         txlog.close()
     else:
-        txlog.sync()  # a removal a crash undoes brings back the log as it ended
         txlog.destroy()
         report.removed_logs.append(orchestrator_id)
 

@@ -180,7 +180,7 @@ def test_destroy_refuses_unfinished_then_removes_everything(tmp_path: Path) -> N
     log.destroy()
     assert not directory.exists()
     assert not is_locked(directory)
-    assert log.stats().syncs == 1  # what is deleted is not synced first
+    assert log.stats().syncs == 2  # the END was made durable before the removal
 
 
 def test_destroy_leaves_making_the_removal_durable_to_the_caller_when_asked(
@@ -188,8 +188,11 @@ def test_destroy_leaves_making_the_removal_durable_to_the_caller_when_asked(
 ) -> None:
     synced: list[Path] = []
     monkeypatch.setattr(writer_module, "fsync_directory", synced.append)
-    TransactionLog.open(tmp_path / "a").destroy(durable=False)
+    log = TransactionLog.open(tmp_path / "a")
+    log.append(Record("end", "tx-1", final=True), force=False)
+    log.destroy(durable=False)
     assert synced == [] and not (tmp_path / "a").exists()
+    assert log.stats().syncs == 0  # what is deleted is not synced first either
     TransactionLog.open(tmp_path / "b").destroy()
     assert synced == [tmp_path] and not (tmp_path / "b").exists()
 

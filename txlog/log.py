@@ -159,10 +159,11 @@ class TransactionLog:
         """Close and delete the whole log directory; :class:`LogError` (and nothing
         deleted) if any txid is unfinished.
 
-        Nothing is synced first (what is deleted need not be durable). With ``durable`` false
-        the removal is not made durable either: a caller removing many logs of one parent
-        makes them all durable with one :func:`twopc.txlog.files.fsync_directory` of it
-        (until then a crash may bring a removed log back, holding nothing unfinished).
+        Durable (the default): what was appended is synced first, then the removal is made
+        durable (a crash before that brings the log back as it ended). With ``durable``
+        false neither is done: a caller removing many logs of one parent, whose own records
+        are durable already, makes every removal durable with one
+        :func:`twopc.txlog.files.fsync_directory` of it.
         """
         if self._closed:
             raise LogError(f"log {self._directory} is closed")
@@ -175,7 +176,7 @@ class TransactionLog:
         self._closed = True
         try:
             remove = functools.partial(self._writer.remove_all, durable=durable)
-            self._sync_then(remove, close=True, sync=False)
+            self._sync_then(remove, close=True, sync=durable)
         finally:
             self._writer.close()
             self._lock.release()
