@@ -106,7 +106,9 @@ def _scan_consistently(directory: Path) -> LogScan:
     # under it may have seen a missing segment that is not damage, so it is retried. A file
     # listed and then gone was deleted meanwhile (a checkpoint, or the whole log destroyed by
     # its writer once nothing in it was unfinished): scanned again; a log gone is missing.
-    for _ in range(RACE_RETRIES):
+    # The last attempt takes what it reads, or raises what it meets.
+    for attempt in range(RACE_RETRIES + 1):
+        last = attempt == RACE_RETRIES
         before = checkpoint_identity(directory)
         try:
             scan = scan_log(directory)
@@ -115,17 +117,12 @@ def _scan_consistently(directory: Path) -> LogScan:
         except (FileNotFoundError, LogCorrupt) as err:
             if not directory.is_dir():
                 raise LogMissing(directory) from None
-            if isinstance(err, LogCorrupt) and checkpoint_identity(directory) == before:
+            if last or (isinstance(err, LogCorrupt) and checkpoint_identity(directory) == before):
                 raise
             continue
-        if checkpoint_identity(directory) == before:
+        if last or checkpoint_identity(directory) == before:
             return scan
-    try:
-        return scan_log(directory)
-    except FileNotFoundError:
-        if not directory.is_dir():
-            raise LogMissing(directory) from None
-        raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def checkpoint_identity(directory: Path) -> tuple[int, int, int] | None:
