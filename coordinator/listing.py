@@ -120,7 +120,12 @@ def find_in_doubt(
 def in_doubt_of_dead(participants: Sequence[Participant], home: Path) -> set[str]:
     """Gtrids of ours prepared on these servers whose coordinator is not alive (its log is
     not locked, or it has none): cheap enough to ask before every transfer — one listing per
-    server and a lock probe per coordinator, no log read and no marker query."""
+    server and a lock probe per coordinator, no log read and no marker query.
+
+    A live coordinator may finish its branches and remove its log between the listing and
+    the probe, so a branch found without a live coordinator counts only if a second listing,
+    made after the probes, still holds it (a coordinator keeps its log, locked, while any
+    branch of it is prepared). The second listing is made only when there is a candidate."""
     alive: dict[str | None, bool] = {}
     dead = set()
     for each in prepared_everywhere(participants):
@@ -133,7 +138,9 @@ def in_doubt_of_dead(participants: Sequence[Participant], home: Path) -> set[str
             )
         if not alive[coordinator]:
             dead.add(each.gtrid)
-    return dead
+    if not dead:
+        return dead
+    return dead & {each.gtrid for each in prepared_everywhere(participants) if each.ours}
 
 
 def _in_doubt(

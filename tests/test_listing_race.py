@@ -1,0 +1,52 @@
+"""The in-doubt warning a transfer prints before it starts, over fakes: a live coordinator
+that finishes its branches and removes its log between the listing and the lock probe is not
+taken for a dead one (a concurrent transfer ending was reported as an in-doubt transaction of
+a dead coordinator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fakes import FakeParticipant
+
+from twopc.coordinator.listing import in_doubt_of_dead
+from twopc.participants import FORMAT_ID, PreparedBranch, Xid
+
+
+class FinishingMeanwhile(FakeParticipant):
+    """Lists its prepared branches, then its (live) coordinator finishes ``finishing`` at
+    once: the next listing no longer holds them, and their coordinator has no log left."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.finishing: set[Xid] = set()
+
+    def prepared_branches(self) -> list[PreparedBranch]:
+        listed = super().prepared_branches()
+        for xid in self.finishing:
+            self.prepared.discard(xid)
+        self.finishing = set()
+        return listed
+
+
+def test_a_coordinator_that_finished_meanwhile_is_not_dead(tmp_path: Path) -> None:
+    rm = FinishingMeanwhile("pg")
+    ended = Xid(FORMAT_ID, f"ended.{'ab' * 10}", "pg")
+    dead = Xid(FORMAT_ID, f"dead.{'cd' * 10}", "pg")
+    rm.prepared |= {ended, dead}
+    rm.finishing = {ended}
+    assert in_doubt_of_dead([rm], tmp_path) == {dead.gtrid}
+
+
+def test_nothing_in_doubt_needs_one_listing(tmp_path: Path) -> None:
+    rm = FinishingMeanwhile("pg")
+    calls = []
+    listing = rm.prepared_branches
+
+    def counted() -> list[PreparedBranch]:
+        calls.append(1)
+        return listing()
+
+    rm.prepared_branches = counted  # type: ignore[method-assign]
+    assert in_doubt_of_dead([rm], tmp_path) == set()
+    assert len(calls) == 1
