@@ -94,7 +94,13 @@ class InDoubtReport:
 def find_in_doubt(
     participants: Sequence[Participant], home: Path, *, with_blocking: bool = True
 ) -> InDoubtReport:
-    """Every prepared branch on the servers: ours with their log's verdict, and foreign ones."""
+    """Every prepared branch on the servers: ours with their log's verdict, and foreign ones.
+
+    A live coordinator may finish a branch and remove its log between the listing and the
+    log's inspection; that branch would then show once as a coordinator's with no log (its
+    abort presumed). So a branch whose coordinator was not found alive is reported only if a
+    second listing, made after the inspections (and only when there is such a branch), still
+    holds it: a coordinator keeps its log, locked, while any branch of it is prepared."""
     prepared = prepared_everywhere(participants)
     ours = [p for p in prepared if p.ours]
     evidence = gather_evidence(participants, (p.gtrid for p in ours))
@@ -109,6 +115,13 @@ def find_in_doubt(
         state = logs[each.coordinator]
         facts = facts_of(each, state, evidence)
         branches.append(_in_doubt(each, state, facts.evidence, decide(facts).action.value, waits))
+    if any(branch.coordinator_alive is not True for branch in branches):
+        still = {(p.participant.name, p.xid) for p in prepared_everywhere(participants) if p.ours}
+        branches = [
+            branch
+            for branch, each in zip(branches, ours, strict=True)
+            if branch.coordinator_alive is True or (each.participant.name, each.xid) in still
+        ]
     foreign = [
         ForeignBranch(p.participant.name, p.participant.server, p.branch.name, p.prepared_seconds)
         for p in prepared

@@ -1,7 +1,8 @@
-"""The in-doubt warning a transfer prints before it starts, over fakes: a live coordinator
-that finishes its branches and removes its log between the listing and the lock probe is not
-taken for a dead one (a concurrent transfer ending was reported as an in-doubt transaction of
-a dead coordinator)."""
+"""Listing in-doubt branches while live coordinators finish theirs, over fakes: a live
+coordinator that finishes its branches and removes its log between the listing and the lock
+probe (the warning a transfer prints before it starts) or the log's inspection (`twopc
+in-doubt`) is not taken for a dead one (a concurrent transfer ending was reported as an
+in-doubt transaction of a dead coordinator)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 from fakes import FakeParticipant
 
-from twopc.coordinator.listing import in_doubt_of_dead
+from twopc.coordinator.facts import coordinator_home
+from twopc.coordinator.listing import find_in_doubt, in_doubt_of_dead
 from twopc.participants import FORMAT_ID, PreparedBranch, Xid
 
 
@@ -49,4 +51,34 @@ def test_nothing_in_doubt_needs_one_listing(tmp_path: Path) -> None:
 
     rm.prepared_branches = counted  # type: ignore[method-assign]
     assert in_doubt_of_dead([rm], tmp_path) == set()
+    assert len(calls) == 1
+
+
+def test_in_doubt_leaves_out_a_branch_finished_while_its_log_was_read(tmp_path: Path) -> None:
+    # `twopc in-doubt`: the branch of a coordinator that ended (and removed its log) between
+    # the listing and the log's inspection was shown once as one with no log, abort presumed.
+    rm = FinishingMeanwhile("pg")
+    ended = Xid(FORMAT_ID, f"ended.{'ab' * 10}", "pg")
+    dead = Xid(FORMAT_ID, f"dead.{'cd' * 10}", "pg")
+    rm.prepared |= {ended, dead}
+    rm.finishing = {ended}
+    report = find_in_doubt([rm], tmp_path)
+    assert [(b.gtrid, b.coordinator_alive) for b in report.branches] == [(dead.gtrid, None)]
+
+
+def test_in_doubt_of_live_coordinators_needs_one_listing(tmp_path: Path) -> None:
+    rm = FinishingMeanwhile("pg")
+    live = Xid(FORMAT_ID, f"live.{'ef' * 10}", "pg")
+    rm.prepared.add(live)
+    calls = []
+    listing = rm.prepared_branches
+
+    def counted() -> list[PreparedBranch]:
+        calls.append(1)
+        return listing()
+
+    rm.prepared_branches = counted  # type: ignore[method-assign]
+    with coordinator_home(tmp_path).open("live"):
+        report = find_in_doubt([rm], tmp_path)
+    assert [(b.gtrid, b.coordinator_alive) for b in report.branches] == [(live.gtrid, True)]
     assert len(calls) == 1
