@@ -302,6 +302,8 @@ def recover(
         return _plan(participants, home)
     with recovery_turn(home):
         report = RecoveryReport()
+        for leftover in coordinator_home(home).remove_leftovers():
+            log.info("removed %s: a log its coordinator died creating", leftover)
         session = _Session(participants, report)
         grouped = by_coordinator(session.prepared)
         nameless = grouped.pop(None, [])
@@ -408,6 +410,7 @@ def _release_all(
     """Close the held logs, removing those with nothing unfinished that need not be kept, a
     few at a time (removing files waits on the disk, not on Python); then one fsync of the
     home makes every removal durable."""
+
     def release(item: tuple[str, TransactionLog]) -> str | None:
         coordinator, txlog = item
         if coordinator in keep or txlog.unfinished():

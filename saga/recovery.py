@@ -12,18 +12,26 @@ since decisions may be lost in it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from twopc.participants import Participant
 from twopc.saga.errors import SagaBusy, SagaError, SagaNotFound
-from twopc.saga.logs import OrchestratorLog, orchestrator_ids, read_orchestrator
+from twopc.saga.logs import (
+    OrchestratorLog,
+    orchestrator_home,
+    orchestrator_ids,
+    read_orchestrator,
+)
 from twopc.saga.orchestrator import Orchestrator, SagaConfig, SagaOutcome, open_log
 from twopc.saga.registry import SagaRegistry, resolve
 from twopc.saga.report import outcome_of
 from twopc.saga.state import SagaState, next_action, replay_records
 from twopc.txlog import LogMissing, TransactionLog
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,9 @@ def recover_sagas(
 ) -> SagaRecoveryReport:
     """Resume the unfinished sagas of every dead orchestrator under ``config.home``."""
     report = SagaRecoveryReport()
+    if not dry_run:
+        for leftover in orchestrator_home(config.home).remove_leftovers():
+            log.info("removed %s: a log its orchestrator died creating", leftover)
     for orchestrator_id in orchestrator_ids(config.home):
         found = read_orchestrator(config.home, orchestrator_id)
         if dry_run or found.alive or found.error:

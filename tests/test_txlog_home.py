@@ -3,8 +3,10 @@ mechanism coordinators, orchestrators, recovery and the CLI find and probe logs 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ from twopc.coordinator.ids import InvalidCoordinatorId
 from twopc.coordinator.recovery import recover
 from twopc.saga.ids import InvalidSagaId
 from twopc.saga.logs import orchestrator_home
+from twopc.saga.orchestrator import SagaConfig
+from twopc.saga.recovery import recover_sagas
 from twopc.txlog import LogLocked, LogMissing, Record
 from twopc.txlog import log as log_module
 from twopc.txlog.locking import WriterLock
@@ -87,3 +91,42 @@ def test_a_log_being_created_is_never_taken_for_a_dead_writers(
     assert seen == [([], [])]
     assert [r.txid for r in coordinator_home(tmp_path).read("starting").records] == ["tx-1"]
     assert sorted(p.name for p in coordinator_home(tmp_path).root.iterdir()) == ["starting"]
+
+
+def _left_half_created(root: Path, name: str, *, age: float, lock: bool = True) -> Path:
+    """A ``_new-…`` directory as a creator that died before its rename leaves it."""
+    path = root / name
+    path.mkdir(parents=True)
+    if lock:
+        WriterLock(path).release()  # the LOCK file, no longer held
+    then = time.time() - age
+    os.utime(path, (then, then))
+    return path
+
+
+def test_logs_left_half_created_are_removed_once_old_and_unheld(tmp_path: Path) -> None:
+    logs = coordinator_home(tmp_path)
+    logs.open("kept").close()
+    old = _left_half_created(logs.root, "_new-old", age=3600)
+    bare = _left_half_created(logs.root, "_new-bare", age=3600, lock=False)  # died before LOCK
+    young = _left_half_created(logs.root, "_new-young", age=1)  # its creator may be running
+    held = _left_half_created(logs.root, "_new-held", age=3600)
+    holder = WriterLock(held)  # a creator stopped before its rename: never removed under it
+    other = _left_half_created(logs.root, "_new-other", age=3600)
+    (other / "segment").write_bytes(b"x")  # holds more than a lock: not ours to judge
+    try:
+        assert logs.remove_leftovers() == ["_new-bare", "_new-old"]
+    finally:
+        holder.release()
+    assert not old.exists() and not bare.exists()
+    assert young.exists() and held.exists() and other.exists()
+    assert logs.owners() == ["kept"]
+
+
+def test_recovery_removes_logs_left_half_created(tmp_path: Path) -> None:
+    homes = (coordinator_home(tmp_path), orchestrator_home(tmp_path))
+    left = [_left_half_created(home.root, "_new-x", age=3600) for home in homes]
+    recover([], tmp_path)
+    assert not left[0].exists() and left[1].exists()  # each recovery cleans its own home
+    recover_sagas([], SagaConfig(tmp_path))
+    assert not left[1].exists()

@@ -10,13 +10,20 @@ when the process dies, however it dies.
 from __future__ import annotations
 
 import re
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from twopc.txlog.files import LOCK_NAME
 from twopc.txlog.locking import is_locked
-from twopc.txlog.log import TransactionLog
+from twopc.txlog.log import NEW_LOG_PREFIX, TransactionLog
 from twopc.txlog.replay import LogContents, read_log
+
+#: Seconds after which a log left half-created (its creator died between making its directory
+#: and renaming it into place) is removed: creating one takes microseconds.
+LEFTOVER_AGE = 60.0
 
 #: An owner id names a directory: 1-40 letters, digits, _ or -, starting with a letter or
 #: digit (names beginning with "_" are left for logs that are no owner's).
@@ -66,6 +73,25 @@ class LogHome:
         """Read ``owner``'s log without its lock (:class:`LogMissing`, :class:`LogCorrupt`)."""
         return read_log(self.path(owner))
 
+    def remove_leftovers(self, older_than: float = LEFTOVER_AGE) -> list[str]:
+        """Remove the logs left half-created here (``_new-…`` directories, holding at most
+        a LOCK file) that no writer holds and that are older than ``older_than`` seconds;
+        returns their names. The age keeps a creator that is just starting safe."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        now = time.time()
+        for path in sorted(self.root.glob(f"{NEW_LOG_PREFIX}*")):
+            try:
+                young = now - path.stat().st_mtime < older_than
+            except FileNotFoundError:
+                continue  # renamed into place, or removed, meanwhile
+            if young or not _only_a_lock(path) or is_locked(path):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+        return removed
+
     def _valid(self, name: str) -> bool:
         if name in self.reserved:
             return False
@@ -74,3 +100,11 @@ class LogHome:
         except ValueError:
             return False
         return True
+
+
+def _only_a_lock(path: Path) -> bool:
+    """Whether ``path`` is a directory holding nothing but (perhaps) its LOCK file."""
+    try:
+        return {entry.name for entry in path.iterdir()} <= {LOCK_NAME}
+    except (NotADirectoryError, FileNotFoundError):
+        return False

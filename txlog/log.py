@@ -209,6 +209,10 @@ def _nothing() -> None:
     pass
 
 
+#: A log being created is built under a name starting so (see :func:`_create_locked`).
+NEW_LOG_PREFIX = "_new-"
+
+
 def _create_locked(directory: Path) -> WriterLock | None:
     """Create the log directory already locked, or None if it exists.
 
@@ -219,7 +223,7 @@ def _create_locked(directory: Path) -> WriterLock | None:
     if directory.is_dir():
         return None
     make_directories(directory.parent)
-    temporary = Path(tempfile.mkdtemp(prefix="_new-", dir=directory.parent))
+    temporary = Path(tempfile.mkdtemp(prefix=NEW_LOG_PREFIX, dir=directory.parent))
     lock = WriterLock(temporary)
     try:
         os.rename(temporary, directory)
