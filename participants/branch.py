@@ -506,6 +506,11 @@ class LocalTransaction(ABC):
     @abstractmethod
     def execute(self, query: str, params: Sequence[Any] | None = None) -> Cursor: ...
 
+    def execute_each(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``query`` once per row of values, in order (a server may send them together)."""
+        for row in rows:
+            self.execute(query, row)
+
     def commit(self) -> None:
         self._sql_commit()
         self._committed = True

@@ -36,7 +36,18 @@ class MarkerSQL:
     select_one: str  # (gtrid, branch) -> a row when present
     select_in: str  # gtrid, branch of every marker of the gtrids
     select_prefix: str  # gtrid, branch where gtrid LIKE %s ESCAPE '!'
-    delete_in: str  # the markers of the gtrids
+    #: Deletes the markers of ended transactions: ``delete_in`` those of all the gtrids at
+    #: once, or ``delete_one`` those of one gtrid (its statements then go in one request).
+    #: One per gtrid where a set-wise delete may scan the table: InnoDB locks every row a
+    #: DELETE reads, and for an IN list MariaDB reads a small table whole, so the delete would
+    #: wait on the marker of every branch still prepared (an in-doubt one: for the whole lock
+    #: wait) and, meanwhile, hold up every branch inserting its marker.
+    delete_in: str | None = None
+    delete_one: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.delete_in is None) == (self.delete_one is None):
+            raise ValueError("a MarkerSQL deletes either with delete_in or with delete_one")
 
 
 OpenLocal = Callable[[], AbstractContextManager[LocalTransaction]]
@@ -125,10 +136,15 @@ class OutcomeMarkers:
 
     def forget(self, gtrids: Sequence[str]) -> None:
         """Delete the markers of ended transactions (their END record is durable)."""
-        if not gtrids:
-            return
-        with self._local() as local:
-            local.execute(_with_placeholders(self._sql.delete_in, gtrids), gtrids)
+        unique = sorted(set(gtrids))
+        for start in range(0, len(unique), _BATCH):
+            batch = unique[start : start + _BATCH]
+            with self._local() as local:
+                if self._sql.delete_in is not None:
+                    local.execute(_with_placeholders(self._sql.delete_in, batch), batch)
+                else:
+                    assert self._sql.delete_one is not None  # one of the two (__post_init__)
+                    local.execute_each(self._sql.delete_one, [(gtrid,) for gtrid in batch])
 
 
 def _with_placeholders(statement: str, values: Sequence[object]) -> str:

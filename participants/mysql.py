@@ -46,7 +46,9 @@ MARKERS = MarkerSQL(
     select_one="SELECT 1 FROM twopc_outcomes WHERE gtrid = %s AND branch = %s",
     select_in="SELECT gtrid, branch FROM twopc_outcomes WHERE gtrid IN ({placeholders})",
     select_prefix="SELECT gtrid, branch FROM twopc_outcomes WHERE gtrid LIKE %s ESCAPE '!'",
-    delete_in="DELETE FROM twopc_outcomes WHERE gtrid IN ({placeholders})",
+    # One gtrid per statement (see MarkerSQL): an equality on the key's first column is
+    # always read through the key, touching no other transaction's marker.
+    delete_one="DELETE FROM twopc_outcomes WHERE gtrid = %s",
 )
 
 MySQLConnection = Any  # PyMySQL ships no type information
@@ -94,6 +96,19 @@ class MySQLLocal(LocalTransaction):
             cursor = self._conn.cursor()
             cursor.execute(query, params)
             return cursor  # type: ignore[no-any-return]
+
+    def execute_each(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``query`` once per row of values, all in one request (multi-statements): the
+        first error stops the rest and is raised."""
+        if not rows:
+            return
+        with self._link.translated("execute"):
+            cursor = self._conn.cursor()
+            # A newline ends each statement: a statement ending in a -- comment cannot
+            # swallow the next one.
+            cursor.execute("".join(f"{cursor.mogrify(query, row)};\n" for row in rows))
+            while cursor.nextset():
+                pass
 
     def _sql_commit(self) -> None:
         with self._link.translated("commit"):

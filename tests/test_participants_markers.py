@@ -2,7 +2,8 @@
 
 Markers: a committed branch leaves its marker, a rolled-back one none; markers are found by
 gtrid (in batches) and by the coordinator that minted them, matched exactly even when its id
-holds a LIKE wildcard; ended transactions' markers are forgotten.
+holds a LIKE wildcard; ended transactions' markers are forgotten, without waiting on the
+marker of a branch still prepared.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import pytest
 from conftest import Databases
 
-from twopc.participants import FORMAT_ID, Participant, Xid
+from twopc.participants import FORMAT_ID, DatabaseURL, Participant, Xid
+from twopc.participants.mysql import MySQLParticipant
 from twopc.participants.pool import ConnectionPool
+from twopc.participants.postgres import PostgresParticipant
 
 
 def finished_branch(rm: Participant, gtrid: str, *, commit: bool) -> Xid:
@@ -102,3 +105,29 @@ def test_a_connection_given_back_just_now_is_lent_without_a_round_trip() -> None
     stale = ConnectionPool(lambda: conn, health, trusted_for=0.0)
     stale.release(conn)
     assert stale.take(trust_recent=True) == (conn, True)  # too old to trust: pinged
+
+
+@pytest.mark.parametrize("side", ["pg", "mysql"])
+def test_forgetting_markers_never_waits_on_a_prepared_branchs(db: Databases, side: str) -> None:
+    """A branch left prepared (in doubt) holds its marker's row lock. Deleting other
+    transactions' markers must not wait for it: on MariaDB a delete of many gtrids at once
+    read the small table whole, locking each row, so it waited on that marker for the whole
+    lock wait (and failed), holding up every branch inserting its marker meanwhile."""
+    make = PostgresParticipant if side == "pg" else MySQLParticipant
+    url = DatabaseURL.parse(db.pg_url if side == "pg" else db.mysql_url)
+    rm = make(side, url, lock_wait=1.0)
+    rm.ensure_outcome_table()
+    ended = [finished_branch(rm, f"e.{n:020d}", commit=True).gtrid for n in range(0, 40, 2)]
+    in_doubt = rm.begin(Xid(FORMAT_ID, f"e.{21:020d}", side))  # its marker sorts among them
+    in_doubt.execute("UPDATE accounts SET balance = balance + 0 WHERE id = 'a2'")
+    in_doubt.prepare()
+    try:
+        asked = [*ended, *(f"e.{n:020d}" for n in range(1, 300, 2) if n != 21)]
+        rm.forget_markers(asked)  # raised LockWaitTimeout after a second on MariaDB
+        assert rm.committed_markers(ended) == set()
+        later = finished_branch(rm, f"e.{22:020d}", commit=True)  # inserting still works
+        assert rm.has_marker(later)
+    finally:
+        in_doubt.rollback()
+        in_doubt.close()
+        rm.close()
