@@ -411,12 +411,24 @@ def bench_outbox(
     type=click.IntRange(1, 1000),
     help="Dead coordinators they are spread over.",
 )
+@click.option(
+    "--blocked-on",
+    default="pg",
+    show_default=True,
+    type=click.Choice(["pg", "mysql"]),
+    help="The server on which the blocked transfer waits for its row.",
+)
 @lock_wait_option(60.0)
 @json_option
 @click.pass_obj
 @operational_errors
 def bench_recovery(
-    obj: Context, in_doubt: int, coordinators: int, lock_wait: float, as_json: bool
+    obj: Context,
+    in_doubt: int,
+    coordinators: int,
+    blocked_on: str,
+    lock_wait: float,
+    as_json: bool,
 ) -> None:
     """Recovery at scale: make in-doubt transactions of dead coordinators (half decided),
     block a transfer on one of them, then time `recover`: branches/s, when the first and
@@ -429,7 +441,11 @@ def bench_recovery(
 
     participants = obj.participants(SIDES, lock_wait)
     result = run_recovery_benchmark(
-        participants, obj.home, in_doubt=in_doubt, coordinators=coordinators
+        participants,
+        obj.home,
+        in_doubt=in_doubt,
+        coordinators=coordinators,
+        blocked_on=blocked_on,
     )
     emit(as_json, result, "\n".join(format_recovery_benchmark(result)))
     if result["left_in_doubt"] or result["problems"]:

@@ -84,7 +84,7 @@ log = logging.getLogger(__name__)
 #: Branches finished at once per server (each on a connection of its own).
 WORKERS_PER_SERVER = 8
 #: Dead coordinators' logs held open at once (two descriptors each).
-LOGS_AT_ONCE = 128
+LOGS_AT_ONCE = 256
 #: Logs closed or removed at the same time when recovery releases a chunk.
 RELEASES_AT_ONCE = 4
 
