@@ -5,6 +5,13 @@ branch of ours holds a lock on its outcome marker row in ``twopc_outcomes``, so 
 locking read of that row from a fresh connection) queues behind the branch, and the probe's
 own lock wait names the branch's trx id.
 
+A probe costs a connection, so at most :data:`_MAX_PROBES` run. With more branches prepared
+than that, the ones probed are those likeliest to hold the locks waited on: InnoDB numbers
+transactions in the order they first write, and a branch writes its marker, stamped with the
+time, in its first request; so a holder's rank among the transactions with no session (the
+prepared branches whose clients are gone) is about its branch's rank among the markers by
+time, and the branches probed are those around it.
+
 The functions only read, on an open autocommit connection the caller owns; driver errors reach
 their caller as is. :class:`MySQLLockWaits` runs them on a connection of its own and types
 their errors.
@@ -12,10 +19,11 @@ their errors.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +46,12 @@ _PROBE_SQL = (
 _PROBE_BUDGET = 2.0  # seconds for all probes together, connections included
 _PROBE_LOCK_WAIT = 1  # innodb_lock_wait_timeout of a probe: it never outlives the budget
 _MAX_PROBES = 32  # connections opened at once; branches beyond stay unidentified
+# Transactions with no session: on a server of ours, the prepared XA branches whose client is
+# gone (a detached or recovered branch keeps the trx id it got at its first write).
+_DETACHED_SQL = "SELECT trx_id FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = 0"
+# The markers of prepared branches are uncommitted: only a dirty read sees them (and when they
+# were written). The table holds the markers of unfinished and recently ended transactions.
+_MARKER_TIMES_SQL = "SELECT gtrid, branch, created_at FROM twopc_outcomes"
 # The InnoDB tables are a cache that MariaDB refreshes only when nobody has read it for 0.1 s
 # (trx0i_s.cc measures from the last *read*): polling faster would see the same data forever.
 _POLL_INTERVAL = 0.15
@@ -122,7 +136,7 @@ def _mysql_waits(
     edges = [e for e in edges if waiter in (None, e.waiter) and not _is_probe(e)]
     if not edges:
         return []  # nobody waits: no XA RECOVER, no probe
-    holders = _probe_holders(conn, source, connect) if connect is not None else {}
+    holders = _probe_holders(conn, source, connect, edges) if connect is not None else {}
     return _attribute(edges, holders)
 
 
@@ -179,29 +193,107 @@ def _prepared_xa(format_id: Any, gtrid_length: Any, bqual_length: Any, data: Any
 
 
 def _probe_holders(
-    conn: MySQLConnection, source: _WaitSource, connect: MySQLConnect
+    conn: MySQLConnection, source: _WaitSource, connect: MySQLConnect, edges: Sequence[_Edge]
 ) -> dict[str, _PreparedXA]:
     """InnoDB trx id -> prepared branch, learned by probing the branches' marker rows."""
     deadline = time.monotonic() + _PROBE_BUDGET
-    branches = _our_prepared(conn)[:_MAX_PROBES]
+    branches = _our_prepared(conn)
+    if len(branches) > _MAX_PROBES:
+        detached = [e.holder_trx for e in edges if e.holder_thread == 0]
+        branches = _likeliest(conn, connect, branches, detached)
     probes: list[_Probe] = []
     try:
-        _start_probes(connect, branches, probes)
-        return _await_probes(conn, source, probes, deadline)
+        _start_probes(connect, branches, probes, deadline)
+        return _await_probes(conn, source, [p for p in probes if p.connected], deadline)
     finally:
         for probe in probes:
             probe.stop(conn)
 
 
-def _start_probes(
-    connect: MySQLConnect, branches: Iterable[_PreparedXA], probes: list[_Probe]
-) -> None:
-    """Start one probe per branch into ``probes`` (the caller stops them, whatever happens)."""
+def _likeliest(
+    conn: MySQLConnection,
+    connect: MySQLConnect,
+    branches: Sequence[_PreparedXA],
+    holders: Collection[str],
+) -> list[_PreparedXA]:
+    """At most :data:`_MAX_PROBES` of ``branches``: those prepared about when ``holders``
+    (trx ids of transactions with no session) were (see the module docstring)."""
+    trx_ids = [trx for (trx,) in _fetch(conn, _DETACHED_SQL)]
+    times = _marker_times(connect) if holders and trx_ids else {}
+    return nearest_in_time(branches, times, trx_ids, holders, _MAX_PROBES)
+
+
+def nearest_in_time(
+    branches: Sequence[_PreparedXA],
+    times: dict[tuple[str, str], float],
+    trx_ids: Iterable[object],
+    holders: Collection[str],
+    limit: int,
+) -> list[_PreparedXA]:
+    """Up to ``limit`` of ``branches``, an equal share per holder: for each, the branches
+    whose marker time ranks about where the holder's trx id ranks among ``trx_ids`` (those
+    of the transactions with no session); then the first others, to fill ``limit``."""
+    numbers = sorted(n for n in map(_number, trx_ids) if n is not None)
+    dated = sorted(
+        (b for b in branches if _key(b) in times), key=lambda b: (times[_key(b)], b.name)
+    )
+    chosen: dict[str, _PreparedXA] = {}
+    share = max(1, limit // max(1, len(holders)))
+    for holder in (n for n in map(_number, holders) if n is not None):
+        if not numbers or not dated:
+            break
+        rank = bisect.bisect_left(numbers, holder) / max(1, len(numbers) - 1)
+        center = round(min(1.0, rank) * (len(dated) - 1))
+        start = max(0, min(center - share // 2, len(dated) - share))
+        for branch in dated[start : start + share]:
+            chosen.setdefault(branch.name, branch)
     for branch in branches:
-        try:
-            probes.append(_Probe(connect, branch))
-        except (pymysql.err.MySQLError, ParticipantError):
-            return  # no more connections to be had: the remaining branches stay unidentified
+        if len(chosen) >= limit:
+            break
+        chosen.setdefault(branch.name, branch)
+    return list(chosen.values())[:limit]
+
+
+def _key(branch: _PreparedXA) -> tuple[str, str]:
+    assert branch.xid is not None  # only xid-shaped branches of ours are probed
+    return (branch.xid.gtrid, branch.xid.bqual)
+
+
+def _number(trx_id: object) -> int | None:
+    try:
+        return int(str(trx_id))
+    except ValueError:
+        return None  # not a number: no rank (older servers name some transactions otherwise)
+
+
+def _marker_times(connect: MySQLConnect) -> dict[tuple[str, str], float]:
+    """When each marker was written, prepared branches' included (a dirty read on a
+    connection of its own); empty when that cannot be read (the probes go on without)."""
+    try:
+        conn = connect()
+    except (pymysql.err.MySQLError, ParticipantError):
+        return {}
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+        cursor.execute(_MARKER_TIMES_SQL)
+        return {(str(g), str(b)): float(t) for g, b, t in cursor.fetchall()}
+    except pymysql.err.MySQLError:
+        return {}  # no marker table (yet), say
+    finally:
+        conn.close()
+
+
+def _start_probes(
+    connect: MySQLConnect, branches: Iterable[_PreparedXA], probes: list[_Probe], deadline: float
+) -> None:
+    """Start one probe per branch into ``probes`` (the caller stops them, whatever happens),
+    their connections opened side by side; keeps those connected by ``deadline`` (a branch
+    whose probe got no connection stays unidentified)."""
+    started = [_Probe(connect, branch) for branch in branches]
+    probes.extend(started)  # all of them: the caller stops every one, connected or not
+    for probe in started:
+        probe.wait_connected(deadline - time.monotonic())
 
 
 def _await_probes(
@@ -224,24 +316,37 @@ def _await_probes(
 class _Probe:
     """A locking read of one branch's marker row, on its own connection and thread.
 
-    The thread owns the connection and closes it; the caller only reads ``thread_id`` and
-    stops the read with ``KILL QUERY`` once it has seen (or given up on) the wait.
+    The thread opens the connection, runs the read and closes the connection; the caller only
+    reads ``thread_id`` (once :meth:`wait_connected`) and stops the read with ``KILL QUERY``
+    once it has seen (or given up on) the wait.
     """
 
     def __init__(self, connect: MySQLConnect, branch: _PreparedXA) -> None:
         self.branch = branch
-        self._conn = connect()
-        self.thread_id = int(self._conn.thread_id())
+        self.thread_id: int | None = None  # the probe's session, once connected
+        self._connect = connect
+        self._connected = threading.Event()  # set once connected, or once that failed
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="twopc-lock-probe", daemon=True)
         self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        return self.thread_id is not None
 
     @property
     def finished(self) -> bool:
         return not self._thread.is_alive()
 
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the connection; whether it is there."""
+        self._connected.wait(max(0.0, timeout))
+        return self.connected
+
     def stop(self, killer: MySQLConnection) -> None:
         """End the read if it still waits, and wait for the thread (bounded by the lock wait)."""
-        if not self.finished:
+        self._stopping = True  # a probe still connecting will not start its read
+        if not self.finished and self.thread_id is not None:
             # An error means it ended meanwhile (unknown thread); the lock wait bounds it anyway.
             with contextlib.suppress(pymysql.err.MySQLError):
                 killer.cursor().execute("KILL QUERY %s", (self.thread_id,))
@@ -250,15 +355,24 @@ class _Probe:
     def _run(self) -> None:
         assert self.branch.xid is not None  # only xid-shaped branches of ours are probed
         try:
-            cursor = self._conn.cursor()
+            conn = self._connect()
+        except (pymysql.err.MySQLError, ParticipantError):
+            self._connected.set()  # no connection to be had: the branch stays unidentified
+            return
+        try:
+            self.thread_id = int(conn.thread_id())
+            self._connected.set()
+            cursor = conn.cursor()
             cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", (_PROBE_LOCK_WAIT,))
             # READ COMMITTED: a missing marker row must not leave a gap lock behind.
             cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            cursor.execute(_PROBE_SQL, (self.branch.xid.gtrid, self.branch.xid.bqual))
+            if not self._stopping:
+                cursor.execute(_PROBE_SQL, (self.branch.xid.gtrid, self.branch.xid.bqual))
         except pymysql.err.MySQLError:
             pass  # killed, timed out, or no marker table: the branch stays unidentified
         finally:
-            self._conn.close()  # autocommit: the read's lock, if any, is gone already
+            self._connected.set()
+            conn.close()  # autocommit: the read's lock, if any, is gone already
 
 
 def _fetch(conn: MySQLConnection, query: str) -> list[tuple[Any, ...]]:

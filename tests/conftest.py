@@ -78,11 +78,21 @@ class Databases:
             cursor = conn.execute(sql, params)  # type: ignore[arg-type]
             return cursor.fetchall() if cursor.description else []
 
-    def mysql_query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def mysql_connect(self) -> Any:
+        """A plain autocommit connection for reading and setting up state. Without TLS: PyMySQL
+        builds a context from the system's CA store for every connection otherwise (~20 ms)."""
         info = self.state.mysql
-        conn = pymysql.connect(
-            host=info.host, port=info.port, user=info.user, database=info.database, autocommit=True
+        return pymysql.connect(
+            host=info.host,
+            port=info.port,
+            user=info.user,
+            database=info.database,
+            autocommit=True,
+            ssl_disabled=True,
         )
+
+    def mysql_query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = self.mysql_connect()
         try:
             with conn.cursor() as cursor:
                 cursor.execute(sql, params)
@@ -119,16 +129,21 @@ class Databases:
             for (gid,) in conn.execute("SELECT gid FROM pg_prepared_xacts").fetchall():
                 conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
         deadline = time.monotonic() + 10
-        while rows := self.mysql_query("XA RECOVER"):
-            for fmt, glen, _, data in rows:
-                xid = f"X'{data[: int(glen)].hex()}',X'{data[int(glen) :].hex()}',{int(fmt)}"
-                try:
-                    self.mysql_query(f"XA ROLLBACK {xid}")
-                except pymysql.err.OperationalError as err:
-                    # 1397 while the preparing session (a killed process) is not yet reaped.
-                    if err.args[0] != 1397 or time.monotonic() > deadline:
-                        raise
-            time.sleep(0.1)
+        conn = self.mysql_connect()
+        try:
+            cursor = conn.cursor()
+            while cursor.execute("XA RECOVER"):
+                for fmt, glen, _, data in cursor.fetchall():
+                    xid = f"X'{data[: int(glen)].hex()}',X'{data[int(glen) :].hex()}',{int(fmt)}"
+                    try:
+                        cursor.execute(f"XA ROLLBACK {xid}")
+                    except pymysql.err.OperationalError as err:
+                        # 1397 while the preparing session (a killed process) is not yet reaped.
+                        if err.args[0] != 1397 or time.monotonic() > deadline:
+                            raise
+                time.sleep(0.1)
+        finally:
+            conn.close()
 
     def clear_markers(self) -> None:
         """Delete every outcome marker on both servers (when the table exists)."""

@@ -102,6 +102,7 @@ def mysql_query(db: Databases, sql: str, params: tuple[Any, ...] = ()) -> list[A
         connect_timeout=10,
         read_timeout=HARNESS_WAIT,
         write_timeout=HARNESS_WAIT,
+        ssl_disabled=True,  # see Databases.mysql_connect
     )
     try:
         with conn.cursor() as cursor:
