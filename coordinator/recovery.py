@@ -84,7 +84,7 @@ log = logging.getLogger(__name__)
 #: Branches finished at once per server (each on a connection of its own).
 WORKERS_PER_SERVER = 8
 #: Dead coordinators' logs held open at once (two descriptors each).
-LOGS_AT_ONCE = 256
+LOGS_AT_ONCE = 128
 #: Logs closed or removed at the same time when recovery releases a chunk.
 RELEASES_AT_ONCE = 4
 
@@ -310,14 +310,24 @@ def recover(
         plans = [(p, facts_of(p, missing_log(home, None), session.evidence)) for p in nameless]
         session.act_all(plans)
         coordinators = sorted({c for c in grouped if c} | set(coordinator_logs(home)))
-        # Those whose branches others wait on go in the first chunk: their rows free first.
         urgent = {p.coordinator for p in session.prepared if p.xid in session.waited}
-        coordinators.sort(key=lambda c: c not in urgent)
-        for start in range(0, len(coordinators), LOGS_AT_ONCE):
-            chunk = coordinators[start : start + LOGS_AT_ONCE]
+        for chunk in _chunks(coordinators, urgent):
             _recover_coordinators(home, chunk, grouped, session)
         forget_markers(participants, report.ended)
         return report
+
+
+def _chunks(coordinators: Sequence[str], urgent: Collection[str | None]) -> list[list[str]]:
+    """The coordinators to recover together, in turn, :data:`LOGS_AT_ONCE` at most: first
+    those whose branches others wait on, by themselves (their rows are freed without waiting
+    for any other log to be read), then the others."""
+    first = [c for c in coordinators if c in urgent]
+    rest = [c for c in coordinators if c not in urgent]
+    return [
+        group[n : n + LOGS_AT_ONCE]
+        for group in (first, rest)
+        for n in range(0, len(group), LOGS_AT_ONCE)
+    ]
 
 
 def _recover_coordinators(

@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
+import pytest
 from fakes import FakeParticipant, raising, unavailable
 
+from twopc.coordinator import recovery as recovery_module
 from twopc.coordinator.facts import coordinator_home, coordinator_logs
 from twopc.coordinator.recovery import recover, recover_own
 from twopc.participants import FORMAT_ID, Xid
@@ -129,3 +131,18 @@ def test_recover_says_which_requests_it_stopped(tmp_path: Path) -> None:
     dead_log(tmp_path)
     lines = _recovery_text(recover([a], tmp_path)).splitlines()
     assert lines[0].startswith(f"{GTRID}  request stopped: its coordinator is dead"), lines
+
+
+def test_coordinators_others_wait_on_are_recovered_first_by_themselves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recovery_module, "LOGS_AT_ONCE", 2)
+    coordinators = ["a", "b", "c", "d", "e", "f"]
+    assert recovery_module._chunks(coordinators, {"e"}) == [["e"], ["a", "b"], ["c", "d"], ["f"]]
+    assert recovery_module._chunks(coordinators, {"a", "c", "f"}) == [
+        ["a", "c"],
+        ["f"],
+        ["b", "d"],
+        ["e"],
+    ]
+    assert recovery_module._chunks(coordinators, set()) == [["a", "b"], ["c", "d"], ["e", "f"]]
