@@ -54,6 +54,8 @@ from twopc.coordinator.listing import InDoubtBranch, InDoubtReport, find_in_doub
 from twopc.coordinator.records import BranchEntry, CommitDecision, EndedBy, EndRecord, Kind
 from twopc.coordinator.resolve import ManualResolution, resolve
 from twopc.participants import FORMAT_ID, Participant, ParticipantError, Xid
+from twopc.participants.lockwaits import LockWait
+from twopc.participants.xid import gtrids_named_in
 from twopc.txlog import LogCorrupt, LogError, LogLocked, LogMissing, TransactionLog
 from twopc.txlog.files import fsync_directory
 
@@ -104,7 +106,16 @@ class _Session:
         self.still = {p.xid for p in self.prepared}
         self.listed = set(self.still)  # every branch this recovery has listed
         self.evidence = gather_evidence(participants, {p.gtrid for p in self.prepared})
-        self.waited = self._waited_on() if self.prepared else set()
+        waits = self._lock_waits() if self.prepared else []
+        #: The prepared branches other sessions wait on (their rows are freed first), and
+        #: the coordinators whose requests those sessions run (fenced with the first).
+        self.waited = {w.blocker for w in waits if w.blocker is not None}
+        self.waiting = {
+            coordinator_of(gtrid)
+            for w in waits
+            if w.blocker is not None
+            for gtrid in gtrids_named_in(w.query or "")
+        }
         self._lock = threading.Lock()
 
     def act_all(self, plans: Sequence[tuple[Prepared, BranchFacts]]) -> None:
@@ -183,14 +194,14 @@ class _Session:
         wanted = set(coordinators)
         return {c for c in map(coordinator_of, (x.gtrid for x in self.still)) if c in wanted}
 
-    def _waited_on(self) -> set[Xid]:
-        waited: set[Xid] = set()
+    def _lock_waits(self) -> list[LockWait]:
+        waits: list[LockWait] = []
         for participant in self.participants:
             try:
-                waited |= {w.blocker for w in participant.lock_waits() if w.blocker is not None}
+                waits += participant.lock_waits()
             except ParticipantError:
                 continue  # an order to act in, no more: recovery goes on without it
-        return waited
+        return waits
 
     def end_complete(self, held: dict[str, TransactionLog]) -> None:
         """END every decision of the held logs whose branches all committed, judged from
@@ -311,18 +322,23 @@ def recover(
         session.act_all(plans)
         coordinators = sorted({c for c in grouped if c} | set(coordinator_logs(home)))
         urgent = {p.coordinator for p in session.prepared if p.xid in session.waited}
-        for chunk in _chunks(coordinators, urgent):
+        for chunk in _chunks(coordinators, urgent, session.waiting):
             _recover_coordinators(home, chunk, grouped, session)
         forget_markers(participants, report.ended)
         return report
 
 
-def _chunks(coordinators: Sequence[str], urgent: Collection[str | None]) -> list[list[str]]:
-    """The coordinators to recover together, in turn, :data:`LOGS_AT_ONCE` at most: first
-    those whose branches others wait on, by themselves (their rows are freed without waiting
-    for any other log to be read), then the others."""
-    first = [c for c in coordinators if c in urgent]
-    rest = [c for c in coordinators if c not in urgent]
+def _chunks(
+    coordinators: Sequence[str], urgent: Collection[str | None], waiting: Collection[str | None]
+) -> list[list[str]]:
+    """The coordinators to recover together, in turn, :data:`LOGS_AT_ONCE` at most. First,
+    by themselves, those whose requests wait on a prepared branch (``waiting``: each chunk
+    fences its dead coordinators' requests before acting, so such a request is stopped before
+    the row it waits for is freed), then those whose branches others wait on (``urgent``:
+    their rows are freed without waiting for any other log to be read), then the rest."""
+    first = [c for c in coordinators if c in waiting]
+    first += [c for c in coordinators if c in urgent and c not in waiting]
+    rest = [c for c in coordinators if c not in urgent and c not in waiting]
     return [
         group[n : n + LOGS_AT_ONCE]
         for group in (first, rest)

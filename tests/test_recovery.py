@@ -28,6 +28,7 @@ import pymysql
 import pytest
 from conftest import ACCOUNTS, AMOUNT, OPENING, Databases, Direction, twopc_executable
 
+from twopc.coordinator import recovery as recovery_module
 from twopc.coordinator.ids import coordinator_of
 from twopc.participants import FORMAT_ID, Xid
 from twopc.txlog import Record, TransactionLog, read_log
@@ -369,16 +370,19 @@ def test_blocked_transfer_waits_until_recovery(db: Databases, case: Blocking) ->
     assert prepared(db) == NOTHING_PREPARED
 
 
+@pytest.mark.parametrize("logs_at_once", [128, 1])
 @pytest.mark.parametrize("case", BLOCKING)
 def test_a_transfer_killed_while_it_waits_never_prepares_behind_recovery(
-    db: Databases, case: Blocking
+    db: Databases, case: Blocking, logs_at_once: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A transfer killed while its request waits for a row an in-doubt transaction holds:
     the server would run the rest of that request (marker, prepare) once recovery freed the
     row, leaving a branch prepared after recovery removed the dead transfer's log, an orphan
-    no recovery could decide. Recovery stops the request first. Waiting on MySQL, the
-    transfer's PostgreSQL branch is already prepared (the branches went out together): no
-    decision, so recovery rolls it back."""
+    no recovery could decide. Recovery stops the request first, even when it takes the two
+    logs in different rounds (one log at a time). Waiting on MySQL, the transfer's PostgreSQL
+    branch is already prepared (the branches went out together): no decision, so recovery
+    rolls it back."""
+    monkeypatch.setattr(recovery_module, "LOGS_AT_ONCE", logs_at_once)  # recover runs here
     opening = db.balances()
     gtrid = crash_after_decision(db, case.crashed)
     process = start(db, "transfer", *case.blocked, "1", "--lock-wait", "60")

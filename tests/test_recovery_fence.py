@@ -137,12 +137,13 @@ def test_coordinators_others_wait_on_are_recovered_first_by_themselves(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(recovery_module, "LOGS_AT_ONCE", 2)
+    chunks = recovery_module._chunks
     coordinators = ["a", "b", "c", "d", "e", "f"]
-    assert recovery_module._chunks(coordinators, {"e"}) == [["e"], ["a", "b"], ["c", "d"], ["f"]]
-    assert recovery_module._chunks(coordinators, {"a", "c", "f"}) == [
-        ["a", "c"],
-        ["f"],
-        ["b", "d"],
-        ["e"],
-    ]
-    assert recovery_module._chunks(coordinators, set()) == [["a", "b"], ["c", "d"], ["e", "f"]]
+    assert chunks(coordinators, {"e"}, set()) == [["e"], ["a", "b"], ["c", "d"], ["f"]]
+    assert chunks(coordinators, {"a", "c", "f"}, set()) == [["a", "c"], ["f"], ["b", "d"], ["e"]]
+    assert chunks(coordinators, set(), set()) == [["a", "b"], ["c", "d"], ["e", "f"]]
+    # A dead coordinator whose request waits on another's branch is fenced no later than the
+    # branch's row is freed: its chunk comes first.
+    assert chunks(coordinators, {"a", "e"}, {"d", None}) == [["d", "a"], ["e"], ["b", "c"], ["f"]]
+    monkeypatch.setattr(recovery_module, "LOGS_AT_ONCE", 1)
+    assert chunks(coordinators, {"a"}, {"f"})[:2] == [["f"], ["a"]]
