@@ -31,18 +31,22 @@ class FinishingMeanwhile(FakeParticipant):
         return listed
 
 
-def test_a_coordinator_that_finished_meanwhile_is_not_dead(tmp_path: Path) -> None:
-    rm = FinishingMeanwhile("pg")
-    ended = Xid(FORMAT_ID, f"ended.{'ab' * 10}", "pg")
-    dead = Xid(FORMAT_ID, f"dead.{'cd' * 10}", "pg")
-    rm.prepared |= {ended, dead}
-    rm.finishing = {ended}
-    assert in_doubt_of_dead([rm], tmp_path) == {dead.gtrid}
+ENDED = Xid(FORMAT_ID, f"ended.{'ab' * 10}", "pg")
+DEAD = Xid(FORMAT_ID, f"dead.{'cd' * 10}", "pg")
 
 
-def test_nothing_in_doubt_needs_one_listing(tmp_path: Path) -> None:
+def ending_meanwhile() -> FinishingMeanwhile:
+    """A server holding a dead coordinator's branch and one that a live coordinator finishes
+    (removing its log) right after the first listing."""
     rm = FinishingMeanwhile("pg")
-    calls = []
+    rm.prepared |= {ENDED, DEAD}
+    rm.finishing = {ENDED}
+    return rm
+
+
+def counting_listings(rm: FinishingMeanwhile) -> list[int]:
+    """Counts ``rm``'s listings (one entry each) in the returned list."""
+    calls: list[int] = []
     listing = rm.prepared_branches
 
     def counted() -> list[PreparedBranch]:
@@ -50,6 +54,16 @@ def test_nothing_in_doubt_needs_one_listing(tmp_path: Path) -> None:
         return listing()
 
     rm.prepared_branches = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_coordinator_that_finished_meanwhile_is_not_dead(tmp_path: Path) -> None:
+    assert in_doubt_of_dead([ending_meanwhile()], tmp_path) == {DEAD.gtrid}
+
+
+def test_nothing_in_doubt_needs_one_listing(tmp_path: Path) -> None:
+    rm = FinishingMeanwhile("pg")
+    calls = counting_listings(rm)
     assert in_doubt_of_dead([rm], tmp_path) == set()
     assert len(calls) == 1
 
@@ -57,27 +71,15 @@ def test_nothing_in_doubt_needs_one_listing(tmp_path: Path) -> None:
 def test_in_doubt_leaves_out_a_branch_finished_while_its_log_was_read(tmp_path: Path) -> None:
     # `twopc in-doubt`: the branch of a coordinator that ended (and removed its log) between
     # the listing and the log's inspection was shown once as one with no log, abort presumed.
-    rm = FinishingMeanwhile("pg")
-    ended = Xid(FORMAT_ID, f"ended.{'ab' * 10}", "pg")
-    dead = Xid(FORMAT_ID, f"dead.{'cd' * 10}", "pg")
-    rm.prepared |= {ended, dead}
-    rm.finishing = {ended}
-    report = find_in_doubt([rm], tmp_path)
-    assert [(b.gtrid, b.coordinator_alive) for b in report.branches] == [(dead.gtrid, None)]
+    report = find_in_doubt([ending_meanwhile()], tmp_path)
+    assert [(b.gtrid, b.coordinator_alive) for b in report.branches] == [(DEAD.gtrid, None)]
 
 
 def test_in_doubt_of_live_coordinators_needs_one_listing(tmp_path: Path) -> None:
     rm = FinishingMeanwhile("pg")
     live = Xid(FORMAT_ID, f"live.{'ef' * 10}", "pg")
     rm.prepared.add(live)
-    calls = []
-    listing = rm.prepared_branches
-
-    def counted() -> list[PreparedBranch]:
-        calls.append(1)
-        return listing()
-
-    rm.prepared_branches = counted  # type: ignore[method-assign]
+    calls = counting_listings(rm)
     with coordinator_home(tmp_path).open("live"):
         report = find_in_doubt([rm], tmp_path)
     assert [(b.gtrid, b.coordinator_alive) for b in report.branches] == [(live.gtrid, True)]
