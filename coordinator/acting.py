@@ -14,6 +14,7 @@ from twopc.coordinator.decisions import Action, BranchFacts, decide
 from twopc.coordinator.errors import RecoveryError
 from twopc.coordinator.facts import Prepared
 from twopc.participants import BranchBusy, Participant, ParticipantError, UnknownXid, Xid
+from twopc.participants.branch import finished_or_error
 from twopc.txlog import LogLocked
 from twopc.txlog.files import make_directories
 from twopc.txlog.locking import WriterLock
@@ -89,19 +90,26 @@ def finish_branch(participant: Participant, xid: Xid, *, commit: bool) -> tuple[
     "Unknown xid" is settled by the branch's outcome marker, never guessed; MariaDB's
     "not yet" (the preparing session is still connected) is waited out briefly.
     """
+    outcome = finished_or_error(participant.finish_prepared, xid, commit)
+    return _settled(participant, xid, outcome, commit=commit)
+
+
+def _settled(
+    participant: Participant, xid: Xid, outcome: ParticipantError | None, *, commit: bool
+) -> tuple[str, bool]:
+    """What happened to a branch that finishing left with ``outcome`` (None: finished),
+    as :func:`finish_branch` says it; a busy branch is tried again, a few times."""
     give_up = time.monotonic() + _BUSY_PATIENCE
-    while True:
-        try:
-            participant.finish_prepared(xid, commit=commit)
-            return ("committed" if commit else "rolled back"), True
-        except UnknownXid:
-            return _already_finished(participant, xid)
-        except BranchBusy:
-            if time.monotonic() > give_up:
-                return "left alone", False
-            time.sleep(0.2)
-        except ParticipantError as err:
-            return f"failed: {err}", False
+    while isinstance(outcome, BranchBusy):
+        if time.monotonic() > give_up:
+            return "left alone", False
+        time.sleep(0.2)
+        outcome = finished_or_error(participant.finish_prepared, xid, commit)
+    if outcome is None:
+        return ("committed" if commit else "rolled back"), True
+    if isinstance(outcome, UnknownXid):
+        return _already_finished(participant, xid)
+    return f"failed: {outcome}", False
 
 
 def _already_finished(participant: Participant, xid: Xid) -> tuple[str, bool]:
@@ -114,18 +122,40 @@ def _already_finished(participant: Participant, xid: Xid) -> tuple[str, bool]:
 def act(prepared: Prepared, facts: BranchFacts, report: RecoveryReport) -> bool:
     """Apply the rules to one prepared branch and carry out (and report) their verdict;
     returns whether the branch is finished (no longer prepared)."""
-    verdict = decide(facts)
-    if verdict.action is Action.LEAVE:
-        leave(report, prepared, verdict.reason)
-        return False
-    commit = verdict.action is Action.COMMIT
-    action, finished = finish_branch(prepared.participant, prepared.xid, commit=commit)
-    reason = verdict.reason
-    if not finished:
-        reason += "; the server would not finish it yet (session still connected?)"
-    at = time.monotonic() - report.started
-    report.add(Resolution(prepared.gtrid, prepared.participant.name, action, reason, finished, at))
-    return finished
+    return bool(act_together([(prepared, facts)], report))
+
+
+def act_together(
+    plans: Sequence[tuple[Prepared, BranchFacts]], report: RecoveryReport
+) -> list[Xid]:
+    """:func:`act` for branches of one participant whose verdict is the same action: those
+    to finish go to its server in as few requests as it allows. Returns the xids finished."""
+    if not plans:
+        return []
+    verdicts = [decide(facts) for _, facts in plans]
+    action = verdicts[0].action
+    participant = plans[0][0].participant
+    if any(v.action is not action for v in verdicts) or any(
+        p.participant is not participant for p, _ in plans
+    ):
+        raise ValueError("act_together takes branches of one participant with one verdict")
+    if action is Action.LEAVE:
+        for (prepared, _), verdict in zip(plans, verdicts, strict=True):
+            leave(report, prepared, verdict.reason)
+        return []
+    commit = action is Action.COMMIT
+    outcomes = participant.finish_prepared_many([p.xid for p, _ in plans], commit=commit)
+    finished_xids = []
+    for (prepared, _), verdict, outcome in zip(plans, verdicts, outcomes, strict=True):
+        done, finished = _settled(participant, prepared.xid, outcome, commit=commit)
+        reason = verdict.reason
+        if not finished:
+            reason += "; the server would not finish it yet (session still connected?)"
+        at = time.monotonic() - report.started
+        report.add(Resolution(prepared.gtrid, participant.name, done, reason, finished, at))
+        if finished:
+            finished_xids.append(prepared.xid)
+    return finished_xids
 
 
 def leave(report: RecoveryReport, prepared: Prepared, reason: str) -> None:

@@ -32,6 +32,7 @@ from twopc.participants.branch import (
     LocalTransaction,
     PreparedBranch,
     Vote,
+    finished_or_error,
 )
 from twopc.participants.errors import ParticipantError, ParticipantUnavailable
 from twopc.participants.lockwaits import LockInspector, LockWait
@@ -215,6 +216,14 @@ class Participant(ABC):
         :class:`BranchBusy` when it holds it but cannot finish it yet.
         """
 
+    def finish_prepared_many(
+        self, xids: Sequence[Xid], *, commit: bool
+    ) -> list[ParticipantError | None]:
+        """:meth:`finish_prepared` of each of ``xids``, with as few requests as the server
+        allows; in order, what became of each: None when finished, else the error
+        :meth:`finish_prepared` would have raised for it."""
+        return [finished_or_error(self.finish_prepared, xid, commit) for xid in xids]
+
     @abstractmethod
     def prepared_branches(self) -> list[PreparedBranch]:
         """Every prepared branch on the server (ours and foreign) in this database."""
@@ -363,6 +372,11 @@ class ServerParticipant(Participant):
 
     def finish_prepared(self, xid: Xid, *, commit: bool) -> None:
         self._roles.branches.finish_prepared(xid, commit=commit)
+
+    def finish_prepared_many(
+        self, xids: Sequence[Xid], *, commit: bool
+    ) -> list[ParticipantError | None]:
+        return self._roles.branches.finish_prepared_many(xids, commit=commit)
 
     def prepared_branches(self) -> list[PreparedBranch]:
         return self._roles.branches.prepared_branches()

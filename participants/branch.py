@@ -454,6 +454,18 @@ class Branch(ABC):
     def _sql_rollback(self, *, prepared: bool) -> None: ...
 
 
+def finished_or_error(
+    finish: Callable[..., None], xid: Xid, commit: bool
+) -> ParticipantError | None:
+    """``finish(xid, commit=commit)``: None when it returned, else the participant error it
+    raised (any other exception propagates)."""
+    try:
+        finish(xid, commit=commit)
+    except ParticipantError as err:
+        return err
+    return None
+
+
 class BranchProtocol(ABC):
     """A participant's branch role: opens branches, lists and finishes prepared ones."""
 
@@ -468,6 +480,13 @@ class BranchProtocol(ABC):
         Raises :class:`UnknownXid` when the server holds no such prepared branch, and
         :class:`BranchBusy` when it holds it but cannot finish it yet.
         """
+
+    def finish_prepared_many(
+        self, xids: Sequence[Xid], *, commit: bool
+    ) -> list[ParticipantError | None]:
+        """:meth:`finish_prepared` of each of ``xids``, in as few requests as the server
+        allows; in order, None for each finished, else the error it raised for it."""
+        return [finished_or_error(self.finish_prepared, xid, commit) for xid in xids]
 
     @abstractmethod
     def prepared_branches(self) -> list[PreparedBranch]:

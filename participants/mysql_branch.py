@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import pymysql
@@ -90,6 +91,39 @@ class MySQLBranches(BranchProtocol):
                 conn.cursor().execute(f"{verb} {xid.mysql_literal()}")
         except StatementFailed as err:
             raise self.unknown_or(err, xid) from err
+
+    def finish_prepared_many(
+        self, xids: Sequence[Xid], *, commit: bool
+    ) -> list[ParticipantError | None]:
+        """``XA COMMIT`` / ``XA ROLLBACK`` of each, as many as are left in one request
+        (multi-statements). The server stops at a statement that fails: the branches before
+        it are finished, its own error is read as :meth:`finish_on` reads it, and the ones
+        after go in the next request."""
+        outcomes: list[ParticipantError | None] = []
+        while len(outcomes) < len(xids):
+            rest = xids[len(outcomes) :]
+            try:
+                self._participant.redoable(partial(self._finish_all_on, xids=rest, commit=commit))
+                outcomes += [None] * len(rest)
+            except _StoppedAt as stop:
+                outcomes += [None] * stop.done
+                outcomes.append(self.unknown_or(stop.error, rest[stop.done]))
+            except ParticipantError as err:  # no answer at all: none of them is known done
+                outcomes += [err] * len(rest)
+        return outcomes
+
+    def _finish_all_on(self, conn: MySQLConnection, *, xids: Sequence[Xid], commit: bool) -> None:
+        verb = "XA COMMIT" if commit else "XA ROLLBACK"
+        done = 0
+        try:
+            with self.link.translated(verb.lower()):
+                cursor = conn.cursor()
+                cursor.execute("".join(f"{verb} {xid.mysql_literal()};\n" for xid in xids))
+                done = 1
+                while cursor.nextset():
+                    done += 1
+        except StatementFailed as err:
+            raise _StoppedAt(done, err) from err
 
     def unknown_or(self, err: StatementFailed, xid: Xid) -> ParticipantError:
         """What a failed ``XA COMMIT/ROLLBACK`` of ``xid`` means: held by a live session
@@ -191,6 +225,16 @@ class MySQLBranches(BranchProtocol):
             return {}  # no marker table (yet): the time is merely unknown
         wanted = {(x.gtrid, x.bqual): x for x in xids}
         return {wanted.get((g, b)): float(t) for g, b, t in rows}
+
+
+class _StoppedAt(Exception):
+    """A request of several ``XA COMMIT`` / ``XA ROLLBACK`` stopped at statement ``done``
+    (those before it finished) with ``error``."""
+
+    def __init__(self, done: int, error: StatementFailed) -> None:
+        super().__init__(done, error)
+        self.done = done
+        self.error = error
 
 
 class MySQLBranch(Branch):

@@ -17,9 +17,11 @@ import pytest
 from fakes import FakeParticipant, raising, unavailable
 
 from twopc.coordinator import recovery as recovery_module
-from twopc.coordinator.facts import coordinator_home, coordinator_logs
+from twopc.coordinator.acting import RecoveryReport, act_together
+from twopc.coordinator.decisions import BranchFacts, Logged
+from twopc.coordinator.facts import Prepared, coordinator_home, coordinator_logs
 from twopc.coordinator.recovery import recover, recover_own
-from twopc.participants import FORMAT_ID, Xid
+from twopc.participants import FORMAT_ID, PreparedBranch, Xid
 
 DEAD = "dead"
 GTRID = f"{DEAD}.{'ab' * 10}"
@@ -147,3 +149,36 @@ def test_coordinators_others_wait_on_are_recovered_first_by_themselves(
     assert chunks(coordinators, {"a", "e"}, {"d", None}) == [["d", "a"], ["e"], ["b", "c"], ["f"]]
     monkeypatch.setattr(recovery_module, "LOGS_AT_ONCE", 1)
     assert chunks(coordinators, {"a"}, {"f"})[:2] == [["f"], ["a"]]
+
+
+def test_branches_are_finished_in_batches_of_one_server_and_one_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recovery_module, "BRANCHES_PER_REQUEST", 2)
+    pg, mysql = FakeParticipant("pg"), FakeParticipant("mysql")
+    commit = BranchFacts(Logged.COMMIT, alive=False, evidence=False)
+    abort = BranchFacts(Logged.NONE, alive=False, evidence=False)
+
+    def plan(rm: FakeParticipant, n: int, facts: BranchFacts) -> tuple[Prepared, BranchFacts]:
+        xid = Xid(FORMAT_ID, f"dead.{n:020d}", rm.name)
+        rm.prepared.add(xid)
+        return Prepared(rm, PreparedBranch(rm.name, str(xid), xid, None)), facts
+
+    plans = [plan(pg, n, commit) for n in range(5)] + [plan(mysql, n, abort) for n in range(3)]
+    waited = {plans[3][0].xid, plans[6][0].xid}
+    cut = recovery_module.batches(plans, waited)
+    names = [[(p.participant.name, int(p.gtrid[-2:])) for p, _ in batch] for batch in cut]
+    assert names[:2] == [[("pg", 3)], [("mysql", 1)]]  # waited on: alone, and first
+    assert sorted(names[2:]) == [
+        [("mysql", 0), ("mysql", 2)],
+        [("pg", 0), ("pg", 1)],
+        [("pg", 2), ("pg", 4)],
+    ]
+    assert all(len({f for _, f in batch}) == 1 for batch in cut)  # one verdict each
+    report = RecoveryReport()
+    for batch in cut:
+        act_together(batch, report)
+    assert pg.committed == {p.xid for p, _ in plans[:5]}
+    assert mysql.rolled_back == {p.xid for p, _ in plans[5:]}
+    assert pg.prepared == set() and mysql.prepared == set()
+    assert len(report.resolutions) == 8 and all(r.finished for r in report.resolutions)
