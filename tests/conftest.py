@@ -30,9 +30,16 @@ from psycopg import sql
 from twopc.bank.schema import init_schema
 from twopc.cli import main as cli_main
 from twopc.devserver import DevServers, DevState
-from twopc.participants import DatabaseURL, MySQLParticipant, PostgresParticipant, Xid
+from twopc.participants import (
+    DatabaseURL,
+    MySQLParticipant,
+    Participant,
+    PostgresParticipant,
+    Xid,
+)
 
 ACCOUNTS = 10
+_SESSION_ID = {"pg": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
 OPENING = Decimal("1000.00")
 
 
@@ -144,6 +151,17 @@ class Databases:
                 time.sleep(0.1)
         finally:
             conn.close()
+
+    def kill_idle_pooled(self, participant: Participant, side: str) -> int:
+        """End, behind the pool's back, the session of a connection idle in
+        ``participant``'s pool (the next one it lends); returns that session's id."""
+        with participant.local_transaction() as local:
+            pooled = int(local.execute(_SESSION_ID[side]).fetchone()[0])
+        if side == "pg":
+            self.pg_query("SELECT pg_terminate_backend(%s)", (pooled,))
+        else:
+            self.mysql_query("KILL %s", (pooled,))
+        return pooled
 
     def clear_markers(self) -> None:
         """Delete every outcome marker on both servers (when the table exists)."""

@@ -11,7 +11,6 @@ from conftest import OPENING, Databases
 
 from twopc.participants import FORMAT_ID, Participant, UnknownXid, Xid
 
-SESSION = {"pg": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
 ACCOUNTS = ["a1", "a2", "a3", "a4", "a5"]
 
 
@@ -64,12 +63,7 @@ def test_many_branches_are_finished_though_their_pooled_connection_died_idle(
     participant: Participant = db.pg() if side == "pg" else db.mysql()
     participant.ensure_outcome_table()
     xids = [prepared(participant, n, account) for n, account in enumerate(ACCOUNTS[:3])]
-    with participant.local_transaction() as local:
-        pooled = int(local.execute(SESSION[side]).fetchone()[0])
-    if side == "pg":
-        db.pg_query("SELECT pg_terminate_backend(%s)", (pooled,))
-    else:
-        db.mysql_query("KILL %s", (pooled,))
+    db.kill_idle_pooled(participant, side)
     assert participant.finish_prepared_many(xids, commit=True) == [None, None, None]
     assert still_prepared(db, side) == []
     assert [db.balance(side, a) for a in ACCOUNTS[:3]] == [OPENING + Decimal(1)] * 3

@@ -114,12 +114,7 @@ def test_a_branch_is_finished_by_xid_though_its_pooled_connection_died_idle(
     branch.execute(CREDIT, (Decimal("3"), "a2"))
     branch.prepare()
     branch.close()  # its session goes: another may finish it (MariaDB: only then)
-    with participant.local_transaction() as local:
-        pooled = int(local.execute(SESSION[side]).fetchone()[0])
-    if side == "pg":
-        db.pg_query("SELECT pg_terminate_backend(%s)", (pooled,))
-    else:
-        db.mysql_query("KILL %s", (pooled,))
+    pooled = db.kill_idle_pooled(participant, side)
     participant.finish_prepared(xid, commit=commit)
     assert (db.pg_prepared() if side == "pg" else db.mysql_prepared()) == []
     assert db.balance(side, "a2") == OPENING + (3 if commit else 0)
