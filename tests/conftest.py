@@ -38,6 +38,19 @@ from twopc.participants import (
     Xid,
 )
 
+# The CLI's configuration, as `eval "$(twopc dev env)"` exports it in a developer's shell:
+# tests say what they use (Databases.env), and nothing of the shell's may steer them at the
+# dev servers (TWOPC_PARTICIPANTS would add those as more participants to every command).
+for _setting in (
+    "TWOPC_HOME",
+    "TWOPC_PG_URL",
+    "TWOPC_MYSQL_URL",
+    "TWOPC_PARTICIPANTS",
+    "TWOPC_COORDINATOR_ID",
+    "TWOPC_BROKER_URL",
+):
+    os.environ.pop(_setting, None)
+
 ACCOUNTS = 10
 _SESSION_ID = {"pg": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
 OPENING = Decimal("1000.00")
