@@ -108,7 +108,7 @@ def test_a_connection_given_back_just_now_is_lent_without_a_round_trip() -> None
 
 
 @pytest.mark.parametrize("side", ["pg", "mysql"])
-def test_forgetting_markers_never_waits_on_a_prepared_branchs(db: Databases, side: str) -> None:
+def test_forgetting_markers_never_waits_on_a_branch_left_prepared(db: Databases, side: str) -> None:
     """A branch left prepared (in doubt) holds its marker's row lock. Deleting other
     transactions' markers must not wait for it: on MariaDB a delete of many gtrids at once
     read the small table whole, locking each row, so it waited on that marker for the whole
