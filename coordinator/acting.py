@@ -119,17 +119,12 @@ def _already_finished(participant: Participant, xid: Xid) -> tuple[str, bool]:
         return f"unknown ({err})", False
 
 
-def act(prepared: Prepared, facts: BranchFacts, report: RecoveryReport) -> bool:
-    """Apply the rules to one prepared branch and carry out (and report) their verdict;
-    returns whether the branch is finished (no longer prepared)."""
-    return bool(act_together([(prepared, facts)], report))
-
-
 def act_together(
     plans: Sequence[tuple[Prepared, BranchFacts]], report: RecoveryReport
 ) -> list[Xid]:
-    """:func:`act` for branches of one participant whose verdict is the same action: those
-    to finish go to its server in as few requests as it allows. Returns the xids finished."""
+    """Apply the rules to prepared branches of one participant whose verdict is the same
+    action, and carry out (and report) that verdict: the branches to finish go to its server
+    in as few requests as it allows. Returns the xids finished (no longer prepared)."""
     if not plans:
         return []
     verdicts = [decide(facts) for _, facts in plans]
