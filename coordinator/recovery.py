@@ -112,13 +112,11 @@ class _Session:
         self.evidence = gather_evidence(participants, {p.gtrid for p in self.prepared})
         waits = self._lock_waits() if self.prepared else []
         #: The prepared branches other sessions wait on (their rows are freed first), and
-        #: the coordinators whose requests those sessions run (fenced with the first).
+        #: the coordinators whose requests those sessions run (fenced first), whether or not
+        #: the branch waited on could be named (MariaDB's sometimes cannot).
         self.waited = {w.blocker for w in waits if w.blocker is not None}
         self.waiting = {
-            coordinator_of(gtrid)
-            for w in waits
-            if w.blocker is not None
-            for gtrid in gtrids_named_in(w.query or "")
+            coordinator_of(gtrid) for w in waits for gtrid in gtrids_named_in(w.query or "")
         }
         self._lock = threading.Lock()
 
