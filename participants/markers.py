@@ -110,9 +110,7 @@ class OutcomeMarkers:
         """``(gtrid, bqual)`` of every branch of ``gtrids`` that committed here: its marker is
         visible (a prepared or rolled-back branch's marker is not)."""
         found: set[tuple[str, str]] = set()
-        unique = sorted(set(gtrids))
-        for start in range(0, len(unique), _BATCH):
-            batch = unique[start : start + _BATCH]
+        for batch in _batches(gtrids):
             with self._local() as local:
                 rows = local.execute(_with_placeholders(self._sql.select_in, batch), batch)
                 found.update((str(g), str(b)) for g, b in rows.fetchall())
@@ -136,15 +134,19 @@ class OutcomeMarkers:
 
     def forget(self, gtrids: Sequence[str]) -> None:
         """Delete the markers of ended transactions (their END record is durable)."""
-        unique = sorted(set(gtrids))
-        for start in range(0, len(unique), _BATCH):
-            batch = unique[start : start + _BATCH]
+        for batch in _batches(gtrids):
             with self._local() as local:
                 if self._sql.delete_in is not None:
                     local.execute(_with_placeholders(self._sql.delete_in, batch), batch)
                 else:
                     assert self._sql.delete_one is not None  # one of the two (__post_init__)
                     local.execute_each(self._sql.delete_one, [(gtrid,) for gtrid in batch])
+
+
+def _batches(gtrids: Sequence[str]) -> list[list[str]]:
+    """The distinct ``gtrids``, sorted, :data:`_BATCH` to a query."""
+    unique = sorted(set(gtrids))
+    return [unique[start : start + _BATCH] for start in range(0, len(unique), _BATCH)]
 
 
 def _with_placeholders(statement: str, values: Sequence[object]) -> str:
