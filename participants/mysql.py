@@ -19,6 +19,7 @@ from twopc.participants.mysql_branch import MySQLBranches
 from twopc.participants.mysql_link import (
     CONNECT_TIMEOUT,
     MySQLLink,
+    Together,
     lock_wait_timeout,
     open_connection,
     unverified_tls_context,
@@ -104,11 +105,7 @@ class MySQLLocal(LocalTransaction):
             return
         with self._link.translated("execute"):
             cursor = self._conn.cursor()
-            # A newline ends each statement: a statement ending in a -- comment cannot
-            # swallow the next one.
-            cursor.execute("".join(f"{cursor.mogrify(query, row)};\n" for row in rows))
-            while cursor.nextset():
-                pass
+            Together(cursor.mogrify(query, row) for row in rows).run(cursor)
 
     def _sql_commit(self) -> None:
         with self._link.translated("commit"):

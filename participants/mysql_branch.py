@@ -41,7 +41,7 @@ from twopc.participants.errors import (
     UnknownXid,
 )
 from twopc.participants.markers import OutcomeMarkers
-from twopc.participants.mysql_link import MySQLLink
+from twopc.participants.mysql_link import MySQLLink, Together
 from twopc.participants.requests import requests_of, wait_until_gone
 from twopc.participants.xid import Xid
 
@@ -114,16 +114,12 @@ class MySQLBranches(BranchProtocol):
 
     def _finish_all_on(self, conn: MySQLConnection, *, xids: Sequence[Xid], commit: bool) -> None:
         verb = "XA COMMIT" if commit else "XA ROLLBACK"
-        done = 0
+        together = Together(f"{verb} {xid.mysql_literal()}" for xid in xids)
         try:
             with self.link.translated(verb.lower()):
-                cursor = conn.cursor()
-                cursor.execute("".join(f"{verb} {xid.mysql_literal()};\n" for xid in xids))
-                done = 1
-                while cursor.nextset():
-                    done += 1
+                together.run(conn.cursor())
         except StatementFailed as err:
-            raise _StoppedAt(done, err) from err
+            raise _StoppedAt(together.done, err) from err
 
     def unknown_or(self, err: StatementFailed, xid: Xid) -> ParticipantError:
         """What a failed ``XA COMMIT/ROLLBACK`` of ``xid`` means: held by a live session
@@ -210,21 +206,27 @@ class MySQLBranches(BranchProtocol):
         xid = Xid.from_mysql_recover(int(format_id), int(gtrid_len), int(bqual_len), raw)
         return PreparedBranch(self.link.server, f"{format_id}:{raw!r}", xid, None, None)
 
-    def _marker_times(self, conn: MySQLConnection, xids: list[Xid]) -> dict[Xid | None, float]:
-        """When each prepared branch wrote its marker (see ``_MARKER_TIMES``)."""
-        if not xids:
-            return {}
-        query = _MARKER_TIMES.format(", ".join(["%s"] * len(xids)))  # values are bound
+    def _marker_times(self, conn: MySQLConnection, xids: list[Xid]) -> dict[Xid, float]:
+        """When each prepared branch wrote its marker (see :func:`marker_times`)."""
         try:
             with self.link.translated("read outcome markers"):
-                cursor = conn.cursor()
-                cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
-                cursor.execute(query, [x.gtrid for x in xids])
-                rows = cursor.fetchall()
+                times = marker_times(conn, [x.gtrid for x in xids])
         except StatementFailed:
             return {}  # no marker table (yet): the time is merely unknown
-        wanted = {(x.gtrid, x.bqual): x for x in xids}
-        return {wanted.get((g, b)): float(t) for g, b, t in rows}
+        return {x: times[(x.gtrid, x.bqual)] for x in xids if (x.gtrid, x.bqual) in times}
+
+
+def marker_times(conn: MySQLConnection, gtrids: Sequence[str]) -> dict[tuple[str, str], float]:
+    """``(gtrid, branch) -> when its marker was written`` for the markers of ``gtrids``,
+    prepared branches' included: a dirty read (see ``_MARKER_TIMES``), which leaves the
+    session of ``conn`` (a connection of the caller's own, never pooled) READ UNCOMMITTED.
+    Driver errors reach the caller."""
+    if not gtrids:
+        return {}
+    cursor = conn.cursor()
+    cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+    cursor.execute(_MARKER_TIMES.format(", ".join(["%s"] * len(gtrids))), list(gtrids))
+    return {(str(g), str(b)): float(t) for g, b, t in cursor.fetchall()}
 
 
 class _StoppedAt(Exception):

@@ -12,6 +12,7 @@ import math
 import socket
 import ssl
 import threading
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
@@ -174,6 +175,24 @@ def open_connection(
         client_flag=CLIENT.MULTI_STATEMENTS if multi_statements else 0,
         **options,
     )
+
+
+class Together:
+    """Statements sent in one request (the connections allow multi-statements), each ended
+    by a newline: one ending in a ``--`` comment cannot swallow the next. The server stops at
+    the first that fails; :meth:`run` raises its (driver) error, and ``done`` says how many
+    ran before it."""
+
+    def __init__(self, statements: Iterable[str]) -> None:
+        self.text = "".join(f"{statement};\n" for statement in statements)
+        self.done = 0
+
+    def run(self, cursor: Any) -> None:
+        """Send the request and read every statement's result."""
+        cursor.execute(self.text)
+        self.done = 1
+        while cursor.nextset():
+            self.done += 1
 
 
 def unverified_tls_context() -> ssl.SSLContext:

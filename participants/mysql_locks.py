@@ -31,6 +31,7 @@ import pymysql
 
 from twopc.participants.errors import ParticipantError
 from twopc.participants.lockwaits import LockInspector, LockWait
+from twopc.participants.mysql_branch import marker_times
 from twopc.participants.mysql_link import MySQLLink
 from twopc.participants.xid import Xid
 
@@ -49,9 +50,6 @@ _MAX_PROBES = 32  # connections opened at once; branches beyond stay unidentifie
 # Transactions with no session: on a server of ours, the prepared XA branches whose client is
 # gone (a detached or recovered branch keeps the trx id it got at its first write).
 _DETACHED_SQL = "SELECT trx_id FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = 0"
-# The markers of prepared branches are uncommitted: only a dirty read sees them (and when they
-# were written). The table holds the markers of unfinished and recently ended transactions.
-_MARKER_TIMES_SQL = "SELECT gtrid, branch, created_at FROM twopc_outcomes"
 # The InnoDB tables are a cache that MariaDB refreshes only when nobody has read it for 0.1 s
 # (trx0i_s.cc measures from the last *read*): polling faster would see the same data forever.
 _POLL_INTERVAL = 0.15
@@ -219,7 +217,7 @@ def _likeliest(
     """At most :data:`_MAX_PROBES` of ``branches``: those prepared about when ``holders``
     (trx ids of transactions with no session) were (see the module docstring)."""
     trx_ids = [trx for (trx,) in _fetch(conn, _DETACHED_SQL)]
-    times = _marker_times(connect) if holders and trx_ids else {}
+    times = _marker_times(connect, branches) if holders and trx_ids else {}
     return nearest_in_time(branches, times, trx_ids, holders, _MAX_PROBES)
 
 
@@ -266,18 +264,17 @@ def _number(trx_id: object) -> int | None:
         return None  # not a number: no rank (older servers name some transactions otherwise)
 
 
-def _marker_times(connect: MySQLConnect) -> dict[tuple[str, str], float]:
-    """When each marker was written, prepared branches' included (a dirty read on a
-    connection of its own); empty when that cannot be read (the probes go on without)."""
+def _marker_times(
+    connect: MySQLConnect, branches: Sequence[_PreparedXA]
+) -> dict[tuple[str, str], float]:
+    """When each of ``branches`` wrote its marker (:func:`marker_times`, on a connection of
+    its own); empty when that cannot be read (the probes go on without)."""
     try:
         conn = connect()
     except (pymysql.err.MySQLError, ParticipantError):
         return {}
     try:
-        cursor = conn.cursor()
-        cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
-        cursor.execute(_MARKER_TIMES_SQL)
-        return {(str(g), str(b)): float(t) for g, b, t in cursor.fetchall()}
+        return marker_times(conn, sorted({_key(branch)[0] for branch in branches}))
     except pymysql.err.MySQLError:
         return {}  # no marker table (yet), say
     finally:
