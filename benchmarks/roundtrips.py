@@ -158,12 +158,14 @@ def count_round_trips(
     accounts: int = 10,
     warm_up: int = 5,
     seed: int = 1,
+    settle: Callable[[Any], object] = lambda move: None,
 ) -> dict[str, dict[str, float]]:
     """Per mode: round trips per transfer to each server and in all, over ``transfers``
     transfers made one at a time (the same transfers for every mode) after ``warm_up``.
 
     ``mover(participants, home, mode, accounts)`` is the bench's context manager giving a
-    ``move(transfer)``; ``request(chooser, accounts)`` makes a transfer.
+    ``move(transfer)``; ``request(chooser, accounts)`` makes a transfer; ``settle(move)``
+    waits until what the moves left running in the background is done (it is counted).
     """
     counted: dict[str, dict[str, float]] = {}
     for mode in modes:
@@ -177,6 +179,7 @@ def count_round_trips(
             for counter in counters.values():
                 counter.reset()
             failed = sum(move(request(chooser, accounts)) is not None for _ in range(transfers))
+            settle(move)
             turns = {name: counter.read() for name, counter in counters.items()}
         counted[mode] = {name: round(n / transfers, 2) for name, n in turns.items()}
         counted[mode]["total"] = round(sum(turns.values()) / transfers, 2)

@@ -112,8 +112,9 @@ def _counts(option: str, text: str) -> list[int]:
     "--modes",
     default="2pc,saga",
     show_default=True,
-    help="Comma-separated: 2pc, saga, naive (a hand-written 2PC loop), sqlalchemy "
-    "(Session(twophase=True)), local (one PostgreSQL transaction).",
+    help="Comma-separated: 2pc, 2pc-early (acknowledged at the decision, phase 2 in the "
+    "background), saga, naive (a hand-written 2PC loop), sqlalchemy (Session(twophase=True)), "
+    "local (one PostgreSQL transaction).",
 )
 @click.option(
     "--rounds",

@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,10 +56,22 @@ class CoordinatorConfig:
     phase_two_grace: float = 5.0
     #: Seconds :meth:`Coordinator.close` waits for protocol workers still running.
     close_patience: float = 5.0
+    #: Whether ``commit()`` returns at the commit point (the COMMIT record durable), with
+    #: phase 2 and the END record left to a background worker. Nothing acknowledged is lost
+    #: either way (the decision is in the log), but until phase 2 ends the branches stay
+    #: prepared: their rows stay locked, and a reader sees the transaction's writes on no
+    #: server, or on one only. Off by default: ``commit()`` returns once every branch
+    #: committed.
+    acknowledge_at_decision: bool = False
+    #: With ``acknowledge_at_decision``: at most this many transactions in background phase 2
+    #: at once; a commit that finds no room runs its phase 2 itself (back-pressure).
+    phase_two_backlog: int = 64
 
     def __post_init__(self) -> None:
         if self.protocol_threads < 2:
             raise ValueError(f"protocol_threads must be at least 2, got {self.protocol_threads}")
+        if self.phase_two_backlog < 1:
+            raise ValueError(f"phase_two_backlog must be at least 1, got {self.phase_two_backlog}")
         for name in ("prepare_timeout", "phase_two_grace", "close_patience"):
             value = getattr(self, name)
             if not 0 <= value < math.inf:  # also refuses nan
@@ -89,6 +101,9 @@ class Coordinator:
         # Marker garbage collection has its own thread: waiting on a lock there must never
         # hold up a prepare or a commit (that could be the very commit it waits for).
         self._collector = Workers(1, "twopc-markers")
+        # Phase 2 of transactions acknowledged at their decision (acknowledge_at_decision).
+        self._phase_two = Workers(config.phase_two_backlog, "twopc-phase-two")
+        self._backlog = _Backlog(config.phase_two_backlog)
         #: Deadlines of the replies a transaction reads on its own thread (see
         #: ``transaction._CutOff``): one thread for all of them.
         self.deadlines = Watchdog("twopc-deadlines")
@@ -180,6 +195,24 @@ class Coordinator:
         if batch:
             self._collector.submit(functools.partial(self._markers.forget, batch))
 
+    def reserve_phase_two(self) -> bool:
+        """Take a place in the background phase-2 backlog; False when it is full."""
+        return self._backlog.reserve()
+
+    def run_phase_two(self, phase_two: Callable[[], None]) -> None:
+        """Run a transaction's ``phase_two`` (which never raises) on a background worker, in
+        the place :meth:`reserve_phase_two` took."""
+        try:
+            self._phase_two.submit(functools.partial(self._backlog.run, phase_two))
+        except BaseException:
+            self._backlog.release()
+            raise
+
+    def wait_for_phase_two(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no transaction acknowledged at its decision
+        is still in phase 2; whether none is (each ended COMMITTED or IN_DOUBT)."""
+        return self._backlog.wait_empty(timeout)
+
     def track(self, transaction: GlobalTransaction) -> None:
         """``transaction`` may leave prepared branches behind until it is settled."""
         with self._unsettled_lock:
@@ -208,6 +241,11 @@ class Coordinator:
         if self._closed:
             return
         self._closed = True
+        # Background phase 2s first: they may still use the protocol workers. Each is bounded
+        # by the retry deadline and its grace, as a phase 2 run by commit() itself is.
+        config = self.config
+        self.wait_for_phase_two(config.retry.deadline + config.phase_two_grace + 1.0)
+        self._phase_two.close(config.close_patience)
         self.executor.close(self.config.close_patience)
         self._collector.close(self.config.close_patience)
         self.deadlines.close()
@@ -244,6 +282,38 @@ def _open_log(path: Path, coordinator_id: str) -> TransactionLog:
             f"the log of coordinator {coordinator_id} is damaged ({err}); it will not start, "
             "since decisions may be lost: check it with `twopc log verify`"
         ) from err
+
+
+class _Backlog:
+    """Counts the background phase 2s under way, up to a limit, and lets one wait for none."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._running = 0
+        self._condition = threading.Condition()
+
+    def reserve(self) -> bool:
+        with self._condition:
+            if self._running >= self._limit:
+                return False
+            self._running += 1
+            return True
+
+    def release(self) -> None:
+        with self._condition:
+            self._running -= 1
+            if not self._running:
+                self._condition.notify_all()
+
+    def run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        finally:
+            self.release()
+
+    def wait_empty(self, timeout: float) -> bool:
+        with self._condition:
+            return self._condition.wait_for(lambda: not self._running, timeout)
 
 
 class MarkerCollector:

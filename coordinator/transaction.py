@@ -10,6 +10,12 @@ The COMMIT record's fsync is the commit point. Abort writes nothing (presumed ab
 prepared branch whose gtrid has no COMMIT record in its coordinator's log is rolled back by
 recovery once that coordinator is dead.
 
+``commit()`` returns once phase 2 is over, unless the coordinator acknowledges at the
+decision (``CoordinatorConfig.acknowledge_at_decision``): it then returns at the commit
+point, with the outcome's state COMMITTING, and phase 2 and the END record run on a
+background worker, which replaces ``outcome`` with the final one (COMMITTED, or IN_DOUBT for
+recovery to finish) and lets the branches' connections go.
+
 Anything that interrupts ``commit()`` (an exception from a hook or a bug, ``KeyboardInterrupt``,
 a signal turned into an exception) is handled by where the protocol stands, then re-raised:
 before the decision, every prepared branch is rolled back; while the COMMIT record is being
@@ -111,6 +117,7 @@ class GlobalTransaction:
         # Branches a protocol worker is using right now (their connection is not ours to close).
         self._busy: dict[int, Future[object]] = {}
         self._stop = threading.Event()  # set when interrupted: phase-2 retries give up
+        self._handed_off = False  # phase 2 runs on a background worker, which owns the branches
         self._started = time.monotonic()
         self._phases: dict[str, float] = {}
 
@@ -213,11 +220,48 @@ class GlobalTransaction:
         if not prepared:
             return self._finished(TxState.COMMITTED, "read-only")
         self._log_decision(prepared)
+        acknowledged = self._hand_off(prepared)
+        if acknowledged is not None:
+            return acknowledged
         self._timed("commit", lambda: self._phase_two(prepared))
+        self._end()
+        return self._finished(TxState.COMMITTED, "2pc")
+
+    def _end(self) -> None:
         self._hook(CrashPoint.BEFORE_END)
         self._coordinator.log.append(EndRecord(self.gtrid).record(), force=False)
         self._coordinator.note_ended(self.gtrid)
-        return self._finished(TxState.COMMITTED, "2pc")
+
+    def _hand_off(self, prepared: Sequence[Branch]) -> Outcome | None:
+        """Decided: when the coordinator acknowledges at the decision and its backlog of
+        background phase 2s has room, hand phase 2 to a background worker and return the
+        outcome so far (COMMITTING); else None, and phase 2 runs here."""
+        coordinator = self._coordinator
+        if not coordinator.config.acknowledge_at_decision or not coordinator.reserve_phase_two():
+            return None
+        acknowledged = self._finished(TxState.COMMITTING, "2pc")  # before the worker moves on
+        self._handed_off = True
+        coordinator.run_phase_two(functools.partial(self._phase_two_later, prepared))
+        return acknowledged
+
+    def _phase_two_later(self, prepared: Sequence[Branch]) -> None:
+        """Phase 2 and the END record, on a background worker; never raises. A transaction
+        it cannot finish stays IN_DOUBT and tracked, so its log stays for recovery."""
+        try:
+            self._timed("commit", lambda: self._phase_two(prepared))
+            self._end()
+            self._finished(TxState.COMMITTED, "2pc")
+        except InDoubt as err:
+            log.warning("%s", err)
+            self._finished(TxState.IN_DOUBT, "2pc")
+        except BaseException:  # a log failure, a bug: the decision is in the log regardless
+            log.exception("%s: phase 2 failed; recovery finishes it from the log", self.gtrid)
+            self._stop.set()
+            self._finished(TxState.IN_DOUBT, "2pc")
+        finally:
+            self._close_branches()
+            if self.settled:
+                self._coordinator.untrack(self)
 
     @property
     def settled(self) -> bool:
@@ -239,11 +283,17 @@ class GlobalTransaction:
         one a hung worker holds is left to it (see ``_interrupt``). A transaction left
         active with a branch its last statement prepared stays unsettled: its coordinator
         keeps the log, and recovery rolls the branch back (no decision: presumed abort).
+        A transaction acknowledged at its decision leaves that to its phase-2 worker.
         """
+        if self._handed_off:
+            return
         if self.state is TxState.ACTIVE and any(
             branch.state is BranchState.PREPARED for _, branch in self._branches.values()
         ):
             self._coordinator.track(self)
+        self._close_branches()
+
+    def _close_branches(self) -> None:
         for _, branch in self._branches.values():
             future = self._busy.get(id(branch))
             if id(branch) in self._stuck:
