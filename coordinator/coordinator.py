@@ -65,7 +65,7 @@ class CoordinatorConfig:
     acknowledge_at_decision: bool = False
     #: With ``acknowledge_at_decision``: at most this many transactions in background phase 2
     #: at once; a commit that finds no room runs its phase 2 itself (back-pressure).
-    phase_two_backlog: int = 64
+    phase_two_backlog: int = 4
 
     def __post_init__(self) -> None:
         if self.protocol_threads < 2:
