@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Databases
-from test_phase_two_servers import QUICK, faulty
+from test_phase_two_servers import QUICK, assert_in_doubt_then_recovered, faulty
 
 from twopc.coordinator import Coordinator, CoordinatorConfig, CrashPoint, TxState
 from twopc.coordinator.transaction import GlobalTransaction
@@ -167,13 +167,7 @@ def test_a_background_phase_two_that_cannot_finish_is_in_doubt_and_recovered(
         assert coordinator.wait_for_phase_two(10)
         assert tx.outcome is not None and tx.outcome.state is TxState.IN_DOUBT
         assert coordinator.unsettled() == [tx]
-    prepared = db.pg_prepared() if side == "pg" else db.mysql_prepared()
-    assert prepared == [Xid(FORMAT_ID, tx.gtrid, side)]
-    assert [r.kind for r in read_log(db.home / "txlog" / "early").records] == ["COMMIT"]
-    recovered = db.twopc("recover")
-    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
-    assert moved(db, before)
-    assert db.pg_prepared() == [] and db.mysql_prepared() == []
+    assert_in_doubt_then_recovered(db, before, side, tx.gtrid, "early")
 
 
 def test_a_full_backlog_makes_commit_run_its_own_phase_two(db: Databases) -> None:

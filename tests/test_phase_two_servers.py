@@ -116,10 +116,18 @@ def test_a_commit_failing_every_time_is_in_doubt_and_recovered(
             tx.commit()
         tx.close()
     assert in_doubt.value.unfinished == (side,)
-    # The other server committed; this one still holds the branch prepared.
+    assert_in_doubt_then_recovered(db, before, side, tx.gtrid, "p2")
+
+
+def assert_in_doubt_then_recovered(
+    db: Databases, before: dict[str, Decimal], side: str, gtrid: str, coordinator_id: str
+) -> None:
+    """The other server committed and ``side`` still holds its branch prepared, with only
+    the COMMIT record in the log; then `twopc recover` commits it and the money has moved."""
     prepared = db.pg_prepared() if side == "pg" else db.mysql_prepared()
-    assert prepared == [Xid(FORMAT_ID, tx.gtrid, side)]
-    assert [r.kind for r in read_log(db.home / "txlog" / "p2").records] == ["COMMIT"]
+    assert prepared == [Xid(FORMAT_ID, gtrid, side)]
+    records = read_log(db.home / "txlog" / coordinator_id).records
+    assert [r.kind for r in records] == ["COMMIT"]
     recovered = db.twopc("recover")
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert moved(db, before)
