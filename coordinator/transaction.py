@@ -118,6 +118,8 @@ class GlobalTransaction:
         self._busy: dict[int, Future[object]] = {}
         self._stop = threading.Event()  # set when interrupted: phase-2 retries give up
         self._handed_off = False  # phase 2 runs on a background worker, which owns the branches
+        self._background_done = threading.Event()  # cleared while that worker runs
+        self._background_done.set()
         self._started = time.monotonic()
         self._phases: dict[str, float] = {}
 
@@ -241,6 +243,7 @@ class GlobalTransaction:
             return None
         acknowledged = self._finished(TxState.COMMITTING, "2pc")  # before the worker moves on
         self._handed_off = True
+        self._background_done.clear()
         coordinator.run_phase_two(functools.partial(self._phase_two_later, prepared))
         return acknowledged
 
@@ -262,6 +265,13 @@ class GlobalTransaction:
             self._close_branches()
             if self.settled:
                 self._coordinator.untrack(self)
+            self._background_done.set()
+
+    def wait_for_phase_two(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for this transaction's phase 2 in the background
+        (see ``acknowledge_at_decision``) to end; whether none is running, so that
+        ``outcome`` is final (COMMITTED, or IN_DOUBT for recovery)."""
+        return self._background_done.wait(timeout)
 
     @property
     def settled(self) -> bool:

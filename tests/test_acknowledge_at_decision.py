@@ -89,9 +89,11 @@ def test_commit_returns_at_the_decision_and_phase_two_ends_in_the_background(
         assert db.mysql_prepared() == [Xid(FORMAT_ID, tx.gtrid, "mysql")]
         assert coordinator.unsettled() == [tx]
         assert not coordinator.wait_for_phase_two(0.2)
+        assert not tx.wait_for_phase_two(0.1)
         gate.open()
-        assert coordinator.wait_for_phase_two(10)
+        assert tx.wait_for_phase_two(10)
         assert tx.outcome is not None and tx.outcome.state is TxState.COMMITTED
+        assert coordinator.wait_for_phase_two(10)
         assert tx.outcome.branches == {"pg": "committed", "mysql": "committed"}
         assert "commit" in tx.outcome.phases
         assert coordinator.unsettled() == []
@@ -183,7 +185,7 @@ def test_a_full_backlog_makes_commit_run_its_own_phase_two(db: Databases) -> Non
         second = transfer(coordinator, "a2")
         outcome = second.commit()  # no room in the backlog: phase 2 here, to its end
         second.close()
-        assert outcome.state is TxState.COMMITTED
+        assert outcome.state is TxState.COMMITTED and second.wait_for_phase_two(0)
         assert outcome.branches == {"pg": "committed", "mysql": "committed"}
         assert moved(db, before, "a2")
         assert db.mysql_prepared() == [Xid(FORMAT_ID, held.gtrid, "mysql")]
