@@ -244,7 +244,12 @@ class GlobalTransaction:
         acknowledged = self._finished(TxState.COMMITTING, "2pc")  # before the worker moves on
         self._handed_off = True
         self._background_done.clear()
-        coordinator.run_phase_two(functools.partial(self._phase_two_later, prepared))
+        try:
+            coordinator.run_phase_two(functools.partial(self._phase_two_later, prepared))
+        except BaseException:  # not handed off after all (the coordinator is closing)
+            self._handed_off = False
+            self._background_done.set()
+            raise
         return acknowledged
 
     def _phase_two_later(self, prepared: Sequence[Branch]) -> None:

@@ -214,3 +214,25 @@ def test_close_waits_for_the_phase_twos_in_the_background(db: Databases) -> None
 def test_the_backlog_must_hold_one_transaction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="phase_two_backlog must be at least 1, got 0"):
         CoordinatorConfig(tmp_path, acknowledge_at_decision=True, phase_two_backlog=0)
+
+
+def test_a_hand_off_that_cannot_start_leaves_the_commit_to_recovery(db: Databases) -> None:
+    """Decided, but no background worker takes phase 2 (its pool is closed, as when the
+    coordinator closes meanwhile): ``commit()`` raises, the transaction is in doubt and owns
+    its branches again (closing it lets their connections go), and recovery commits it."""
+    before = db.balances()
+    config = CoordinatorConfig(db.home, "early", acknowledge_at_decision=True)
+    with Coordinator.open(both(db.pg_url, db.mysql_url), config) as coordinator:
+        coordinator._phase_two.close(0)
+        tx = transfer(coordinator)
+        with pytest.raises(RuntimeError, match="workers are closed"):
+            tx.commit()
+        assert tx.state is TxState.IN_DOUBT and tx.wait_for_phase_two(0)
+        tx.close()
+        assert coordinator.unsettled() == [tx]
+    assert db.pg_prepared() == [Xid(FORMAT_ID, tx.gtrid, "pg")]
+    assert db.mysql_prepared() == [Xid(FORMAT_ID, tx.gtrid, "mysql")]
+    recovered = db.twopc("recover")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert moved(db, before)
+    assert db.pg_prepared() == [] and db.mysql_prepared() == []
