@@ -75,13 +75,20 @@ class Xid:
         judged (see :func:`gtrids_named_in`)."""
         return self._wire[3]
 
-    @functools.cached_property
+    @property
     def _wire(self) -> tuple[str, str, str, str]:
-        """Every wire form, made once per xid (a branch names itself several times)."""
+        """Every wire form, made once per xid (a branch names itself several times). Kept in
+        the instance's ``__dict__`` by hand: Python 3.11's ``functools.cached_property``
+        takes a lock on every read."""
+        try:
+            return self.__dict__["_wire_forms"]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
         gid = f"{self.format_id}_{_b64(self.gtrid)}_{_b64(self.bqual)}"
         mysql = f"X'{self.gtrid.encode().hex()}',X'{self.bqual.encode().hex()}',{self.format_id}"
         tag = f"/* twopc {self.format_id}:{self.gtrid}/{self.bqual} */"  # the alphabet has no *
-        return gid, f"'{gid}'", mysql, tag
+        forms = self.__dict__["_wire_forms"] = (gid, f"'{gid}'", mysql, tag)
+        return forms
 
     @classmethod
     def from_pg_gid(cls, gid: str) -> Xid | None:
