@@ -20,6 +20,7 @@ import pytest
 from conftest import Databases
 from test_phase_two_servers import QUICK, assert_in_doubt_then_recovered, faulty
 
+from twopc.benchmarks.bench_transfers import run_transfer_benchmark
 from twopc.coordinator import Coordinator, CoordinatorConfig, CrashPoint, TxState
 from twopc.coordinator.transaction import GlobalTransaction
 from twopc.participants import FORMAT_ID, DatabaseURL, MySQLParticipant, PostgresParticipant, Xid
@@ -236,3 +237,28 @@ def test_a_hand_off_that_cannot_start_leaves_the_commit_to_recovery(db: Database
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert moved(db, before)
     assert db.pg_prepared() == [] and db.mysql_prepared() == []
+
+
+def test_hot_rows_under_concurrent_transfers_acknowledged_at_the_decision(
+    db: Databases,
+) -> None:
+    """Eight workers on four hot accounts per side: transfers find rows still locked by a
+    phase 2 in the background, the backlog fills and commits run their own phase 2. Every
+    transfer goes through, money is conserved, and nothing is left prepared or unlogged."""
+    before = db.balances()
+    result = run_transfer_benchmark(
+        both(db.pg_url, db.mysql_url),
+        db.home,
+        modes=("2pc-early",),
+        workers=(8,),
+        transfers=200,
+        accounts=4,
+        seed=3,
+    )
+    (run,) = result["runs"]
+    assert run["completed"] == 200 and run["failures"] == {}, run
+    assert run["conserved"] is True
+    assert sum(db.balances().values()) == sum(before.values())
+    assert db.balances() != before  # the money moved
+    assert db.pg_prepared() == [] and db.mysql_prepared() == []
+    assert not list((db.home / "txlog").iterdir())  # every one-shot log went with its ENDs
