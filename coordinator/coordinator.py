@@ -246,8 +246,8 @@ class Coordinator:
         config = self.config
         self.wait_for_phase_two(config.retry.deadline + config.phase_two_grace + 1.0)
         self._phase_two.close(config.close_patience)
-        self.executor.close(self.config.close_patience)
-        self._collector.close(self.config.close_patience)
+        self.executor.close(config.close_patience)
+        self._collector.close(config.close_patience)
         self.deadlines.close()
         # ENDs durable, then their markers, then the log: killed anywhere in between, the
         # log is still there for recovery to finish the collection from.

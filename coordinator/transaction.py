@@ -225,14 +225,16 @@ class GlobalTransaction:
         acknowledged = self._hand_off(prepared)
         if acknowledged is not None:
             return acknowledged
-        self._timed("commit", lambda: self._phase_two(prepared))
-        self._end()
-        return self._finished(TxState.COMMITTED, "2pc")
+        return self._commit_decided(prepared)
 
-    def _end(self) -> None:
+    def _commit_decided(self, prepared: Sequence[Branch]) -> Outcome:
+        """Phase 2, then the END record: the decided transaction COMMITTED (InDoubt when a
+        branch could not be finished)."""
+        self._timed("commit", lambda: self._phase_two(prepared))
         self._hook(CrashPoint.BEFORE_END)
         self._coordinator.log.append(EndRecord(self.gtrid).record(), force=False)
         self._coordinator.note_ended(self.gtrid)
+        return self._finished(TxState.COMMITTED, "2pc")
 
     def _hand_off(self, prepared: Sequence[Branch]) -> Outcome | None:
         """Decided: when the coordinator acknowledges at the decision and its backlog of
@@ -256,9 +258,7 @@ class GlobalTransaction:
         """Phase 2 and the END record, on a background worker; never raises. A transaction
         it cannot finish stays IN_DOUBT and tracked, so its log stays for recovery."""
         try:
-            self._timed("commit", lambda: self._phase_two(prepared))
-            self._end()
-            self._finished(TxState.COMMITTED, "2pc")
+            self._commit_decided(prepared)
         except InDoubt as err:
             log.warning("%s", err)
             self._finished(TxState.IN_DOUBT, "2pc")
