@@ -37,6 +37,7 @@ class Gate:
 
     def __init__(self) -> None:
         self._opened = threading.Event()
+        self.holding = threading.Event()  # set once the first transaction is held
         self.held: list[str] = []
 
     def armed(self, point: CrashPoint) -> bool:
@@ -45,6 +46,7 @@ class Gate:
     def reached(self, point: CrashPoint, gtrid: str) -> None:
         if point is CrashPoint.AFTER_FIRST_COMMIT and not self.held:
             self.held.append(gtrid)
+            self.holding.set()
             self._opened.wait(30)
 
     def open(self) -> None:
@@ -119,13 +121,15 @@ KILLED_AFTER_ACK = textwrap.dedent(
 
 def acknowledge_then_die(home: Path, pg_url: str, mysql_url: str) -> None:
     """In a process of its own: commit a transfer acknowledged at its decision, print its
-    gtrid and SIGKILL this process while its phase 2 is held after the first commit."""
+    gtrid and SIGKILL this process while its phase 2 is held after the first commit (the
+    background worker has reached that point: PostgreSQL's branch is committed)."""
     gate = Gate()
     config = CoordinatorConfig(home, "doomed", hooks=gate, acknowledge_at_decision=True)
     coordinator = Coordinator.open(both(pg_url, mysql_url), config)
     tx = transfer(coordinator)
     outcome = tx.commit()
-    print(tx.gtrid, outcome.state.value, flush=True)
+    held = gate.holding.wait(30)
+    print(tx.gtrid, outcome.state.value, held, flush=True)
     import os
 
     os.kill(os.getpid(), signal.SIGKILL)
@@ -141,9 +145,9 @@ def test_a_coordinator_killed_after_acknowledging_leaves_its_commit_to_recovery(
         env=db.env(), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    gtrid, state = killed.stdout.split()
-    assert state == "committing"  # acknowledged before phase 2 ended
-    assert db.mysql_prepared() == [Xid(FORMAT_ID, gtrid, "mysql")]
+    gtrid, state, held = killed.stdout.split()
+    assert state == "committing" and held == "True"  # acknowledged before phase 2 ended
+    assert db.pg_prepared() == [] and db.mysql_prepared() == [Xid(FORMAT_ID, gtrid, "mysql")]
     recovered = db.twopc("recover", "--json")
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     resolved = json.loads(recovered.stdout)["resolutions"]
